@@ -1,0 +1,217 @@
+"""Safe checkpoint loading, conversion to safetensors, and self-describing checkpoint folders.
+
+Loading order: ``.safetensors`` with safetensors; anything else with
+``torch.load(path, map_location="cpu", weights_only=True)``, which unpickles only tensors and plain
+containers. A checkpoint that needs arbitrary classes to unpickle is refused with
+:class:`UnsafeCheckpointError`: medfoundry never runs code from a weights file.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from medfoundry.errors import RegistryError, UnsafeCheckpointError, WeightsError, WeightsNotFoundError
+from medfoundry.files import atomic_output
+from medfoundry.registry.records import ModelRecord, WeightsSource
+from medfoundry.registry.sources import WeightsSpec, resolve, sha256_file
+
+#: File names tried, in order, inside a checkpoint folder.
+CHECKPOINT_NAMES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin",
+                    "open_clip_pytorch_model.bin", "model.pt", "model.pth")
+#: Name of the JSON file that makes a folder a self-describing medfoundry checkpoint.
+RECORD_FILE = "medfoundry.json"
+_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
+
+
+def find_checkpoint_file(folder: Path) -> Path:
+    """The weights file inside a checkpoint folder (see :data:`CHECKPOINT_NAMES`, then any single
+    ``*.safetensors``/``*.pt``/``*.pth``/``*.bin``)."""
+    for name in CHECKPOINT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    candidates = sorted(p for ext in ("*.safetensors", "*.pt", "*.pth", "*.bin") for p in folder.glob(ext))
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise WeightsNotFoundError(f"no weights file in {folder} (looked for {', '.join(CHECKPOINT_NAMES)})")
+    raise WeightsError(f"{folder} holds several weights files {[c.name for c in candidates]}; name one")
+
+
+def load_state_dict(source: Path | Mapping[str, Any]) -> dict[str, Any]:
+    """Load a flat ``{name: tensor}`` state dict from a file, a folder or an in-memory mapping.
+
+    Common wrappers (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped and a ``module.`` prefix from
+    DataParallel is stripped. Non-tensor entries (epoch counters, optimiser settings) are dropped.
+
+    Raises:
+        UnsafeCheckpointError: the file needs arbitrary code to unpickle.
+        WeightsError: the file is not a checkpoint or is corrupt.
+    """
+    import torch
+
+    if isinstance(source, Mapping):
+        data: Any = dict(source)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            path = find_checkpoint_file(path)
+        if path.stat().st_size == 0:
+            raise WeightsError(f"{path} is empty")
+        if path.suffix == ".safetensors":
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+
+            try:
+                data = load_file(str(path), device="cpu")
+            except (SafetensorError, OSError) as exc:
+                raise WeightsError(f"{path} is not a valid safetensors file: {exc}") from exc
+        else:
+            data = _torch_load(path)
+    for _ in range(3):  # unwrap nested {"model": {"state_dict": ...}}
+        inner = next((data[k] for k in _WRAPPER_KEYS if isinstance(data.get(k), Mapping)), None)
+        if inner is None or any(isinstance(v, torch.Tensor) for v in data.values()):
+            break
+        data = dict(inner)
+    state = {k.removeprefix("module."): v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise WeightsError(f"{source if not isinstance(source, Mapping) else 'state dict'} holds no tensors")
+    return state
+
+
+def _torch_load(path: Path) -> Any:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{path} needs arbitrary Python objects to unpickle, which medfoundry refuses to run "
+            f"({str(exc).splitlines()[0][:200]}). If you trust its origin, re-save only its state dict "
+            "(torch.save(model.state_dict(), ...)) or convert it with the tool that made it."
+        ) from exc
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def convert_to_safetensors(source: WeightsSpec, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Load any supported checkpoint safely and save it as ``out`` (safetensors). Returns a summary with the
+    tensor count, parameter count and the sha256 of both files."""
+    from safetensors.torch import save_file
+
+    resolved = resolve(source)
+    state = load_state_dict(resolved)
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise WeightsError(f"{out}: the output must end in .safetensors")
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    _break_shared_storage(tensors)
+    meta = {"converted_by": "medfoundry"}
+    source_sha = None
+    if isinstance(resolved, Path) and resolved.is_file():
+        source_sha = sha256_file(resolved)
+        meta["source_sha256"] = source_sha
+    with atomic_output(out, overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return {
+        "output": str(out),
+        "tensors": len(tensors),
+        "parameters": int(sum(t.numel() for t in tensors.values())),
+        "source_sha256": source_sha,
+        "sha256": sha256_file(out),
+    }
+
+
+def _break_shared_storage(tensors: dict[str, Any]) -> None:
+    """safetensors refuses tensors sharing memory (tied weights): give each its own copy."""
+    seen: set[int] = set()
+    for key, tensor in tensors.items():
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr in seen:
+            tensors[key] = tensor.clone()
+        seen.add(ptr)
+
+
+def read_checkpoint_record(folder: str | Path) -> ModelRecord:
+    """Read the :class:`ModelRecord` of a self-describing checkpoint folder (``medfoundry.json`` + weights);
+    its weights source is the folder itself, so no registry entry is needed."""
+    folder = Path(folder)
+    spec = folder / RECORD_FILE
+    if not spec.is_file():
+        raise RegistryError(f"{folder} is not a medfoundry checkpoint folder: it has no {RECORD_FILE}")
+    try:
+        data = json.loads(spec.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"{spec} is not valid JSON: {exc}") from exc
+    data["weights"] = [{"uri": f"local-dir:{folder}", "format": "safetensors"}]
+    return ModelRecord.from_dict(data, origin=str(spec))
+
+
+def save_checkpoint(
+    state_dict: Mapping[str, Any], record: ModelRecord, folder: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Write a self-describing checkpoint folder: ``model.safetensors`` + ``medfoundry.json`` (the record,
+    with architecture config, input contract and labels). Loadable with ``--model local-dir:FOLDER``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    _break_shared_storage(tensors)
+    with atomic_output(folder / "model.safetensors", overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "arch": record.arch})
+    data = record.to_dict()
+    data["weights"] = []
+    with atomic_output(folder / RECORD_FILE, overwrite) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def resolve_model(model: str, weights: WeightsSpec | None = None) -> tuple[ModelRecord, WeightsSpec | None]:
+    """Resolve a ``--model`` value and an optional ``--weights`` override to (record, weights spec).
+
+    ``model`` is a registry name/alias or ``local-dir:PATH`` (a self-describing checkpoint folder).
+    Without an override the record's first direct source is used (None when it has only manual
+    instructions: the caller then reports them).
+    """
+    from medfoundry.registry.catalog import get_record
+
+    if model.startswith("local-dir:"):
+        record = read_checkpoint_record(model.removeprefix("local-dir:"))
+    else:
+        record = get_record(model)
+    if weights is not None:
+        return record, weights
+    source = record.primary_weights
+    return record, (source.uri if source is not None and source.uri else None)
+
+
+def fetch_weights(model: str, weights: WeightsSpec | None = None, *, offline: bool | None = None
+                  ) -> tuple[ModelRecord, Path | Mapping[str, Any]]:
+    """Resolve a model's weights to a local file or folder (downloading only when online and allowed),
+    verifying the record's sha256 when the record's own source is used."""
+    record, spec = resolve_model(model, weights)
+    if spec is None:
+        source = record.primary_weights
+        how = source.manual if source is not None and source.manual else "no public weights are registered"
+        raise WeightsNotFoundError(f"{record.name}: no direct download; {how}")
+    expected = None
+    if weights is None and record.primary_weights is not None:
+        expected = record.primary_weights.sha256
+    return record, resolve(spec, sha256=expected, offline=offline)
+
+
+__all__ = [
+    "RECORD_FILE",
+    "WeightsSource",
+    "convert_to_safetensors",
+    "fetch_weights",
+    "find_checkpoint_file",
+    "load_state_dict",
+    "read_checkpoint_record",
+    "resolve_model",
+    "save_checkpoint",
+]

@@ -1,0 +1,182 @@
+"""Weight sources: turn ``hf-hub:``, URL, ``package:``, ``local-dir:`` or file specs into local files.
+
+Nothing here runs at import or at model construction. Downloads happen only when a caller resolves a
+remote source and the machine is online; offline mode (``MEDFOUNDRY_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``)
+turns every would-be download into a :class:`WeightsNotFoundError` that says what to fetch and where to put it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from medfoundry.errors import ChecksumMismatchError, WeightsError, WeightsNotFoundError
+
+WeightsSpec = str | os.PathLike | Mapping[str, Any]
+
+
+def cache_dir() -> Path:
+    """``$MEDFOUNDRY_CACHE`` or ``~/.cache/medfoundry``: where URL downloads are kept."""
+    return Path(os.environ.get("MEDFOUNDRY_CACHE") or Path.home() / ".cache" / "medfoundry")
+
+
+def is_offline() -> bool:
+    """True when ``MEDFOUNDRY_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to a true value."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("MEDFOUNDRY_OFFLINE",
+                                                                                     "HF_HUB_OFFLINE"))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str | None) -> str:
+    """Return the file's sha256; raise ChecksumMismatchError if ``expected`` is given and differs."""
+    actual = sha256_file(path)
+    if expected and actual.lower() != expected.lower():
+        raise ChecksumMismatchError(
+            f"{path} has sha256 {actual}, expected {expected}: the file is corrupt, truncated or a different "
+            "release; delete it and fetch it again"
+        )
+    return actual
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """A parsed ``hf-hub:org/repo[/path/in/repo][@revision]`` reference."""
+
+    repo_id: str
+    filename: str | None
+    revision: str | None
+
+    @classmethod
+    def parse(cls, spec: str) -> HubRef:
+        body = spec.removeprefix("hf-hub:")
+        body, _, revision = body.partition("@")
+        parts = [p for p in body.split("/") if p]
+        if len(parts) < 2:
+            raise WeightsError(f"bad hub reference {spec!r}: expected hf-hub:org/repo[/file][@revision]")
+        return cls("/".join(parts[:2]), "/".join(parts[2:]) or None, revision or None)
+
+
+def resolve(
+    spec: WeightsSpec,
+    *,
+    sha256: str | None = None,
+    offline: bool | None = None,
+    progress: bool = True,
+) -> Path | Mapping[str, Any]:
+    """Resolve a weights spec to a local file/folder, or return an in-memory state dict unchanged.
+
+    Args:
+        spec: a state dict, a file path, ``local-dir:PATH``, ``package:RELPATH`` (inside medfoundry),
+            ``hf-hub:org/repo[/file][@rev]`` (huggingface_hub cache, honours ``HF_HUB_OFFLINE``/``HF_HOME``),
+            or an ``http(s)://`` URL (cached under :func:`cache_dir`, verified against ``sha256``).
+        sha256: expected hex digest of the file, checked for files and URLs when given.
+        offline: forbid network access; default from the environment (:func:`is_offline`).
+
+    Raises:
+        WeightsNotFoundError: the file is absent and cannot be fetched; the message says how to provide it.
+        ChecksumMismatchError: the file's sha256 differs from ``sha256``.
+    """
+    if isinstance(spec, Mapping):
+        return spec
+    offline = is_offline() if offline is None else offline
+    text = os.fspath(spec)
+    if text.startswith("local-dir:"):
+        folder = Path(text.removeprefix("local-dir:")).expanduser()
+        if not folder.is_dir():
+            raise WeightsNotFoundError(f"local-dir {folder} is not a folder")
+        return folder
+    if text.startswith("package:"):
+        path = Path(str(resources.files("medfoundry") / text.removeprefix("package:")))
+        if not path.is_file():
+            raise WeightsNotFoundError(f"{text} is missing from this installation of medfoundry ({path})")
+        verify_sha256(path, sha256)
+        return path
+    if text.startswith("hf-hub:"):
+        return _resolve_hub(HubRef.parse(text), offline)
+    if text.startswith(("http://", "https://")):
+        return _resolve_url(text, sha256, offline, progress)
+    path = Path(text.removeprefix("file:")).expanduser()
+    if not path.exists():
+        raise WeightsNotFoundError(f"weights file {path} does not exist")
+    if path.is_file():
+        verify_sha256(path, sha256)
+    return path
+
+
+def _resolve_hub(ref: HubRef, offline: bool) -> Path:
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError as exc:
+        raise WeightsError("hf-hub: sources need huggingface_hub: pip install 'medfoundry[hub]'") from exc
+    how = (f"fetch it once on a machine with internet (`huggingface-cli download {ref.repo_id}`) and copy the "
+           "Hugging Face cache (HF_HOME) here, or pass the files with --weights PATH / local-dir:PATH")
+    try:
+        if ref.filename:
+            return Path(huggingface_hub.hf_hub_download(
+                ref.repo_id, ref.filename, revision=ref.revision, local_files_only=offline))
+        return Path(huggingface_hub.snapshot_download(ref.repo_id, revision=ref.revision, local_files_only=offline))
+    except LocalEntryNotFoundError as exc:
+        what = f"{ref.repo_id}/{ref.filename}" if ref.filename else ref.repo_id
+        raise WeightsNotFoundError(f"hf-hub:{what} is not in the local Hugging Face cache; {how}") from exc
+    except Exception as exc:  # network errors, gated repos, missing files
+        raise WeightsNotFoundError(f"could not fetch hf-hub:{ref.repo_id} ({type(exc).__name__}: {exc}); {how}") \
+            from exc
+
+
+def _url_cache_path(url: str) -> Path:
+    parsed = urllib.parse.urlparse(url)
+    name = Path(parsed.path).name or "weights"
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return cache_dir() / "urls" / key / name
+
+
+def _resolve_url(url: str, sha256: str | None, offline: bool, progress: bool) -> Path:
+    target = _url_cache_path(url)
+    if target.is_file():
+        verify_sha256(target, sha256)
+        return target
+    if offline:
+        raise WeightsNotFoundError(
+            f"{url} is not in the cache and medfoundry is offline: download it elsewhere and either pass "
+            f"--weights PATH or place it at {target}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".part")
+    try:
+        _download(url, tmp, progress)
+        verify_sha256(tmp, sha256)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise WeightsNotFoundError(f"could not download {url} ({exc}); pass --weights PATH instead") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
+
+
+def _download(url: str, dest: Path, progress: bool) -> None:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:  # noqa: S310
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), disable=not progress) as bar:
+            task = bar.add_task(Path(url).name, total=total)
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                bar.advance(task, len(block))
