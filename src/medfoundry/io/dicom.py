@@ -77,8 +77,8 @@ def _recover_transfer_syntax(ds: Any, path: Path) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is not None and "TransferSyntaxUID" in meta:
         return
-    pixel = ds.get("PixelData")
-    if pixel is not None and bytes(pixel.value[:4]) == b"\xfe\xff\x00\xe0":
+    pixel = ds["PixelData"].value if "PixelData" in ds else None
+    if isinstance(pixel, bytes) and pixel[:4] == b"\xfe\xff\x00\xe0":
         raise ImageReadError(path, "file meta has no Transfer Syntax UID and the pixel data are compressed")
     implicit, little = getattr(ds, "original_encoding", (True, True))
     if implicit is None:
@@ -106,6 +106,8 @@ def _decode(ds: Any, path: Path) -> np.ndarray:
             arr = ds.pixel_array
     except Exception as exc:
         reason = str(exc).strip().replace("\n", " ")
+        if "less than expected" in reason:
+            reason = "pixel data truncated: " + reason
         if "plugin" in reason.lower() or "no pixel data handlers" in reason.lower():
             reason += " (install medfoundry[codecs] for the JPEG/JPEG-LS/JPEG 2000/RLE decoders)"
         raise ImageReadError(path, f"cannot decode pixel data ({tsyntax.name}): {reason}") from exc

@@ -1,4 +1,4 @@
-"""NIfTI reader and writer through nibabel.
+"""NIfTI (and other nibabel formats: Analyze, MINC, MGH, PAR/REC) reader and NIfTI writer through nibabel.
 
 nibabel gives the array in index order ``(i, j, k)`` and an affine to RAS+ mm. medfoundry stores volumes as
 ``(Z, Y, X)`` = ``(k, j, i)`` in LPS, so the array is transposed and the affine's columns reversed and its
@@ -18,8 +18,9 @@ _FLIP = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS
 
 
 def read_nifti(path: str | Path) -> MedImage:
-    """Read a NIfTI-1/2 file (``.nii``/``.nii.gz``). 4D images keep their 4th axis last: ``(Z, Y, X, T)``
-    is not a MedImage layout, so 4D files are refused unless the 4th axis has length 1."""
+    """Read a NIfTI-1/2 file (``.nii``/``.nii.gz``) or another nibabel spatial image (Analyze ``.hdr``/``.img``,
+    MINC ``.mnc``, MGH ``.mgz``, PAR/REC). 4D series are refused unless the 4th axis has length 1: a time
+    series is not one MedImage."""
     import nibabel as nib
 
     path = Path(path)
@@ -30,8 +31,8 @@ def read_nifti(path: str | Path) -> MedImage:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise ImageReadError(path, f"unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise ImageReadError(path, f"not a NIfTI image ({type(img).__name__})")
+    if not isinstance(img, nib.spatialimages.SpatialImage):
+        raise ImageReadError(path, f"not a spatial image ({type(img).__name__})")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 2:
@@ -48,14 +49,12 @@ def read_nifti(path: str | Path) -> MedImage:
     spacing = np.where(zooms > 0, zooms, norms)
     array = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
     units = "raw"
-    desc = str(img.header.get("descrip", b"").astype(str)) if "descrip" in img.header else ""
-    meta = {
-        "qform_code": int(img.header["qform_code"]),
-        "sform_code": int(img.header["sform_code"]),
-        "format": type(img).__name__,
-    }
-    if desc:
-        meta["descrip"] = desc
+    if data.dtype.kind == "f" and data.dtype.itemsize > 4:
+        data = data.astype(np.float32)
+    meta: dict = {"format": type(img).__name__}
+    if isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        meta["qform_code"] = int(img.header["qform_code"])
+        meta["sform_code"] = int(img.header["sform_code"])
     return MedImage(
         array=array,
         spacing=tuple(spacing[::-1]),

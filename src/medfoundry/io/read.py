@@ -11,6 +11,7 @@ from medfoundry.io.image import MedImage
 #: Files larger than this are refused before reading (bytes); override with MEDFOUNDRY_MAX_FILE_BYTES.
 DEFAULT_MAX_FILE_BYTES = 4 * 2**30
 
+NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img", ".mnc", ".mgh", ".mgz", ".par")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -24,7 +25,7 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         return "dicom-series"
     name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
+    if name.endswith(NIBABEL_SUFFIXES):
         return "nifti"
     if name.endswith((".npy", ".npz")):
         return "numpy"
@@ -45,7 +46,8 @@ def read_image(path: str | Path, *, series_uid: str | None = None, key: str | No
     """Read a medical image from ``path`` into a :class:`MedImage`.
 
     Args:
-        path: a DICOM file (single or multi-frame), a folder holding one DICOM series, a NIfTI file,
+        path: a DICOM file (single or multi-frame), a folder holding one DICOM series, a NIfTI file (or
+            Analyze/MINC/MGH/PAR-REC through nibabel),
             a PNG/JPEG/BMP/TIFF file, or a NumPy ``.npy``/``.npz`` file.
         series_uid: for a folder with several DICOM series, which one to read.
         key: for an ``.npz`` with several arrays, which one to read.
