@@ -78,7 +78,7 @@ def test_4d_series_is_refused() -> None:
 def test_corrupt_nifti(tmp_path: Path) -> None:
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"\x1f\x8b" + b"garbage" * 20)
-    with pytest.raises(ImageReadError, match="bad.nii.gz"):
+    with pytest.raises(ImageReadError, match=r"bad\.nii\.gz"):
         read_image(bad)
 
 

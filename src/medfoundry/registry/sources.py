@@ -173,7 +173,7 @@ def _resolve_url(url: str, sha256: str | None, offline: bool, progress: bool) ->
 def _download(url: str, dest: Path, progress: bool) -> None:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         with Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(), disable=not progress) as bar:
             task = bar.add_task(Path(url).name, total=total)

@@ -1,0 +1,102 @@
+"""The command line: JSON output, one-line errors with non-zero exit, no overwrites, no import side effects."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medfoundry.cli.main import main
+
+CT = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+
+
+def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info_json(capsys) -> None:
+    code, out, _ = run(capsys, "info", str(CT), "--json")
+    data = json.loads(out)
+    assert code == 0 and data["modality"] == "CT" and data["units"] == "HU" and data["shape"] == [128, 128]
+    assert "phi" not in data and "PatientName" not in out
+    code, out, _ = run(capsys, "info", str(CT), "--json", "--show-phi")
+    assert "PatientName" in json.loads(out)["phi"]
+
+
+def test_info_table(capsys) -> None:
+    code, out, _ = run(capsys, "info", str(CT))
+    assert code == 0 and "HU" in out and "LPS" in out
+
+
+@pytest.mark.parametrize("argv", [["info", "/no/such/file.dcm"], ["models", "info", "nonexistent-model"],
+                                  ["convert", str(CT), "out.bmp"], ["models", "fetch", "--model", "chexzero"]])
+def test_errors_are_one_line_without_traceback(capsys, tmp_path, monkeypatch, argv) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith("medfoundry: error:") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_convert_and_overwrite(capsys, tmp_path: Path) -> None:
+    out_png = tmp_path / "ct.png"
+    assert run(capsys, "convert", str(CT), str(out_png), "--window", "lung")[0] == 0
+    before = out_png.read_bytes()
+    code, _, err = run(capsys, "convert", str(CT), str(out_png), "--window", "bone")
+    assert code == 2 and "--overwrite" in err and out_png.read_bytes() == before
+    assert run(capsys, "convert", str(CT), str(out_png), "--window", "bone", "--overwrite")[0] == 0
+    assert out_png.read_bytes() != before
+    assert run(capsys, "convert", str(CT), str(tmp_path / "ct.nii.gz"))[0] == 0
+    assert run(capsys, "convert", str(CT), str(tmp_path / "ct.npy"))[0] == 0
+    assert np.load(tmp_path / "ct.npy").shape == (128, 128)
+
+
+def test_models_list_json(capsys) -> None:
+    _, out, _ = run(capsys, "models", "list", "--json")
+    records = {r["name"]: r for r in json.loads(out)}
+    for name in ("biomedclip", "chexzero", "medclip-vit", "rad-dino", "sam-vit-b", "medsam", "litemedsam",
+                 "sam-med2d", "medsam2"):
+        assert {"family", "license", "commercial_use", "gated"} <= records[name].keys()
+    _, out, _ = run(capsys, "models", "list", "--family", "VPM-generalist", "--json")
+    assert {r["family"] for r in json.loads(out)} == {"VPM-generalist"}
+    _, out, _ = run(capsys, "models", "list", "--commercial", "--json")
+    assert all(r["commercial_use"] for r in json.loads(out))
+
+
+def test_models_info_and_convert(capsys, tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "models", "info", "medsam", "--json")
+    assert code == 0 and json.loads(out)["preprocess"]["image_size"] == 1024
+    torch.save({"w": torch.ones(3)}, tmp_path / "c.pth")
+    code, _, _ = run(capsys, "models", "convert", str(tmp_path / "c.pth"), str(tmp_path / "c.safetensors"))
+    assert code == 0 and torch.equal(load_file(str(tmp_path / "c.safetensors"))["w"], torch.ones(3))
+    code, out, _ = run(capsys, "models", "fetch", "--model", "sam-vit-b", "--weights", str(tmp_path / "c.pth"))
+    assert code == 0 and str(tmp_path / "c.pth") in out
+
+
+def test_demo_writes_a_page(capsys, tmp_path: Path) -> None:
+    code, _, _ = run(capsys, "demo", "--out", str(tmp_path / "demo"))
+    page = (tmp_path / "demo" / "index.html").read_text()
+    assert code == 0 and "ct-small" in page and "sam-vit-b" in page
+    assert (tmp_path / "demo" / "ct-small.png").is_file()
+    assert run(capsys, "demo", "--out", str(tmp_path / "demo"))[0] == 2  # exists: refused without --overwrite
+
+
+def test_import_has_no_heavy_side_effects() -> None:
+    code = ("import sys, medfoundry; medfoundry.list_models; "
+            "print(any(m in sys.modules for m in ('torch', 'pydicom', 'huggingface_hub')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_console_script_entry_point() -> None:
+    out = subprocess.run([sys.executable, "-m", "medfoundry.cli.main", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "medfoundry" in out.stdout
