@@ -27,6 +27,7 @@ class DualEncoderConfig:
         image_backbone: a timm model name, built without pretrained weights (e.g. ``"resnet18"``).
         image_size: square input side in pixels.
         in_chans: image channels.
+        output_stride: backbone stride (16 dilates the last stage: finer grounding maps).
         embed_dim: joint embedding width.
         text_config: BertConfig kwargs of the text tower (MiniLM by default).
         max_text_tokens: tokenizer truncation length.
@@ -36,6 +37,7 @@ class DualEncoderConfig:
     image_backbone: str = "resnet18"
     image_size: int = 224
     in_chans: int = 3
+    output_stride: int = 32
     embed_dim: int = 256
     text_config: dict[str, Any] = field(default_factory=lambda: dict(MINILM_CONFIG))
     max_text_tokens: int = 128
@@ -58,8 +60,9 @@ class DualEncoder(nn.Module):
         import timm
 
         self.config = config
+        extra = {"output_stride": config.output_stride} if config.output_stride != 32 else {}
         self.visual = timm.create_model(config.image_backbone, pretrained=False, num_classes=0, global_pool="",
-                                        in_chans=config.in_chans)
+                                        in_chans=config.in_chans, **extra)
         width = self.visual.num_features
         self.image_proj = nn.Linear(width, config.embed_dim)
         self.text = MiniLMTextEncoder(config.text_config)

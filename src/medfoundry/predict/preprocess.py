@@ -78,7 +78,7 @@ def resize_info(height: int, width: int, contract: Preprocess) -> ResizeInfo:
         rh, rw = size, int(size * width / height)
     else:
         rh, rw = int(size * height / width), size
-    oy, ox = int(round((rh - size) / 2.0)), int(round((rw - size) / 2.0))
+    oy, ox = round((rh - size) / 2.0), round((rw - size) / 2.0)
     return ResizeInfo((height, width), size, (rh / height, rw / width), (-float(oy), -float(ox)), (rh, rw))
 
 

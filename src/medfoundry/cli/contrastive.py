@@ -1,0 +1,89 @@
+"""``medfoundry embed`` and ``medfoundry classify``: CLIP-style models from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from medfoundry.cli.models import add_model_flags
+from medfoundry.errors import InputContractError
+from medfoundry.files import atomic_output
+from medfoundry.io import read_image
+
+DEFAULT_MODEL = "medfoundry-clip-tiny"
+
+
+def _images(paths: list[str], slice_index: int | None):
+    out = []
+    for p in paths:
+        image = read_image(p)
+        if image.is_volume:
+            if slice_index is None:
+                raise InputContractError(f"{p} is a volume of {image.array.shape[0]} slices: choose one with --slice K")
+            image = image.slice(slice_index)
+        out.append(image)
+    return out
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    pe = sub.add_parser("embed", help="L2-normalised image (or --text) embeddings to a .npy file")
+    pe.add_argument("images", nargs="*", help="image files or DICOM folders, embedded in this order")
+    pe.add_argument("--text", action="append", default=None, help="embed this text instead (repeatable)")
+    add_model_flags(pe, required=False)
+    pe.add_argument("--slice", type=int, default=None, dest="slice_index", help="slice of volumes to embed")
+    pe.add_argument("--out", required=True, help="output .npy (N × D float32)")
+    pe.add_argument("--overwrite", action="store_true")
+    pe.set_defaults(func=run_embed, model=None)
+
+    pc = sub.add_parser("classify", help="zero-shot classification with a contrastive model")
+    pc.add_argument("images", nargs="+")
+    pc.add_argument("--labels", required=True, help='comma-separated labels, e.g. "normal,pneumonia"')
+    add_model_flags(pc, required=False)
+    pc.add_argument("--template", action="append", default=None, help="prompt template with {} (repeatable)")
+    pc.add_argument("--multilabel", action="store_true", help="score each label present-vs-absent (CheXzero)")
+    pc.add_argument("--uncertain-below", type=float, default=None,
+                    help="answer 'uncertain' when the top probability is below this level")
+    pc.add_argument("--slice", type=int, default=None, dest="slice_index")
+    pc.add_argument("--json", action="store_true")
+    pc.set_defaults(func=run_classify)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from medfoundry.predict.contrastive import open_contrastive
+
+    if bool(args.text) == bool(args.images):
+        raise InputContractError("give either images or --text, not both and not neither")
+    predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights)
+    emb = predictor.embed_texts(args.text) if args.text else predictor.embed_images(
+        _images(args.images, args.slice_index), progress=True)
+    with atomic_output(args.out, args.overwrite) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, emb.astype(np.float32))
+    print(f"wrote {args.out}: {emb.shape[0]} × {emb.shape[1]} embeddings from {predictor.record.name}")
+    return 0
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from medfoundry.predict.contrastive import open_contrastive
+    from medfoundry.tasks.zero_shot import zero_shot_classify
+
+    labels = [s for s in args.labels.split(",")]
+    predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights)
+    result = zero_shot_classify(predictor, _images(args.images, args.slice_index), labels,
+                                templates=args.template, multilabel=args.multilabel,
+                                uncertain_below=args.uncertain_below)
+    rows = []
+    for i, path in enumerate(args.images):
+        best, conf = result.top(i)
+        rows.append({"image": path, "prediction": "uncertain" if result.uncertain[i] else best,
+                     "confidence": round(conf, 4),
+                     "scores": {lab: round(float(p), 4)
+                                for lab, p in zip(result.labels, result.probs[i], strict=True)}})
+    if args.json:
+        print(json.dumps({"model": predictor.record.name, "multilabel": args.multilabel, "results": rows}, indent=2))
+    else:
+        for r in rows:
+            scores = "  ".join(f"{k}={v:.3f}" for k, v in r["scores"].items())
+            print(f"{r['image']}: {r['prediction']} ({r['confidence']:.3f})  {scores}")
+    return 0

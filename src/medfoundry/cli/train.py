@@ -1,0 +1,109 @@
+"""``medfoundry train ...``: build training pairs and train models with medfoundry's own loops."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train or adapt models (contrastive CLIP, ...)")
+    tsub = p.add_subparsers(dest="train_command", metavar="WHAT")
+    tsub.required = True
+
+    pp = tsub.add_parser("clip-pairs", help="build image-text pairs from the project's shared data folder")
+    pp.add_argument("--shared", required=True, help="the shared data folder (with INDEX.md)")
+    pp.add_argument("--out", required=True, help="output folder for pairs.csv and derived PNGs")
+    pp.add_argument("--seed", type=int, default=0)
+    pp.set_defaults(func=run_pairs)
+
+    pc = tsub.add_parser("clip", help="contrastive training of a dual encoder on a pairs CSV (image,text[,label])")
+    pc.add_argument("--pairs", required=True, help="CSV with columns image,text and optional label,split,source")
+    pc.add_argument("--out", required=True, help="run folder: checkpoints, logs and the final model/ folder")
+    pc.add_argument("--epochs", type=int, default=8)
+    pc.add_argument("--batch-size", type=int, default=64)
+    pc.add_argument("--lr", type=float, default=1e-3)
+    pc.add_argument("--label-weight", type=float, default=0.5,
+                    help="MedCLIP-style soft targets: weight of same-label partners (0 = plain CLIP)")
+    pc.add_argument("--image-size", type=int, default=128)
+    pc.add_argument("--backbone", default="resnet18", help="timm image backbone, built without pretrained weights")
+    pc.add_argument("--output-stride", type=int, default=16)
+    pc.add_argument("--seed", type=int, default=0)
+    pc.add_argument("--device", default="auto")
+    pc.set_defaults(func=run_clip)
+
+    pm = tsub.add_parser("sam-manifest", help="build the segmentation manifest of the shared data folder")
+    pm.add_argument("--shared", required=True)
+    pm.add_argument("--out", required=True, help="manifest .jsonl (paths stored relative to it)")
+    pm.set_defaults(func=run_sam_manifest)
+
+    ps = tsub.add_parser("sam", help="train/fine-tune a promptable segmenter with simulated box and click prompts")
+    src = ps.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help="JSON-lines manifest of image/mask rows")
+    src.add_argument("--images", help="folder of images (masks with the same names in --masks)")
+    ps.add_argument("--masks", help="folder of masks, for --images")
+    ps.add_argument("--out", required=True)
+    ps.add_argument("--mode", choices=["full", "decoder", "lora"], default="full",
+                    help="full training, decoder only (MedSAM-style), or LoRA adapters in the encoder")
+    ps.add_argument("--init", default=None, help="start from these weights (a file or checkpoint folder)")
+    ps.add_argument("--epochs", type=int, default=40)
+    ps.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    ps.add_argument("--batch-size", type=int, default=32)
+    ps.add_argument("--lr", type=float, default=1e-3)
+    ps.add_argument("--backbone", default="resnet10t")
+    ps.add_argument("--workers", type=int, default=0)
+    ps.add_argument("--steps-per-epoch", type=int, default=None)
+    ps.add_argument("--seed", type=int, default=0)
+    ps.add_argument("--device", default="auto")
+    ps.set_defaults(func=run_sam)
+
+
+def run_pairs(args: argparse.Namespace) -> int:
+    from medfoundry.train.shared_pairs import build_shared_pairs
+
+    path = build_shared_pairs(args.shared, args.out, seed=args.seed)
+    print(f"wrote {path}")
+    print((Path(args.out) / "pairs_summary.json").read_text())
+    return 0
+
+
+def run_clip(args: argparse.Namespace) -> int:
+    from medfoundry.train.clip import ClipTrainConfig, train_clip
+
+    cfg = ClipTrainConfig(pairs=args.pairs, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr, label_weight=args.label_weight, seed=args.seed, device=args.device)
+    cfg.arch.update(image_backbone=args.backbone, image_size=args.image_size, output_stride=args.output_stride)
+    cfg.contract["image_size"] = args.image_size
+    print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
+    folder = train_clip(cfg)
+    print(f"model written to {folder}")
+    return 0
+
+
+def run_sam_manifest(args: argparse.Namespace) -> int:
+    from medfoundry.train.seg_data import shared_manifest
+
+    path = shared_manifest(args.shared, args.out)
+    print(f"wrote {path} ({len(path.read_text().splitlines())} objects)")
+    return 0
+
+
+def run_sam(args: argparse.Namespace) -> int:
+    from medfoundry.errors import InputContractError
+    from medfoundry.train.sam import SamTrainConfig, train_sam
+    from medfoundry.train.seg_data import folder_manifest
+
+    manifest = args.manifest
+    if args.images:
+        if not args.masks:
+            raise InputContractError("--images needs --masks")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        manifest = str(folder_manifest(args.images, args.masks, Path(args.out) / "manifest.jsonl", seed=args.seed))
+    cfg = SamTrainConfig(manifest=manifest, out=args.out, epochs=args.epochs, max_minutes=args.max_minutes,
+                         batch_size=args.batch_size, lr=args.lr, mode=args.mode, seed=args.seed, device=args.device,
+                         workers=args.workers, init=args.init, steps_per_epoch=args.steps_per_epoch)
+    cfg.arch["backbone"] = args.backbone
+    print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
+    print(f"model written to {train_sam(cfg)}")
+    return 0

@@ -1,0 +1,187 @@
+"""SAM-family promptable segmenters built from segment_anything's own modules.
+
+- ``vit_b`` / ``vit_l`` / ``vit_h``: exactly segment_anything's architectures, so its checkpoints (SAM, MedSAM)
+  load key for key.
+- ``lite``: medfoundry's small encoder (a timm convolutional backbone with a light feature-pyramid neck giving
+  a 256-channel embedding at stride 4, LiteMedSAM-class size) in front of segment_anything's prompt encoder
+  and mask decoder at a 256-pixel input.
+
+Tensors in, tensors out: ``image_encoder(x (B, 3, S, S)) → (B, 256, S/16 or S/4, ...)``; the predictor does
+the rest. Building never downloads (timm backbones are built with ``pretrained=False``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medfoundry.errors import InputContractError
+
+VIT_SETTINGS = {
+    "vit_b": {"embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": (2, 5, 8, 11)},
+    "vit_l": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "global_attn_indexes": (5, 11, 17, 23)},
+    "vit_h": {"embed_dim": 1280, "depth": 32, "num_heads": 16, "global_attn_indexes": (7, 15, 23, 31)},
+}
+
+
+@dataclass
+class SamConfig:
+    """Architecture of a SAM-family model.
+
+    Attributes:
+        encoder: ``vit_b``/``vit_l``/``vit_h`` (segment_anything) or ``lite`` (medfoundry).
+        image_size: square input side (1024 for SAM, 256 for lite models).
+        backbone: timm backbone of the lite encoder.
+        embed_stride: stride of the image embedding (16 for SAM's ViTs, 4 for the lite encoder).
+        prompt_crop: lite models trained on box crops: the predictor crops each box with this margin
+            (fraction of the box size on every side); 0 = whole-image prompting as in SAM.
+    """
+
+    encoder: str = "vit_b"
+    image_size: int = 1024
+    backbone: str = "resnet18"
+    embed_stride: int = 16
+    prompt_crop: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LiteEncoder(nn.Module):
+    """timm backbone (features at strides 4–32) + feature-pyramid neck → (B, 256, S/4, S/4)."""
+
+    def __init__(self, backbone: str, image_size: int, out_chans: int = 256) -> None:
+        super().__init__()
+        import timm
+
+        self.img_size = image_size
+        self.body = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
+        chans = self.body.feature_info.channels()
+        self.lateral = nn.ModuleList([nn.Conv2d(c, out_chans, 1) for c in chans])
+        self.smooth = nn.Sequential(
+            nn.Conv2d(out_chans, out_chans, 3, padding=1, groups=out_chans, bias=False),
+            nn.GroupNorm(32, out_chans), nn.GELU(), nn.Conv2d(out_chans, out_chans, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.body(x)
+        top = self.lateral[-1](feats[-1])
+        for lateral, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1]), strict=True):
+            top = lateral(f) + F.interpolate(top, size=f.shape[-2:], mode="bilinear", align_corners=False)
+        return self.smooth(top) + top
+
+
+class SamModel(nn.Module):
+    """Image encoder + prompt encoder + mask decoder (segment_anything's ``Sam`` layout and key names)."""
+
+    def __init__(self, config: SamConfig) -> None:
+        super().__init__()
+        from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+        self.config = config
+        size = config.image_size
+        if config.encoder in VIT_SETTINGS:
+            from functools import partial
+
+            from segment_anything.modeling import ImageEncoderViT
+
+            v = VIT_SETTINGS[config.encoder]
+            self.image_encoder = ImageEncoderViT(
+                depth=v["depth"], embed_dim=v["embed_dim"], img_size=size, mlp_ratio=4,
+                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=v["num_heads"], patch_size=16,
+                qkv_bias=True, use_rel_pos=True, global_attn_indexes=v["global_attn_indexes"], window_size=14,
+                out_chans=256,
+            )
+        elif config.encoder == "lite":
+            self.image_encoder = LiteEncoder(config.backbone, size)
+        else:
+            raise InputContractError(f"unknown SAM encoder {config.encoder!r}")
+        grid = size // config.embed_stride
+        self.prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(grid, grid),
+                                            input_image_size=(size, size), mask_in_chans=16)
+        self.mask_decoder = MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
+        )
+
+    def check_input(self, x: torch.Tensor) -> None:
+        s = self.config.image_size
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-2:] != (s, s):
+            raise InputContractError(f"expected images (B, 3, {s}, {s}), got {tuple(x.shape)}")
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised input → (B, 256, S/stride, S/stride) image embedding."""
+        self.check_input(x)
+        return self.image_encoder(x)
+
+    def decode(
+        self,
+        embedding: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode prompts on one image embedding (1, 256, g, g).
+
+        Args:
+            points: (coords (B, N, 2) XY in input pixels, labels (B, N): 1 foreground, 0 background).
+            boxes: (B, 4) XYXY in input pixels.
+            mask_input: (B, 1, 4g, 4g) low-resolution logits of a previous prediction.
+        Returns:
+            low-resolution mask logits (B, K, 4g, 4g) and predicted IoU (B, K); K = 3 if multimask else 1.
+        """
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+
+    def decode_batch(
+        self,
+        embeddings: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`decode`, for B images with one prompt each (embeddings (B, 256, g, g), prompts batched
+        along B). segment_anything's decoder repeats one image over its prompts; this runs its same
+        submodules without that repeat, so a training batch is one decoder call."""
+        dec = self.mask_decoder
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        b = embeddings.shape[0]
+        out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
+        tokens = torch.cat((out_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)
+        src = embeddings + dense
+        pos = self.prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
+        _, c, h, w = src.shape
+        hs, src = dec.transformer(src, pos, tokens)
+        src = src.transpose(1, 2).reshape(b, c, h, w)
+        upscaled = dec.output_upscaling(src)
+        mask_tokens = hs[:, 1 : 1 + dec.num_mask_tokens, :]
+        hyper = torch.stack([mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], 1)
+        _, c2, h2, w2 = upscaled.shape
+        masks = (hyper @ upscaled.reshape(b, c2, h2 * w2)).reshape(b, -1, h2, w2)
+        iou = dec.iou_prediction_head(hs[:, 0, :])
+        sl = slice(1, None) if multimask else slice(0, 1)
+        return masks[:, sl], iou[:, sl]
+
+
+def build_sam(arch_config: dict[str, Any]) -> SamModel:
+    """Build a :class:`SamModel` from a record's ``arch_config`` (no weights, no download)."""
+    unknown = set(arch_config) - set(SamConfig.__dataclass_fields__)
+    if unknown:
+        raise InputContractError(f"unknown SAM settings {sorted(unknown)}")
+    config = SamConfig(**arch_config)
+    if config.encoder in VIT_SETTINGS:
+        config.embed_stride = 16
+    return SamModel(config)
