@@ -194,7 +194,7 @@ def train_sam(cfg: SamTrainConfig) -> Path:
         BoxCropDataset(train, cfg, steps * cfg.batch_size), batch_size=cfg.batch_size, num_workers=cfg.workers,
         drop_last=True, persistent_workers=cfg.workers > 0,
         worker_init_fn=lambda w: random.seed(cfg.seed * 100 + w + time.time_ns() % 1000))
-    gen = torch.Generator(device=ctx.device).manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
     use_amp = ctx.device.type == "cuda"
     started = time.time()
     best = -1.0

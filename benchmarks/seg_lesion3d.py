@@ -1,0 +1,80 @@
+"""3D CT lesion segmentation from one box on the key slice, beside the no-model baseline.
+
+Key slice: the slice where the lesion is largest; the prompt is the tight box of the true mask there; the
+mask is propagated through the volume (medfoundry.tasks.volume). Baseline: the ellipsoid inscribed in the
+true 3D bounding box. Patients 000009 and 000010 were never used in training; 000001 and 000002 were
+(reported separately, flagged).
+
+    python benchmarks/seg_lesion3d.py --shared ../shared/data --out benchmarks/results/seg_lesion3d.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medfoundry.io import read_image
+from medfoundry.predict.segment import open_segmenter
+from medfoundry.tasks.measure import measure
+from medfoundry.tasks.volume import segment_volume
+from medfoundry.train.seg_data import mask_box
+
+UNSEEN = ("000009", "000010")
+
+
+def ellipsoid_in_box(mask: np.ndarray) -> np.ndarray:
+    zs, ys, xs = np.nonzero(mask)
+    lo = np.array([zs.min(), ys.min(), xs.min()], dtype=float)
+    hi = np.array([zs.max(), ys.max(), xs.max()], dtype=float) + 1
+    c, r = (lo + hi) / 2, (hi - lo) / 2
+    grid = np.stack(np.meshgrid(*[np.arange(n) + 0.5 for n in mask.shape], indexing="ij"), -1)
+    return (((grid - c) / r) ** 2).sum(-1) <= 1
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", default="../shared/data")
+    ap.add_argument("--model", default="medfoundry-sam-lite")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--out", default="benchmarks/results/seg_lesion3d.json")
+    args = ap.parse_args()
+    seg = open_segmenter(args.model, args.weights)
+    cases = []
+    for path in sorted((Path(args.shared) / "deeplesion_ct_lesion_3d" / "volumes").glob("*.npz")):
+        volume = read_image(path, key="imgs")
+        truth = read_image(path, key="gts").array > 0
+        key = int(truth.sum(axis=(1, 2)).argmax())
+        result = segment_volume(seg, volume, key, box=mask_box(truth[key]))
+        m = measure(result.mask, volume)
+        patient = path.stem.split("_")[2]
+        cases.append({"case": path.stem, "patient": patient, "unseen": patient in UNSEEN, "key_slice": key,
+                      "dice_3d": dice(result.mask, truth), "baseline_ellipsoid_dice_3d": dice(ellipsoid_in_box(truth),
+                                                                                               truth),
+                      "slices_true": [int(np.nonzero(truth.any((1, 2)))[0][[0, -1]][i]) for i in (0, 1)],
+                      "slices_pred": [result.first, result.last], "volume_ml_pred": m.volume_ml,
+                      "volume_ml_true": measure(truth, volume).volume_ml, "long_axis_mm_pred": m.long_axis_mm})
+        print(json.dumps(cases[-1]))
+    unseen = [c for c in cases if c["unseen"]]
+    summary = {
+        "benchmark": "DeepLesion CT lesions, box on the key slice only, propagated in 3D",
+        "model": seg.record.name,
+        "unseen_cases": len(unseen),
+        "dice_3d_mean_unseen": float(np.mean([c["dice_3d"] for c in unseen])),
+        "baseline_ellipsoid_dice_3d_mean_unseen": float(np.mean([c["baseline_ellipsoid_dice_3d"] for c in unseen])),
+        "dice_3d_mean_all_including_training_patients": float(np.mean([c["dice_3d"] for c in cases])),
+        "cases": cases,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "cases"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""PromptSegmenter: SAM-family segmentation with points, boxes and masks, with a cached image embedding.
+
+Coordinates are always in original image pixels: points are N×2 arrays of (X, Y), boxes are B×4 arrays of
+XYXY. ``set_image`` computes the embedding once (cached in memory, and on disk when ``cache_dir`` is given,
+keyed by image content and model); each ``predict`` then runs only the prompt encoder and mask decoder.
+
+Models trained on box crops (``prompt_crop > 0``, medfoundry's lite models) embed the crop around each box
+instead of the whole image; the crop's embedding is cached the same way, so further clicks inside the
+same box are decoder-only too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medfoundry.errors import InputContractError
+from medfoundry.io.image import MedImage
+from medfoundry.predict.preprocess import preprocess, to_unit_range
+from medfoundry.registry.records import ModelRecord
+
+#: Largest image (in pixels) a segmenter accepts; larger inputs are refused rather than resampled silently.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+@dataclass
+class SegmentResult:
+    """Masks for B prompts: ``masks`` (B, K, H, W) bool at the original size, ``iou`` (B, K) predicted IoU,
+    ``logits`` (B, K, h, w) low-resolution logits (feed one back as ``mask_input`` to refine)."""
+
+    masks: np.ndarray
+    iou: np.ndarray
+    logits: np.ndarray
+
+    def best(self) -> np.ndarray:
+        """(B, H, W): for each prompt the mask with the highest predicted IoU."""
+        idx = self.iou.argmax(axis=1)
+        return self.masks[np.arange(len(idx)), idx]
+
+
+def check_prompts(
+    shape: tuple[int, int],
+    points: np.ndarray | None,
+    labels: np.ndarray | None,
+    boxes: np.ndarray | None,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Validate prompts against an (H, W) image; return them as float32/int arrays.
+
+    Raises InputContractError for: no prompt at all, points without one label each, labels other than 0/1,
+    points outside the image, boxes that are not XYXY with x0 < x1 and y0 < y1 inside the image.
+    """
+    h, w = shape
+    if points is None and boxes is None:
+        raise InputContractError("give at least one prompt: a box (x0,y0,x1,y1) or a point (x,y,label)")
+    if points is not None:
+        points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+        if labels is None or len(np.asarray(labels).reshape(-1)) != len(points):
+            raise InputContractError(f"{len(points)} points need {len(points)} labels (1 foreground, 0 background)")
+        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        if not np.isin(labels, (0, 1)).all():
+            raise InputContractError(f"point labels must be 0 (background) or 1 (foreground), got {labels.tolist()}")
+        if len(points) == 0:
+            raise InputContractError("empty point list")
+        if (points[:, 0] < 0).any() or (points[:, 0] > w).any() or (points[:, 1] < 0).any() or (
+                points[:, 1] > h).any():
+            raise InputContractError(f"points {points.tolist()} fall outside the {w}×{h} image")
+    if boxes is not None:
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        if len(boxes) == 0:
+            raise InputContractError("empty box list")
+        for b in boxes:
+            if not (b[0] < b[2] and b[1] < b[3]):
+                raise InputContractError(f"box {b.tolist()} is empty or inverted: use x0,y0,x1,y1 with x0<x1, y0<y1")
+            if b[0] < 0 or b[1] < 0 or b[2] > w or b[3] > h:
+                raise InputContractError(f"box {b.tolist()} reaches outside the {w}×{h} image")
+    return points, labels, boxes
+
+
+class PromptSegmenter:
+    """Holds one SAM-family model; ``set_image`` once, ``predict`` per prompt."""
+
+    def __init__(self, model: Any, record: ModelRecord, device: str = "cpu", cache_dir: str | Path | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int = 16) -> None:
+        self.model = model.eval().to(device)
+        self.record = record
+        self.device = torch.device(device)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.max_pixels = max_pixels
+        self.crop = float(getattr(model.config, "prompt_crop", 0.0))
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache_size = cache_size
+        self.image: MedImage | None = None
+        self._hash = ""
+        self._unit: np.ndarray | None = None
+
+    # -- image -------------------------------------------------------------------------------------------
+    def set_image(self, image: MedImage) -> None:
+        """Take a 2D image (a volume must be sliced first); full-image models embed it now."""
+        if image.is_volume:
+            raise InputContractError("segmenters take 2D images: pass image.slice(k), or use segment_volume()")
+        h, w = image.spatial_shape
+        if h * w > self.max_pixels:
+            raise InputContractError(f"image of {w}×{h} pixels exceeds the limit of {self.max_pixels} pixels")
+        self.image = image
+        self._hash = hashlib.sha1(np.ascontiguousarray(image.array).tobytes()).hexdigest()
+        self._unit = None
+        if self.crop <= 0:
+            self._embedding(None)
+
+    def _embedding(self, window: np.ndarray | None) -> tuple[torch.Tensor, Any]:
+        """The (1, 256, g, g) embedding of the whole image or of a crop window, from cache when possible."""
+        key = f"{self.record.name}:{self._hash}:{None if window is None else window.tolist()}"
+        if window is None:
+            pixels, info = preprocess(self.image, self.record.preprocess)
+        else:
+            pixels, info = self._crop_pixels(window), None
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key], info
+        disk = self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.pt" if self.cache_dir else None
+        if disk is not None and disk.is_file():
+            emb = torch.load(disk, map_location=self.device, weights_only=True)
+        else:
+            with torch.inference_mode():
+                emb = self.model.embed(pixels[None].to(self.device))
+            if disk is not None:
+                disk.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(emb.cpu(), disk)
+        self._cache[key] = emb
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return emb, info
+
+    def _crop_pixels(self, window: np.ndarray) -> torch.Tensor:
+        """Crop (window XYXY, ints) of the image, squashed to the model's input and normalised."""
+        if self._unit is None:
+            self._unit = to_unit_range(self.image, self.record.preprocess)
+        contract = self.record.preprocess
+        x0, y0, x1, y1 = window
+        crop = torch.from_numpy(self._unit[y0:y1, x0:x1]).permute(2, 0, 1)[None]
+        size = contract.image_size
+        if contract.intensity != "minmax":  # match training: 8-bit values resized bilinearly by Pillow
+            from PIL import Image
+
+            u8 = np.round(self._unit[y0:y1, x0:x1] * 255).astype(np.uint8)
+            crop = np.asarray(Image.fromarray(u8).resize((size, size), Image.Resampling.BILINEAR))
+            crop = torch.from_numpy(crop.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+        else:
+            crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
+        mean = torch.tensor(contract.mean)[:, None, None]
+        std = torch.tensor(contract.std)[:, None, None]
+        return (crop[0] * contract.scale - mean) / std
+
+    # -- prompts -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict(
+        self,
+        boxes: np.ndarray | None = None,
+        points: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool = False,
+    ) -> SegmentResult:
+        """Segment the current image.
+
+        Args:
+            boxes: (B, 4) XYXY in original pixels; one mask set per box. With several boxes, ``points``
+                apply to each.
+            points: (N, 2) XY in original pixels; ``point_labels`` (N,) 1 = foreground, 0 = background.
+            mask_input: (1, h, w) low-resolution logits from a previous result of the same prompt (refinement).
+            multimask: return 3 candidate masks per prompt instead of 1.
+        """
+        if self.image is None:
+            raise InputContractError("call set_image() before predict()")
+        h, w = self.image.spatial_shape
+        points, point_labels, boxes = check_prompts((h, w), points, point_labels, boxes)
+        if self.crop > 0:
+            return self._predict_crops(boxes, points, point_labels, mask_input, multimask)
+        emb, info = self._embedding(None)
+        sy, sx = info.scale
+        oy, ox = info.offset
+        n = 1 if boxes is None else len(boxes)
+        pts = None
+        if points is not None:
+            coords = points * np.array([sx, sy], dtype=np.float32) + np.array([ox, oy], dtype=np.float32)
+            pts = (torch.from_numpy(coords)[None].repeat(n, 1, 1).to(self.device),
+                   torch.from_numpy(point_labels)[None].repeat(n, 1).to(self.device))
+        bx = None
+        if boxes is not None:
+            bx = torch.from_numpy(boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
+                                  + np.array([ox, oy, ox, oy], dtype=np.float32)).to(self.device)
+        mi = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32)[None].repeat(n, 1, 1, 1)
+        logits, iou = self.model.decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
+        size = self.record.preprocess.image_size
+        up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+        up = up[..., : info.content[0], : info.content[1]] if self.record.preprocess.resize == "longest_pad" else up
+        masks = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False) > 0
+        return SegmentResult(masks.cpu().numpy(), iou.float().cpu().numpy(), logits.float().cpu().numpy())
+
+    def _predict_crops(self, boxes, points, point_labels, mask_input, multimask) -> SegmentResult:
+        from medfoundry.train.seg_data import crop_box
+
+        h, w = self.image.spatial_shape
+        if boxes is None:  # points only: a window around the clicks, at least a quarter of the image
+            span = np.array([points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()])
+            centre, half = (span[:2] + span[2:]) / 2, np.maximum((span[2:] - span[:2]) / 2, [w / 8, h / 8])
+            windows = [crop_box(np.concatenate([centre - half, centre + half]), self.crop, h, w)]
+            prompt_boxes = [None]
+        else:
+            windows = [crop_box(b, self.crop, h, w) for b in boxes]
+            prompt_boxes = list(boxes)
+        size = self.record.preprocess.image_size
+        all_masks, all_iou, all_logits = [], [], []
+        for window, box in zip(windows, prompt_boxes, strict=True):
+            emb, _ = self._embedding(window)
+            x0, y0, x1, y1 = window
+            s = np.array([size / (x1 - x0), size / (y1 - y0)], dtype=np.float32)
+            origin = np.array([x0, y0], dtype=np.float32)
+            bx = None if box is None else torch.from_numpy(
+                np.concatenate([(box[:2] - origin) * s, (box[2:] - origin) * s])[None]).to(self.device)
+            pts = None
+            if points is not None:
+                pts = (torch.from_numpy((points - origin) * s)[None].to(self.device),
+                       torch.from_numpy(point_labels)[None].to(self.device))
+            mi = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32)[None]
+            logits, iou = self.model.decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
+            up = F.interpolate(logits, size=(int(y1 - y0), int(x1 - x0)), mode="bilinear", align_corners=False) > 0
+            full = np.zeros((logits.shape[1], h, w), dtype=bool)
+            full[:, y0:y1, x0:x1] = up[0].cpu().numpy()
+            all_masks.append(full)
+            all_iou.append(iou[0].float().cpu().numpy())
+            all_logits.append(logits[0].float().cpu().numpy())
+        return SegmentResult(np.stack(all_masks), np.stack(all_iou), np.stack(all_logits))
+
+
+def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwargs: Any) -> PromptSegmenter:
+    """Build the model of ``record`` and attach the resolved ``weights`` (a file, folder or state dict)."""
+    from medfoundry.errors import RegistryError, WeightsError
+    from medfoundry.models.sam import build_sam
+    from medfoundry.registry.loading import load_state_dict
+
+    if record.arch != "sam":
+        raise RegistryError(f"{record.name}: architecture {record.arch!r} is registered but medfoundry cannot run "
+                            "it yet")
+    model = build_sam(dict(record.arch_config))
+    state = load_state_dict(weights)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{record.name}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return PromptSegmenter(model.float(), record, device=device, **kwargs)
+
+
+def open_segmenter(model: str, weights: Any = None, device: str = "cpu", **kwargs: Any) -> PromptSegmenter:
+    """Resolve ``--model``/``--weights`` through the registry and return a ready segmenter."""
+    from medfoundry.registry.loading import fetch_weights
+
+    record, resolved = fetch_weights(model, weights)
+    if "segmentation-2d" not in record.tasks:
+        raise InputContractError(f"{record.name} is a {record.family} model, not a promptable segmenter")
+    return load_segmenter(record, resolved, device, **kwargs)

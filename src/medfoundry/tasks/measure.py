@@ -1,0 +1,81 @@
+"""Measurements of a mask: area/volume from the spacing, RECIST-style diameters, intensity statistics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from medfoundry.errors import InputContractError
+from medfoundry.io.image import MedImage
+
+
+@dataclass
+class Measurement:
+    """Sizes in millimetres; ``area_mm2`` for 2D masks, ``volume_ml`` for 3D; diameters on the axial slice
+    where the long axis is longest (RECIST); intensity statistics in the image's units (HU for CT)."""
+
+    pixels: int
+    area_mm2: float | None
+    volume_ml: float | None
+    long_axis_mm: float
+    short_axis_mm: float
+    key_slice: int | None
+    mean: float | None
+    std: float | None
+    units: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def diameters(mask2d: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:
+    """(long axis, short axis) in mm of a 2D mask with pixel spacing (dy, dx).
+
+    Long axis: the largest distance between two pixel corners of the mask. Short axis: the largest extent of
+    the mask perpendicular to it (the RECIST short-axis measurement).
+    """
+    ys, xs = np.nonzero(mask2d)
+    if ys.size == 0:
+        return 0.0, 0.0
+    dy, dx = spacing
+    corners = np.concatenate([np.stack([xs + ox, ys + oy], 1) for ox in (0, 1) for oy in (0, 1)]).astype(float)
+    pts = np.unique(corners * [dx, dy], axis=0)
+    if len(pts) > 3:
+        from scipy.spatial import ConvexHull
+
+        try:
+            pts = pts[ConvexHull(pts).vertices]
+        except Exception:  # degenerate (collinear) masks: all points stay
+            pass
+    dist = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    i, j = np.unravel_index(dist.argmax(), dist.shape)
+    long_axis = float(dist[i, j])
+    if long_axis == 0:
+        return 0.0, 0.0
+    direction = (pts[j] - pts[i]) / long_axis
+    normal = np.array([-direction[1], direction[0]])
+    proj = pts @ normal
+    return long_axis, float(proj.max() - proj.min())
+
+
+def measure(mask: np.ndarray, image: MedImage) -> Measurement:
+    """Measure ``mask`` (same spatial shape as ``image``; 2D or 3D, non-zero = inside) on ``image``'s grid."""
+    mask = np.asarray(mask).astype(bool)
+    if mask.shape != image.spatial_shape:
+        raise InputContractError(f"mask shape {mask.shape} differs from the image's {image.spatial_shape}")
+    count = int(mask.sum())
+    values = image.array[mask] if not image.is_color else None
+    mean = float(values.mean()) if values is not None and count else None
+    std = float(values.std()) if values is not None and count else None
+    if image.is_volume:
+        dz, dy, dx = image.spacing
+        best, key = (0.0, 0.0), None
+        for z in np.nonzero(mask.any(axis=(1, 2)))[0]:
+            d = diameters(mask[z], (dy, dx))
+            if d[0] > best[0]:
+                best, key = d, int(z)
+        return Measurement(count, None, count * dz * dy * dx / 1000.0, best[0], best[1], key, mean, std, image.units)
+    dy, dx = image.spacing
+    long_axis, short_axis = diameters(mask, (dy, dx))
+    return Measurement(count, count * dy * dx, None, long_axis, short_axis, None, mean, std, image.units)
