@@ -39,11 +39,12 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--out", default="benchmarks/results/seg_kvasir.json")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--tta", action="store_true", help="average with the mirrored crop")
     args = ap.parse_args()
     manifest = shared_manifest(args.shared, Path("/tmp") / "medfoundry_bench_manifest.jsonl")
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
     rows = [r for r in rows if r["source"] == "kvasir" and r["split"] == "val"][: args.limit]
-    seg = open_segmenter(args.model, args.weights)
+    seg = open_segmenter(args.model, args.weights, tta=args.tta)
     model_d, base_d, enc_t, dec_t = [], [], [], []
     for r in rows:
         image = read_image(manifest.parent / r["image"])
@@ -62,7 +63,7 @@ def main() -> None:
         base_d.append(dice(ellipse_in_box(truth.shape, box), truth))
     result = {
         "benchmark": "Kvasir-SEG box-prompted segmentation, developer-part images held out from training",
-        "cases": len(rows), "model": seg.record.name,
+        "cases": len(rows), "model": seg.record.name, "tta": args.tta,
         "dice_mean": float(np.mean(model_d)), "dice_median": float(np.median(model_d)),
         "baseline_ellipse_in_box_dice_mean": float(np.mean(base_d)),
         "first_prompt_seconds_median (crop encode + decode)": float(np.median(enc_t)),

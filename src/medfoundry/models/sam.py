@@ -22,6 +22,8 @@ from torch import nn
 from medfoundry.errors import InputContractError
 
 VIT_SETTINGS = {
+    # a tiny ViT for tests and reference comparisons (timm-style test model), not a published checkpoint
+    "vit_test": {"embed_dim": 64, "depth": 2, "num_heads": 2, "global_attn_indexes": (1,)},
     "vit_b": {"embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": (2, 5, 8, 11)},
     "vit_l": {"embed_dim": 1024, "depth": 24, "num_heads": 16, "global_attn_indexes": (5, 11, 17, 23)},
     "vit_h": {"embed_dim": 1280, "depth": 32, "num_heads": 16, "global_attn_indexes": (7, 15, 23, 31)},
@@ -93,7 +95,8 @@ class SamModel(nn.Module):
             self.image_encoder = ImageEncoderViT(
                 depth=v["depth"], embed_dim=v["embed_dim"], img_size=size, mlp_ratio=4,
                 norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=v["num_heads"], patch_size=16,
-                qkv_bias=True, use_rel_pos=True, global_attn_indexes=v["global_attn_indexes"], window_size=14,
+                qkv_bias=True, use_rel_pos=True, global_attn_indexes=v["global_attn_indexes"],
+                window_size=14 if config.encoder != "vit_test" else 4,
                 out_chans=256,
             )
         elif config.encoder == "lite":

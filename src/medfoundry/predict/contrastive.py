@@ -149,7 +149,7 @@ class ContrastivePredictor:
         """Temperature of the model's softmax over similarities (100 for CLIP-like models without one)."""
         model = getattr(self.backend, "model", None)
         scale = getattr(model, "logit_scale", None)
-        return float(scale.exp()) if isinstance(scale, torch.Tensor) else 100.0
+        return float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0
 
 
 def load_contrastive(record: ModelRecord, weights: Any, device: str = "cpu") -> ContrastivePredictor:

@@ -69,10 +69,10 @@ def resize_info(height: int, width: int, contract: Preprocess) -> ResizeInfo:
     if contract.resize == "squash":
         sy, sx = size / height, size / width
         return ResizeInfo((height, width), size, (sy, sx), (0.0, 0.0), (size, size))
-    if contract.resize == "longest_pad":
+    if contract.resize == "longest_pad":  # as segment_anything's ResizeLongestSide
         s = size / max(height, width)
-        content = (round(height * s), round(width * s))
-        return ResizeInfo((height, width), size, (s, s), (0.0, 0.0), content)
+        content = (int(height * s + 0.5), int(width * s + 0.5))
+        return ResizeInfo((height, width), size, (content[0] / height, content[1] / width), (0.0, 0.0), content)
     # shortest_crop, exactly as torchvision's Resize(int) + CenterCrop (as used by open_clip)
     if height <= width:
         rh, rw = size, int(size * width / height)

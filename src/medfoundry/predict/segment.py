@@ -87,13 +87,14 @@ class PromptSegmenter:
     """Holds one SAM-family model; ``set_image`` once, ``predict`` per prompt."""
 
     def __init__(self, model: Any, record: ModelRecord, device: str = "cpu", cache_dir: str | Path | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int = 16) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int = 16, tta: bool = False) -> None:
         self.model = model.eval().to(device)
         self.record = record
         self.device = torch.device(device)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.max_pixels = max_pixels
         self.crop = float(getattr(model.config, "prompt_crop", 0.0))
+        self.tta = tta
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
         self.image: MedImage | None = None
@@ -114,13 +115,15 @@ class PromptSegmenter:
         if self.crop <= 0:
             self._embedding(None)
 
-    def _embedding(self, window: np.ndarray | None) -> tuple[torch.Tensor, Any]:
-        """The (1, 256, g, g) embedding of the whole image or of a crop window, from cache when possible."""
-        key = f"{self.record.name}:{self._hash}:{None if window is None else window.tolist()}"
+    def _embedding(self, window: np.ndarray | None, flip: bool = False) -> tuple[torch.Tensor, Any]:
+        """The (1, 256, g, g) embedding of the whole image or of a crop window (mirrored left-right with
+        ``flip``), from cache when possible."""
+        key = f"{self.record.name}:{self._hash}:{None if window is None else window.tolist()}:{flip}"
         if window is None:
             pixels, info = preprocess(self.image, self.record.preprocess)
         else:
             pixels, info = self._crop_pixels(window), None
+            pixels = pixels.flip(-1) if flip else pixels
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key], info
@@ -231,6 +234,8 @@ class PromptSegmenter:
                        torch.from_numpy(point_labels)[None].to(self.device))
             mi = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32)[None]
             logits, iou = self.model.decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
+            if self.tta:  # average with the left-right mirrored crop
+                logits, iou = self._mirrored(window, logits, iou, bx, pts, mi, multimask, size)
             up = F.interpolate(logits, size=(int(y1 - y0), int(x1 - x0)), mode="bilinear", align_corners=False) > 0
             full = np.zeros((logits.shape[1], h, w), dtype=bool)
             full[:, y0:y1, x0:x1] = up[0].cpu().numpy()
@@ -238,6 +243,15 @@ class PromptSegmenter:
             all_iou.append(iou[0].float().cpu().numpy())
             all_logits.append(logits[0].float().cpu().numpy())
         return SegmentResult(np.stack(all_masks), np.stack(all_iou), np.stack(all_logits))
+
+
+    def _mirrored(self, window, logits, iou, bx, pts, mi, multimask, size):
+        emb, _ = self._embedding(window, flip=True)
+        fbx = None if bx is None else torch.stack([size - bx[:, 2], bx[:, 1], size - bx[:, 0], bx[:, 3]], 1)
+        fpts = None if pts is None else (torch.stack([size - pts[0][..., 0], pts[0][..., 1]], -1), pts[1])
+        fmi = None if mi is None else mi.flip(-1)
+        flog, fiou = self.model.decode(emb, points=fpts, boxes=fbx, mask_input=fmi, multimask=multimask)
+        return (logits + flog.flip(-1)) / 2, (iou + fiou) / 2
 
 
 def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwargs: Any) -> PromptSegmenter:

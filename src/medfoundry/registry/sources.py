@@ -126,11 +126,15 @@ def _resolve_hub(ref: HubRef, offline: bool) -> Path:
         raise WeightsError("hf-hub: sources need huggingface_hub: pip install 'medfoundry[hub]'") from exc
     how = (f"fetch it once on a machine with internet (`huggingface-cli download {ref.repo_id}`) and copy the "
            "Hugging Face cache (HF_HOME) here, or pass the files with --weights PATH / local-dir:PATH")
+    # read the cache location now (huggingface_hub reads its environment once, at import)
+    hub_cache = os.environ.get("HF_HUB_CACHE") or (
+        str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None)
     try:
         if ref.filename:
             return Path(huggingface_hub.hf_hub_download(
-                ref.repo_id, ref.filename, revision=ref.revision, local_files_only=offline))
-        return Path(huggingface_hub.snapshot_download(ref.repo_id, revision=ref.revision, local_files_only=offline))
+                ref.repo_id, ref.filename, revision=ref.revision, local_files_only=offline, cache_dir=hub_cache))
+        return Path(huggingface_hub.snapshot_download(ref.repo_id, revision=ref.revision, local_files_only=offline,
+                                                      cache_dir=hub_cache))
     except LocalEntryNotFoundError as exc:
         what = f"{ref.repo_id}/{ref.filename}" if ref.filename else ref.repo_id
         raise WeightsNotFoundError(f"hf-hub:{what} is not in the local Hugging Face cache; {how}") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -44,10 +45,8 @@ def diameters(mask2d: np.ndarray, spacing: tuple[float, float]) -> tuple[float, 
     if len(pts) > 3:
         from scipy.spatial import ConvexHull
 
-        try:
+        with contextlib.suppress(Exception):  # degenerate (collinear) masks: all points stay
             pts = pts[ConvexHull(pts).vertices]
-        except Exception:  # degenerate (collinear) masks: all points stay
-            pass
     dist = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
     i, j = np.unravel_index(dist.argmax(), dist.shape)
     long_axis = float(dist[i, j])

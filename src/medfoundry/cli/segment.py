@@ -1,0 +1,110 @@
+"""``medfoundry segment``: promptable segmentation of 2D images, slices and whole volumes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from medfoundry.cli.models import add_model_flags
+from medfoundry.errors import InputContractError
+from medfoundry.io import MedImage, read_image, write_image
+
+DEFAULT_MODEL = "medfoundry-sam-lite"
+
+
+def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputContractError(f"{what} {text!r} must be comma-separated numbers") from None
+    if len(values) not in n:
+        raise InputContractError(f"{what} {text!r} needs {' or '.join(map(str, n))} numbers")
+    return values
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment with boxes/points (2D, a slice, or a whole volume)")
+    p.add_argument("image", nargs="?", help="image file or DICOM folder (omit with --prompts)")
+    add_model_flags(p, required=False)
+    p.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 in image pixels (repeatable)")
+    p.add_argument("--point", action="append", default=[], help="x,y[,label] (label 1 = inside, 0 = outside)")
+    p.add_argument("--slice", type=int, default=None, dest="slice_index", help="slice of a volume to prompt")
+    p.add_argument("--propagate", action="store_true", help="follow the object through the volume (3D mask)")
+    p.add_argument("--tta", action="store_true", help="average with the mirrored input (slower, a little better)")
+    p.add_argument("--out", default=None, help="mask file: .png, .nii.gz (keeps geometry) or .npy")
+    p.add_argument("--prompts", default=None, help="JSON lines: {image, boxes, points, slice} per image")
+    p.add_argument("--out-dir", default=None, help="with --prompts: one mask per line, named after the image")
+    p.add_argument("--json", action="store_true", help="print measurements as JSON")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _mask_image(mask: np.ndarray, like: MedImage) -> MedImage:
+    return replace(like, array=mask.astype(np.uint8), photometric="MONOCHROME2", units="mask",
+                   window=None, meta={"mask_of": like.source}, phi={})
+
+
+def segment_one(segmenter, image: MedImage, boxes: list, points: list, slice_index: int | None,
+                propagate: bool) -> tuple[np.ndarray, MedImage]:
+    """One image's mask and the image it lives on (the volume for 3D, the slice or 2D image otherwise)."""
+    from medfoundry.tasks.volume import segment_volume
+
+    pts = np.array([p[:2] for p in points], dtype=np.float32) if points else None
+    labels = np.array([int(p[2]) if len(p) > 2 else 1 for p in points]) if points else None
+    if image.is_volume:
+        if slice_index is None:
+            raise InputContractError(f"{image.source} is a volume of {image.array.shape[0]} slices: "
+                                     "choose the prompted slice with --slice K")
+        if propagate:
+            if len(boxes) > 1:
+                raise InputContractError("3D propagation follows one object: give one box")
+            result = segment_volume(segmenter, image, slice_index, box=np.array(boxes[0]) if boxes else None,
+                                    points=pts, point_labels=labels, progress=True)
+            return result.mask, image
+        image = image.slice(slice_index)
+    segmenter.set_image(image)
+    out = segmenter.predict(boxes=np.array(boxes) if boxes else None, points=pts, point_labels=labels)
+    return out.best().any(axis=0), image
+
+
+def run(args: argparse.Namespace) -> int:
+    from medfoundry.predict.segment import open_segmenter
+    from medfoundry.tasks.measure import measure
+
+    segmenter = open_segmenter(args.model or DEFAULT_MODEL, args.weights, tta=args.tta)
+    if args.prompts:
+        if not args.out_dir:
+            raise InputContractError("--prompts needs --out-dir")
+        jobs = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    else:
+        if not args.image or not args.out:
+            raise InputContractError("give IMAGE and --out (or --prompts FILE --out-dir DIR)")
+        jobs = [{"image": args.image, "boxes": [_numbers(b, (4,), "box") for b in args.box],
+                 "points": [_numbers(p, (2, 3), "point") for p in args.point], "slice": args.slice_index,
+                 "out": args.out}]
+    report = []
+    for job in jobs:
+        image = read_image(job["image"])
+        mask, grid = segment_one(segmenter, image, job.get("boxes") or [], job.get("points") or [],
+                                 job.get("slice"), args.propagate or bool(job.get("propagate")))
+        out = job.get("out") or str(Path(args.out_dir) / f"{Path(job['image']).name.split('.')[0]}_mask.nii.gz")
+        if out.endswith(".png"):
+            if mask.ndim == 3:
+                raise InputContractError("a 3D mask cannot be a PNG: use .nii.gz")
+            write_image(replace(_mask_image(mask, grid), array=mask.astype(np.uint8) * 255), out,
+                        overwrite=args.overwrite)
+        else:
+            write_image(_mask_image(mask, grid), out, overwrite=args.overwrite)
+        entry = {"image": job["image"], "mask": out, **measure(mask, grid).to_dict()}
+        report.append(entry)
+        if not args.json:
+            size = f"{entry['volume_ml']:.2f} mL" if entry["volume_ml"] is not None else f"{entry['area_mm2']:.1f} mm²"
+            print(f"{out}: {entry['pixels']} px, {size}, long axis {entry['long_axis_mm']:.1f} mm, "
+                  f"short axis {entry['short_axis_mm']:.1f} mm")
+    if args.json:
+        print(json.dumps(report if args.prompts else report[0], indent=2))
+    return 0

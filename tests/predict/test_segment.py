@@ -1,0 +1,142 @@
+"""PromptSegmenter against segment_anything's SamPredictor, prompt validation, caching and crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medfoundry.errors import InputContractError
+from medfoundry.io import MedImage
+from medfoundry.predict.segment import load_segmenter
+from medfoundry.registry import ModelRecord, get_record, save_checkpoint
+
+segment_anything = pytest.importorskip("segment_anything")
+
+SAM_PRE = {"image_size": 256, "resize": "longest_pad", "channels": 3, "intensity": "uint8", "scale": 255.0,
+           "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "interpolation": "bilinear"}
+
+
+def _record(arch_config: dict, pre: dict = SAM_PRE) -> ModelRecord:
+    return ModelRecord.from_dict({"name": "tiny-sam", "arch": "sam", "arch_config": arch_config,
+                                  "family": "VPM-generalist", "tasks": ["segmentation-2d"], "modalities": ["CT"],
+                                  "license": "MIT", "commercial_use": True, "paper": "t", "training_data": "t",
+                                  "preprocess": pre})
+
+
+def _rgb_image(h: int = 150, w: int = 200) -> MedImage:
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr[((yy - 70) ** 2 + (xx - 90) ** 2) < 900] = [220, 180, 160]
+    return MedImage(array=arr, spacing=(0.5, 0.5), photometric="RGB")
+
+
+@pytest.fixture(scope="module")
+def tiny_sam():
+    from medfoundry.models.sam import build_sam
+
+    torch.manual_seed(0)
+    model = build_sam({"encoder": "vit_test", "image_size": 256}).eval()
+    return model
+
+
+def _reference_predictor(model):
+    from segment_anything import SamPredictor
+    from segment_anything.modeling import Sam
+
+    sam = Sam(model.image_encoder, model.prompt_encoder, model.mask_decoder).eval()
+    return SamPredictor(sam)
+
+
+@pytest.mark.parametrize("prompt", ["box", "points", "box+points"])
+def test_masks_match_segment_anything(tiny_sam, prompt: str) -> None:
+    image = _rgb_image()
+    record = _record({"encoder": "vit_test", "image_size": 256})
+    ours = load_segmenter(record, tiny_sam.state_dict())
+    ref = _reference_predictor(ours.model)
+    ref.set_image(image.array)
+    box = np.array([50.0, 35.0, 135.0, 110.0]) if "box" in prompt else None
+    pts = np.array([[90.0, 70.0], [20.0, 20.0]]) if "points" in prompt else None
+    lab = np.array([1, 0]) if pts is not None else None
+    ref_masks, ref_iou, _ = ref.predict(point_coords=pts, point_labels=lab, box=box, multimask_output=True)
+    ours.set_image(image)
+    out = ours.predict(boxes=None if box is None else box[None], points=pts, point_labels=lab, multimask=True)
+    for k in range(3):
+        a, b = out.masks[0, k], ref_masks[k]
+        iou = (a & b).sum() / max((a | b).sum(), 1)
+        assert iou >= 0.99, (k, iou)
+    np.testing.assert_allclose(out.iou[0], ref_iou, atol=1e-4)
+
+
+def test_prompt_errors(tiny_sam) -> None:
+    seg = load_segmenter(_record({"encoder": "vit_test", "image_size": 256}), tiny_sam.state_dict())
+    with pytest.raises(InputContractError, match="set_image"):
+        seg.predict(boxes=np.array([[0, 0, 10, 10]]))
+    seg.set_image(_rgb_image())
+    cases = [
+        ({}, "at least one prompt"),
+        ({"boxes": np.array([[50, 50, 40, 60]])}, "inverted"),
+        ({"boxes": np.array([[50, 50, 50, 60]])}, "empty"),
+        ({"boxes": np.array([[0, 0, 500, 60]])}, "outside"),
+        ({"points": np.array([[10, 10]])}, "labels"),
+        ({"points": np.array([[10, 10]]), "point_labels": np.array([2])}, "0 .background"),
+        ({"points": np.array([[-5, 10]]), "point_labels": np.array([1])}, "outside"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(InputContractError, match=message):
+            seg.predict(**kwargs)
+
+
+def test_volume_and_size_limit_refused(tiny_sam) -> None:
+    seg = load_segmenter(_record({"encoder": "vit_test", "image_size": 256}), tiny_sam.state_dict(), max_pixels=1000)
+    with pytest.raises(InputContractError, match="volume"):
+        seg.set_image(MedImage(array=np.zeros((4, 20, 20)), spacing=(1, 1, 1)))
+    with pytest.raises(InputContractError, match="limit"):
+        seg.set_image(_rgb_image())
+
+
+def test_embedding_is_cached_in_memory_and_on_disk(tiny_sam, tmp_path: Path, monkeypatch) -> None:
+    seg = load_segmenter(_record({"encoder": "vit_test", "image_size": 256}), tiny_sam.state_dict(),
+                         cache_dir=tmp_path)
+    calls = []
+    original = seg.model.embed
+    monkeypatch.setattr(seg.model, "embed", lambda x: calls.append(1) or original(x))
+    image = _rgb_image()
+    seg.set_image(image)
+    first = seg.predict(boxes=np.array([[50.0, 35.0, 135.0, 110.0]]))
+    seg.predict(points=np.array([[90.0, 70.0]]), point_labels=np.array([1]))
+    assert len(calls) == 1 and len(list(tmp_path.glob("*.pt"))) == 1
+    fresh = load_segmenter(seg.record, tiny_sam.state_dict(), cache_dir=tmp_path)
+    monkeypatch.setattr(fresh.model, "embed", lambda x: calls.append(1) or original(x))
+    fresh.set_image(image)
+    again = fresh.predict(boxes=np.array([[50.0, 35.0, 135.0, 110.0]]))
+    assert len(calls) == 1  # read from disk
+    np.testing.assert_array_equal(first.masks, again.masks)
+
+
+def test_embedded_segmenter_loads_and_segments_a_bright_blob() -> None:
+    from medfoundry.predict.segment import open_segmenter
+
+    record = get_record("medfoundry-sam-lite")
+    assert record.embedded and record.weights[0].sha256
+    seg = open_segmenter("medfoundry-sam-lite")
+    image = _rgb_image()
+    seg.set_image(image)
+    mask = seg.predict(boxes=np.array([[55.0, 35.0, 125.0, 105.0]])).best()[0]
+    yy, xx = np.mgrid[0:150, 0:200]
+    truth = ((yy - 70) ** 2 + (xx - 90) ** 2) < 900
+    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.8
+
+
+def test_self_describing_checkpoint_round_trip(tiny_sam, tmp_path: Path) -> None:
+    from medfoundry.predict.segment import open_segmenter
+
+    record = _record({"encoder": "vit_test", "image_size": 256})
+    folder = save_checkpoint(tiny_sam.state_dict(), record, tmp_path / "ckpt")
+    seg = open_segmenter(f"local-dir:{folder}")
+    seg.set_image(_rgb_image())
+    assert seg.predict(boxes=np.array([[50.0, 35.0, 135.0, 110.0]])).masks.shape == (1, 1, 150, 200)
