@@ -72,7 +72,7 @@ def main() -> None:
     summary = {"benchmark": "PneumoniaMNIST (balanced) val split, 270 images never used to train the model",
                "model": predictor.record.name, "labels": ["normal", "pneumonia"],
                "templates": list(predictor.record.templates), "auroc": aurocs,
-               "zero_shot_accuracy_at_0.5": accuracy, "cases": int(len(test_y))}
+               "zero_shot_accuracy_at_0.5": accuracy, "cases": len(test_y)}
     out.write_text(json.dumps(summary, indent=2))
     try:
         import matplotlib

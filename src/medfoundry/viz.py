@@ -28,7 +28,7 @@ def draw_box(rgb: np.ndarray, box: np.ndarray, color: tuple[int, int, int] = (64
     """Draw an XYXY box outline (2 px) on a copy of ``rgb``."""
     out = rgb.copy()
     h, w = out.shape[:2]
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0, x1, y1 = (int(np.rint(v)) for v in box)
     x0, x1 = np.clip([x0, x1 - 1], 0, w - 1)
     y0, y1 = np.clip([y0, y1 - 1], 0, h - 1)
     for t in range(2):
