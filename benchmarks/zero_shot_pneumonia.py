@@ -69,10 +69,29 @@ def main() -> None:
     accuracy = float(((model_score > 0.5) == test_y).mean())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # calibration: fit a temperature on one half of the val split, measure ECE on the other half
+    from medfoundry.tasks.calibration import calibrate, expected_calibration_error, reliability_diagram, softmax
+    from medfoundry.tasks.zero_shot import class_prototypes
+
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(test_y))
+    fit_idx, eval_idx = order[: len(order) // 2], order[len(order) // 2 :]
+    names = ["normal", "pneumonia"]
+    cal = calibrate(predictor, [images[i] for i in fit_idx], [names[test_y[i]] for i in fit_idx], names)
+    sims = predictor.embed_images([images[i] for i in eval_idx]) @ class_prototypes(predictor, names,
+                                                                                   cal.templates).T
+    raw, calibrated = softmax(sims * predictor.logit_scale), softmax(sims / cal.temperature)
+    calibration = {"fit_cases": len(fit_idx), "eval_cases": len(eval_idx), "temperature": cal.temperature,
+                   "model_logit_scale": predictor.logit_scale,
+                   "ece_before": expected_calibration_error(raw, test_y[eval_idx]),
+                   "ece_after": expected_calibration_error(calibrated, test_y[eval_idx])}
+    reliability_diagram(raw, test_y[eval_idx], out.with_name(out.stem + "_reliability_before.png"), "before calibration")
+    reliability_diagram(calibrated, test_y[eval_idx], out.with_name(out.stem + "_reliability_after.png"),
+                        f"after temperature scaling (T={cal.temperature:.3f})")
     summary = {"benchmark": "PneumoniaMNIST (balanced) val split, 270 images never used to train the model",
                "model": predictor.record.name, "labels": ["normal", "pneumonia"],
                "templates": list(predictor.record.templates), "auroc": aurocs,
-               "zero_shot_accuracy_at_0.5": accuracy, "cases": len(test_y)}
+               "zero_shot_accuracy_at_0.5": accuracy, "cases": len(test_y), "calibration": calibration}
     out.write_text(json.dumps(summary, indent=2))
     try:
         import matplotlib

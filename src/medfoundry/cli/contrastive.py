@@ -46,8 +46,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--uncertain-below", type=float, default=None,
                     help="answer 'uncertain' when the top probability is below this level")
     pc.add_argument("--slice", type=int, default=None, dest="slice_index")
+    pc.add_argument("--calibration", default=None, help="calibration JSON from `medfoundry calibrate`")
     pc.add_argument("--json", action="store_true")
     pc.set_defaults(func=run_classify)
+
+    pk = sub.add_parser("calibrate", help="fit a temperature for zero-shot scores on a small labelled set")
+    pk.add_argument("--data", required=True, help="CSV with columns image,label")
+    pk.add_argument("--labels", required=True, help="comma-separated labels (the classes of --data)")
+    add_model_flags(pk, required=False)
+    pk.add_argument("--template", action="append", default=None)
+    pk.add_argument("--out", required=True, help="calibration JSON to write")
+    pk.add_argument("--overwrite", action="store_true")
+    pk.set_defaults(func=run_calibrate)
 
 
 def run_embed(args: argparse.Namespace) -> int:
@@ -70,8 +80,16 @@ def run_classify(args: argparse.Namespace) -> int:
 
     labels = [s for s in args.labels.split(",")]
     predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights)
+    temperature, templates = None, args.template
+    if args.calibration:
+        from medfoundry.tasks.calibration import Calibration
+
+        cal = Calibration.load(args.calibration)
+        if cal.model != predictor.record.name or [x.strip() for x in labels] != cal.labels:
+            raise InputContractError(f"{args.calibration} calibrates {cal.model} for labels {cal.labels}")
+        temperature, templates = cal.temperature, templates or cal.templates
     result = zero_shot_classify(predictor, _images(args.images, args.slice_index), labels,
-                                templates=args.template, multilabel=args.multilabel,
+                                templates=templates, multilabel=args.multilabel, temperature=temperature,
                                 uncertain_below=args.uncertain_below)
     rows = []
     for i, path in enumerate(args.images):
@@ -86,4 +104,26 @@ def run_classify(args: argparse.Namespace) -> int:
         for r in rows:
             scores = "  ".join(f"{k}={v:.3f}" for k, v in r["scores"].items())
             print(f"{r['image']}: {r['prediction']} ({r['confidence']:.3f})  {scores}")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    import csv
+    from pathlib import Path
+
+    from medfoundry.predict.contrastive import open_contrastive
+    from medfoundry.tasks.calibration import calibrate
+
+    with open(args.data, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"image", "label"} <= set(rows[0]):
+        raise InputContractError(f"{args.data} needs columns image,label")
+    base = Path(args.data).parent
+    images = _images([str(base / r["image"]) if not Path(r["image"]).is_absolute() else r["image"] for r in rows],
+                     None)
+    predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights)
+    cal = calibrate(predictor, images, [r["label"].strip() for r in rows], args.labels.split(","), args.template)
+    cal.save(args.out, args.overwrite)
+    print(f"temperature {cal.temperature:.4f}; ECE {cal.ece_before:.4f} → {cal.ece_after:.4f} on {cal.cases} "
+          f"images; wrote {args.out}")
     return 0
