@@ -85,7 +85,8 @@ def main() -> None:
                    "model_logit_scale": predictor.logit_scale,
                    "ece_before": expected_calibration_error(raw, test_y[eval_idx]),
                    "ece_after": expected_calibration_error(calibrated, test_y[eval_idx])}
-    reliability_diagram(raw, test_y[eval_idx], out.with_name(out.stem + "_reliability_before.png"), "before calibration")
+    before_png = out.with_name(out.stem + "_reliability_before.png")
+    reliability_diagram(raw, test_y[eval_idx], before_png, "before calibration")
     reliability_diagram(calibrated, test_y[eval_idx], out.with_name(out.stem + "_reliability_after.png"),
                         f"after temperature scaling (T={cal.temperature:.3f})")
     summary = {"benchmark": "PneumoniaMNIST (balanced) val split, 270 images never used to train the model",

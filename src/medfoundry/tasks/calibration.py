@@ -7,6 +7,7 @@ ECE before and after). ``zero_shot_classify(..., temperature=cal.temperature)`` 
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -54,7 +55,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     conf, pred = probs.max(axis=1), probs.argmax(axis=1)
     edges = np.linspace(0, 1, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
             ece += sel.mean() * abs(conf[sel].mean() - (pred[sel] == labels[sel]).mean())
@@ -104,7 +105,7 @@ def reliability_diagram(probs: np.ndarray, labels: np.ndarray, path: str | Path,
     conf, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
     edges = np.linspace(0, 1, bins + 1)
     centres, accs = [], []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
             centres.append((lo + hi) / 2)
