@@ -98,3 +98,10 @@ def test_classify_and_embed_cli(checkpoint: Path, images: list[Path], tmp_path: 
     capsys.readouterr()
     assert main(["classify", str(images[0]), "--model", "no-such-model", "--labels", "a,b"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_ground_cli(checkpoint: Path, images: list[Path], tmp_path: Path) -> None:
+    out, npy = tmp_path / "g.png", tmp_path / "g.npy"
+    assert main(["ground", str(images[0]), "--text", "pneumonia", "--model", f"local-dir:{checkpoint}",
+                 "--out", str(out), "--npy", str(npy)]) == 0
+    assert Image.open(out).size == Image.open(images[0]).size and np.load(npy).shape == (2, 2)

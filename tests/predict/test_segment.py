@@ -140,3 +140,30 @@ def test_self_describing_checkpoint_round_trip(tiny_sam, tmp_path: Path) -> None
     seg = open_segmenter(f"local-dir:{folder}")
     seg.set_image(_rgb_image())
     assert seg.predict(boxes=np.array([[50.0, 35.0, 135.0, 110.0]])).masks.shape == (1, 1, 150, 200)
+
+
+@pytest.mark.parametrize("arch", [{"encoder": "vit_test", "image_size": 256},
+                                  {"encoder": "lite", "image_size": 64, "backbone": "resnet10t", "embed_stride": 4,
+                                   "prompt_crop": 0.25}])
+def test_onnx_runtime_matches_torch(arch: dict, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from medfoundry.export.onnx import OnnxSam, export_sam_onnx
+    from medfoundry.models.sam import build_sam
+    from medfoundry.predict.segment import PromptSegmenter
+
+    torch.manual_seed(0)
+    model = build_sam(arch).eval()
+    pre = dict(SAM_PRE, image_size=arch["image_size"], resize="longest_pad" if arch["encoder"] != "lite" else "squash")
+    record = _record(arch, pre)
+    torch_seg = load_segmenter(record, model.state_dict())
+    export_sam_onnx(torch_seg.model, tmp_path)
+    assert not torch_seg.model.training  # export must not leave the model in training mode
+    onnx_seg = PromptSegmenter(OnnxSam(tmp_path, torch_seg.model.config), record)
+    image = _rgb_image()
+    prompts = {"boxes": np.array([[50.0, 35.0, 135.0, 110.0]]), "points": np.array([[90.0, 70.0]]),
+               "point_labels": np.array([1])}
+    for seg in (torch_seg, onnx_seg):
+        seg.set_image(image)
+    a, b = torch_seg.predict(**prompts), onnx_seg.predict(**prompts)
+    iou = (a.masks & b.masks).sum() / max((a.masks | b.masks).sum(), 1)
+    assert iou >= 0.99 and np.allclose(a.iou, b.iou, atol=1e-3)

@@ -50,6 +50,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--json", action="store_true")
     pc.set_defaults(func=run_classify)
 
+    pg = sub.add_parser("ground", help="patch-level similarity heatmap of a text prompt over an image")
+    pg.add_argument("image")
+    pg.add_argument("--text", required=True)
+    add_model_flags(pg, required=False)
+    pg.add_argument("--slice", type=int, default=None, dest="slice_index")
+    pg.add_argument("--out", required=True, help="overlay PNG")
+    pg.add_argument("--npy", default=None, help="also save the raw (h, w) similarity map")
+    pg.add_argument("--overwrite", action="store_true")
+    pg.set_defaults(func=run_ground)
+
     pk = sub.add_parser("calibrate", help="fit a temperature for zero-shot scores on a small labelled set")
     pk.add_argument("--data", required=True, help="CSV with columns image,label")
     pk.add_argument("--labels", required=True, help="comma-separated labels (the classes of --data)")
@@ -126,4 +136,24 @@ def run_calibrate(args: argparse.Namespace) -> int:
     cal.save(args.out, args.overwrite)
     print(f"temperature {cal.temperature:.4f}; ECE {cal.ece_before:.4f} → {cal.ece_after:.4f} on {cal.cases} "
           f"images; wrote {args.out}")
+    return 0
+
+
+def run_ground(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from medfoundry.predict.contrastive import open_contrastive
+    from medfoundry.viz import display_rgb, overlay_heatmap
+
+    image = _images([args.image], args.slice_index)[0]
+    predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights)
+    heat = predictor.dense_similarity(image, args.text)
+    with atomic_output(args.out, args.overwrite) as tmp:
+        Image.fromarray(overlay_heatmap(display_rgb(image), heat)).save(tmp, format="PNG")
+    if args.npy:
+        with atomic_output(args.npy, args.overwrite) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, heat.astype(np.float32))
+    peak = np.unravel_index(heat.argmax(), heat.shape)
+    print(f"wrote {args.out}: {heat.shape[0]}×{heat.shape[1]} map, cosine {heat.min():.3f}..{heat.max():.3f}, "
+          f"peak at cell {tuple(int(v) for v in peak)}")
     return 0

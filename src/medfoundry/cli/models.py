@@ -40,6 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pf.add_argument("--offline", action="store_true", help="never touch the network")
     pf.set_defaults(func=run_fetch)
 
+    po = msub.add_parser("export-onnx", help="export a SAM-family model's encoder and decoder to ONNX")
+    add_model_flags(po)
+    po.add_argument("--out", required=True, help="folder for encoder.onnx and decoder.onnx")
+    po.set_defaults(func=run_export_onnx)
+
     pc = msub.add_parser("convert", help="convert a checkpoint to safetensors, safely (no code is unpickled)")
     pc.add_argument("source", help="checkpoint file, local-dir:PATH, hf-hub:org/repo/file, URL, or registry name")
     pc.add_argument("out", help="output .safetensors file")
@@ -100,4 +105,14 @@ def run_convert(args: argparse.Namespace) -> int:
         _, source = fetch_weights(source)  # a registry name
     summary = convert_to_safetensors(source, args.out, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from medfoundry.export.onnx import export_sam_onnx
+    from medfoundry.predict.segment import open_segmenter
+
+    segmenter = open_segmenter(args.model, args.weights)
+    enc, dec = export_sam_onnx(segmenter.model, args.out)
+    print(f"wrote {enc} and {dec}; run them with `medfoundry segment --model {args.model} --onnx {args.out}`")
     return 0

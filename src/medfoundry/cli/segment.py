@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slice", type=int, default=None, dest="slice_index", help="slice of a volume to prompt")
     p.add_argument("--propagate", action="store_true", help="follow the object through the volume (3D mask)")
     p.add_argument("--tta", action="store_true", help="average with the mirrored input (slower, a little better)")
+    p.add_argument("--onnx", default=None, help="run the encoder/decoder exported by `models export-onnx` here")
     p.add_argument("--out", default=None, help="mask file: .png, .nii.gz (keeps geometry) or .npy")
     p.add_argument("--prompts", default=None, help="JSON lines: {image, boxes, points, slice} per image")
     p.add_argument("--out-dir", default=None, help="with --prompts: one mask per line, named after the image")
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from medfoundry.predict.segment import open_segmenter
     from medfoundry.tasks.measure import measure
 
-    segmenter = open_segmenter(args.model or DEFAULT_MODEL, args.weights, tta=args.tta)
+    segmenter = open_segmenter(args.model or DEFAULT_MODEL, args.weights, onnx=args.onnx, tta=args.tta)
     if args.prompts:
         if not args.out_dir:
             raise InputContractError("--prompts needs --out-dir")

@@ -271,10 +271,18 @@ def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwa
     return PromptSegmenter(model.float(), record, device=device, **kwargs)
 
 
-def open_segmenter(model: str, weights: Any = None, device: str = "cpu", **kwargs: Any) -> PromptSegmenter:
-    """Resolve ``--model``/``--weights`` through the registry and return a ready segmenter."""
-    from medfoundry.registry.loading import fetch_weights
+def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: str | Path | None = None,
+                   **kwargs: Any) -> PromptSegmenter:
+    """Resolve ``--model``/``--weights`` through the registry and return a ready segmenter; with ``onnx`` (a
+    folder from ``medfoundry models export-onnx``) the encoder and decoder run in onnxruntime."""
+    from medfoundry.registry.loading import fetch_weights, resolve_model
 
+    if onnx is not None:
+        from medfoundry.export.onnx import OnnxSam
+        from medfoundry.models.sam import SamConfig
+
+        record, _ = resolve_model(model, weights)
+        return PromptSegmenter(OnnxSam(onnx, SamConfig(**record.arch_config)), record, **kwargs)
     record, resolved = fetch_weights(model, weights)
     if "segmentation-2d" not in record.tasks:
         raise InputContractError(f"{record.name} is a {record.family} model, not a promptable segmenter")
