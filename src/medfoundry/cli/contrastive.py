@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     pc = sub.add_parser("classify", help="zero-shot classification with a contrastive model")
     pc.add_argument("images", nargs="+")
-    pc.add_argument("--labels", required=True, help='comma-separated labels, e.g. "normal,pneumonia"')
+    pc.add_argument("--labels", default=None, help='comma-separated labels, e.g. "normal,pneumonia"')
     add_model_flags(pc, required=False)
     pc.add_argument("--template", action="append", default=None, help="prompt template with {} (repeatable)")
     pc.add_argument("--multilabel", action="store_true", help="score each label present-vs-absent (CheXzero)")
@@ -47,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="answer 'uncertain' when the top probability is below this level")
     pc.add_argument("--slice", type=int, default=None, dest="slice_index")
     pc.add_argument("--calibration", default=None, help="calibration JSON from `medfoundry calibrate`")
+    pc.add_argument("--probe", default=None, help="a trained head from `medfoundry train probe` (labels from it)")
     pc.add_argument("--json", action="store_true")
     pc.set_defaults(func=run_classify)
 
@@ -88,6 +89,10 @@ def run_classify(args: argparse.Namespace) -> int:
     from medfoundry.predict.contrastive import open_contrastive
     from medfoundry.tasks.zero_shot import zero_shot_classify
 
+    if args.probe:
+        return _classify_with_probe(args)
+    if not args.labels:
+        raise InputContractError("give --labels (zero-shot) or --probe (a trained head)")
     labels = [s for s in args.labels.split(",")]
     predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights)
     temperature, templates = None, args.template
@@ -156,4 +161,24 @@ def run_ground(args: argparse.Namespace) -> int:
     peak = np.unravel_index(heat.argmax(), heat.shape)
     print(f"wrote {args.out}: {heat.shape[0]}×{heat.shape[1]} map, cosine {heat.min():.3f}..{heat.max():.3f}, "
           f"peak at cell {tuple(int(v) for v in peak)}")
+    return 0
+
+
+def _classify_with_probe(args: argparse.Namespace) -> int:
+    from medfoundry.predict.contrastive import open_contrastive
+    from medfoundry.tasks.probe import ProbeHead
+
+    head = ProbeHead.load(args.probe)
+    predictor = open_contrastive(args.model or head.model, args.weights)
+    if predictor.record.name != head.model:
+        raise InputContractError(f"{args.probe} was trained on {head.model} embeddings, not {predictor.record.name}")
+    probs = head.predict_proba(predictor.embed_images(_images(args.images, args.slice_index)))
+    rows = [{"image": p, "prediction": head.classes[int(pr.argmax())], "confidence": round(float(pr.max()), 4),
+             "scores": {c: round(float(v), 4) for c, v in zip(head.classes, pr, strict=True)}}
+            for p, pr in zip(args.images, probs, strict=True)]
+    if args.json:
+        print(json.dumps({"model": head.model, "probe": args.probe, "results": rows}, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['image']}: {r['prediction']} ({r['confidence']:.3f})")
     return 0

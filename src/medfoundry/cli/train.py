@@ -33,6 +33,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--device", default="auto")
     pc.set_defaults(func=run_clip)
 
+    pr = tsub.add_parser("probe", help="linear probe or few-shot prototypes on frozen contrastive embeddings")
+    pr.add_argument("--data", required=True, help="CSV with columns image,label")
+    pr.add_argument("--model", default="medfoundry-clip-tiny")
+    pr.add_argument("--weights", default=None)
+    pr.add_argument("--kind", choices=["linear", "prototype"], default="linear")
+    pr.add_argument("--out", required=True, help="probe JSON (use with `classify --probe`)")
+    pr.add_argument("--overwrite", action="store_true")
+    pr.set_defaults(func=run_probe)
+
     pm = tsub.add_parser("sam-manifest", help="build the segmentation manifest of the shared data folder")
     pm.add_argument("--shared", required=True)
     pm.add_argument("--out", required=True, help="manifest .jsonl (paths stored relative to it)")
@@ -106,4 +115,27 @@ def run_sam(args: argparse.Namespace) -> int:
     cfg.arch["backbone"] = args.backbone
     print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
     print(f"model written to {train_sam(cfg)}")
+    return 0
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    import csv
+
+    from medfoundry.cli.contrastive import _images
+    from medfoundry.errors import InputContractError
+    from medfoundry.predict.contrastive import open_contrastive
+    from medfoundry.tasks.probe import fit_linear_probe, fit_prototypes
+
+    with open(args.data, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"image", "label"} <= set(rows[0]):
+        raise InputContractError(f"{args.data} needs columns image,label")
+    base = Path(args.data).parent
+    paths = [str(base / r["image"]) if not Path(r["image"]).is_absolute() else r["image"] for r in rows]
+    predictor = open_contrastive(args.model, args.weights)
+    emb = predictor.embed_images(_images(paths, None), progress=True)
+    fit = fit_linear_probe if args.kind == "linear" else fit_prototypes
+    head = fit(predictor.record.name, emb, [r["label"].strip() for r in rows])
+    head.save(args.out, args.overwrite)
+    print(f"wrote {args.out}: {args.kind} head over {len(head.classes)} classes from {len(rows)} images")
     return 0

@@ -119,11 +119,14 @@ class MedImage:
 
     # -- display -----------------------------------------------------------------------------------------
     def default_window(self) -> Window:
-        """The file's window if it has one, else the soft-tissue preset for CT, else the 0.5–99.5 percentiles."""
+        """The file's window if it has one; the soft-tissue preset for CT in HU; the full 0–255 range for 8-bit
+        images (they already hold display values); else the 0.5–99.5 percentiles."""
         if self.window is not None:
             return self.window
         if self.units == "HU":
             return PRESETS["soft_tissue"]
+        if self.array.dtype == np.uint8:
+            return Window(127.5, 255.0, "8-bit")
         return percentile_window(self.array)
 
     def to_display(self, window: Window | None = None) -> np.ndarray:
