@@ -46,7 +46,7 @@ def test_propagation_follows_a_sphere() -> None:
 
     zz, yy, xx = np.mgrid[0:15, 0:96, 0:96]
     sphere = (zz - 7) ** 2 * 16 + (yy - 48) ** 2 + (xx - 48) ** 2 <= 20**2
-    vol = np.where(sphere, 160, 40).astype(np.uint8) + np.random.default_rng(0).integers(0, 10, sphere.shape,
+    vol = np.where(sphere, 230, 15).astype(np.uint8) + np.random.default_rng(0).integers(0, 10, sphere.shape,
                                                                                        dtype=np.uint8)
     image = MedImage(array=vol, spacing=(4.0, 1.0, 1.0))
     seg = open_segmenter("medfoundry-sam-lite")

@@ -15,6 +15,20 @@ from medfoundry.io import read_image
 DEFAULT_MODEL = "medfoundry-clip-tiny"
 
 
+def read_labelled_csv(path: str) -> tuple[list[str], list[str]]:
+    """(image paths, labels) of a CSV with columns image,label; relative paths are taken from its folder."""
+    import csv
+    from pathlib import Path
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"image", "label"} <= set(rows[0]):
+        raise InputContractError(f"{path} needs columns image,label")
+    base = Path(path).parent
+    paths = [r["image"] if Path(r["image"]).is_absolute() else str(base / r["image"]) for r in rows]
+    return paths, [r["label"].strip() for r in rows]
+
+
 def _images(paths: list[str], slice_index: int | None):
     out = []
     for p in paths:
@@ -123,21 +137,12 @@ def run_classify(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    import csv
-    from pathlib import Path
-
     from medfoundry.predict.contrastive import open_contrastive
     from medfoundry.tasks.calibration import calibrate
 
-    with open(args.data, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"image", "label"} <= set(rows[0]):
-        raise InputContractError(f"{args.data} needs columns image,label")
-    base = Path(args.data).parent
-    images = _images([str(base / r["image"]) if not Path(r["image"]).is_absolute() else r["image"] for r in rows],
-                     None)
+    paths, truths = read_labelled_csv(args.data)
     predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights)
-    cal = calibrate(predictor, images, [r["label"].strip() for r in rows], args.labels.split(","), args.template)
+    cal = calibrate(predictor, _images(paths, None), truths, args.labels.split(","), args.template)
     cal.save(args.out, args.overwrite)
     print(f"temperature {cal.temperature:.4f}; ECE {cal.ece_before:.4f} → {cal.ece_after:.4f} on {cal.cases} "
           f"images; wrote {args.out}")

@@ -119,23 +119,15 @@ def run_sam(args: argparse.Namespace) -> int:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    import csv
-
-    from medfoundry.cli.contrastive import _images
-    from medfoundry.errors import InputContractError
+    from medfoundry.cli.contrastive import _images, read_labelled_csv
     from medfoundry.predict.contrastive import open_contrastive
     from medfoundry.tasks.probe import fit_linear_probe, fit_prototypes
 
-    with open(args.data, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"image", "label"} <= set(rows[0]):
-        raise InputContractError(f"{args.data} needs columns image,label")
-    base = Path(args.data).parent
-    paths = [str(base / r["image"]) if not Path(r["image"]).is_absolute() else r["image"] for r in rows]
+    paths, labels = read_labelled_csv(args.data)
     predictor = open_contrastive(args.model, args.weights)
     emb = predictor.embed_images(_images(paths, None), progress=True)
     fit = fit_linear_probe if args.kind == "linear" else fit_prototypes
-    head = fit(predictor.record.name, emb, [r["label"].strip() for r in rows])
+    head = fit(predictor.record.name, emb, labels)
     head.save(args.out, args.overwrite)
-    print(f"wrote {args.out}: {args.kind} head over {len(head.classes)} classes from {len(rows)} images")
+    print(f"wrote {args.out}: {args.kind} head over {len(head.classes)} classes from {len(paths)} images")
     return 0

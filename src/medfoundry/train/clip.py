@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from medfoundry.io import read_image
 from medfoundry.models.clip import DualEncoderConfig, build_dual_encoder
 from medfoundry.predict.preprocess import preprocess
 from medfoundry.registry.records import ModelRecord, Preprocess
-from medfoundry.train.distributed import DistributedContext
+from medfoundry.train.distributed import load_resume_point, save_resume_point, start_run
 
 
 @dataclass
@@ -146,12 +145,7 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
     from medfoundry.models.text import MiniLMTextEncoder, minilm_tokenizer
     from medfoundry.registry.loading import save_checkpoint
 
-    ctx = DistributedContext.from_env(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    ctx, out = start_run(cfg.device, cfg.out, cfg.seed)
     rows = read_pairs(cfg.pairs)[: cfg.max_rows]
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val" and r["label"]]
@@ -188,13 +182,9 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
             return cfg.lr * (step + 1) / cfg.warmup_steps
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)))
 
-    start_epoch, history = 0, []
     ckpt = out / "last.pt"
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"], strict=False)
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, history = int(state["epoch"]), json.loads(state["history"])
+    start_epoch, history = load_resume_point(ckpt, model, opt, strict=False)
+    if start_epoch:
         ctx.log(f"resumed from {ckpt} at epoch {start_epoch}")
     net = ctx.wrap(model)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -237,9 +227,7 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
         history.append(entry)
         ctx.log(json.dumps(entry))
         if ctx.is_main:
-            torch.save({"model": model.trainable_state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                        "history": json.dumps(history)}, out / "last.tmp")
-            (out / "last.tmp").replace(ckpt)
+            save_resume_point(ckpt, model.trainable_state_dict(), opt, epoch + 1, history)
     ctx.barrier()
     if not ctx.is_main:
         return out / "model"

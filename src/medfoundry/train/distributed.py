@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -47,3 +49,38 @@ class DistributedContext:
     def log(self, message: str) -> None:
         if self.is_main:
             print(message, flush=True)
+
+
+def start_run(device: str, out: str | os.PathLike, seed: int) -> tuple[DistributedContext, Path]:
+    """Common start of a training run: the distributed context, the run folder (created), all seeds set."""
+    import random
+
+    import numpy as np
+
+    ctx = DistributedContext.from_env(device)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return ctx, folder
+
+
+def save_resume_point(path: Path, model_state: dict, optimizer: torch.optim.Optimizer, epoch: int,
+                      history: list[dict]) -> None:
+    """Write ``last.pt`` atomically (tensors, numbers and a JSON string only: loadable with weights_only)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model_state, "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "history": json.dumps(history)}, tmp)
+    tmp.replace(path)
+
+
+def load_resume_point(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                      strict: bool = True) -> tuple[int, list[dict]]:
+    """Restore model and optimiser from ``last.pt`` if it exists; returns (epochs done, history)."""
+    if not path.is_file():
+        return 0, []
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"], strict=strict)
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), json.loads(state["history"])

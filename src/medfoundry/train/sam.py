@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from medfoundry.models.sam import SamModel, build_sam
-from medfoundry.train.distributed import DistributedContext
+from medfoundry.train.distributed import load_resume_point, save_resume_point, start_run
 from medfoundry.train.seg_data import SegSample, crop_box, crop_resize, jitter_box, load_manifest, mask_box
 
 
@@ -165,12 +165,7 @@ def train_sam(cfg: SamTrainConfig) -> Path:
     from medfoundry.registry.loading import load_state_dict, save_checkpoint
     from medfoundry.registry.records import ModelRecord
 
-    ctx = DistributedContext.from_env(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    ctx, out = start_run(cfg.device, cfg.out, cfg.seed)
     data = load_manifest(cfg.manifest, max_side=640)
     train, val = data.get("train", []), data.get("val", [])
     ctx.log(f"{len(train)} training objects, {len(val)} validation objects")
@@ -182,13 +177,9 @@ def train_sam(cfg: SamTrainConfig) -> Path:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.steps_per_epoch or max(1, len(train) // cfg.batch_size)
     total = steps * cfg.epochs
-    start_epoch, history = 0, []
     ckpt = out / "last.pt"
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, history = int(state["epoch"]), json.loads(state["history"])
+    start_epoch, history = load_resume_point(ckpt, model, opt)
+    if start_epoch:
         ctx.log(f"resumed from {ckpt} at epoch {start_epoch}")
     loader = torch.utils.data.DataLoader(
         BoxCropDataset(train, cfg, steps * cfg.batch_size), batch_size=cfg.batch_size, num_workers=cfg.workers,
@@ -232,9 +223,7 @@ def train_sam(cfg: SamTrainConfig) -> Path:
             entry["val_dice"] = evaluate(model, val, cfg, ctx.device)
         history.append(entry)
         ctx.log(json.dumps(entry))
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                    "history": json.dumps(history)}, out / "last.tmp")
-        (out / "last.tmp").replace(ckpt)
+        save_resume_point(ckpt, model.state_dict(), opt, epoch + 1, history)
         if val and entry["val_dice"] > best:
             best = entry["val_dice"]
         if cfg.max_minutes is not None and (time.time() - started) / 60 > cfg.max_minutes:
