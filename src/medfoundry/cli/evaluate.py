@@ -1,0 +1,60 @@
+"""``medfoundry eval``: run a benchmark spec on a model; ``eval compare`` puts two runs side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="benchmark a model reproducibly (JSON + HTML report), or compare two runs")
+    p.add_argument("args", nargs="*", help="`compare A.json B.json`, or `prepare --shared DIR` (built-in data)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--benchmark", default=None, help="spec YAML or built-in name (pneumonia-zero-shot, kvasir-box)")
+    p.add_argument("--out", default=None, help="run folder (default: eval-runs/<benchmark>__<model>)")
+    p.add_argument("--shared", default=None, help="for `prepare`: the shared data folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medfoundry.errors import InputContractError
+
+    if args.args and args.args[0] == "compare":
+        if len(args.args) != 3:
+            raise InputContractError("usage: medfoundry eval compare A.json B.json")
+        from medfoundry.eval.runner import compare
+
+        a, b = (json.loads(open(p).read()) for p in args.args[1:])
+        print(f"{'metric':20s} {'A':>8s} {'B':>8s} {'B-A':>8s}  intervals overlap")
+        for r in compare(a, b):
+            print(f"{r['metric']:20s} {r['a']:8.4f} {r['b']:8.4f} {r['difference']:+8.4f}  {r['intervals_overlap']}")
+        return 0
+    if args.args and args.args[0] == "prepare":
+        from medfoundry.eval.prepare import prepare_shared
+        from medfoundry.samples import shared_data_dir
+
+        root = args.shared or shared_data_dir()
+        if root is None:
+            raise InputContractError("no shared data folder found: pass --shared DIR")
+        out = args.out or "eval-data"
+        for path in prepare_shared(root, out):
+            print(f"wrote {path}")
+        return 0
+    if args.args:
+        raise InputContractError(f"unknown eval action {args.args[0]!r}: use compare or prepare")
+    if not args.model or not args.benchmark:
+        raise InputContractError("give --model and --benchmark (or `eval compare A.json B.json`)")
+    from medfoundry.eval.runner import run_benchmark
+    from medfoundry.eval.specs import load_spec
+
+    spec = load_spec(args.benchmark)
+    out = args.out or f"eval-runs/{spec.name}__{args.model.replace(':', '_').replace('/', '_')}"
+    report = run_benchmark(spec, args.model, out, weights=args.weights, progress=sys.stderr.isatty())
+    for name, m in report["metrics"].items():
+        base = report["baseline"].get(name)
+        print(f"{name:18s} {m['value']:.4f}  [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]  baseline "
+              f"{'n/a' if base is None else format(base, '.4f')}")
+    print(f"wrote {out}/results.json and {out}/report.html")
+    return 0

@@ -1,0 +1,1 @@
+"""The evaluation harness: benchmark specs, metrics from maintained libraries, bootstrap intervals, reports."""
