@@ -24,9 +24,11 @@ def run(args: argparse.Namespace) -> int:
     if args.args and args.args[0] == "compare":
         if len(args.args) != 3:
             raise InputContractError("usage: medfoundry eval compare A.json B.json")
+        from pathlib import Path
+
         from medfoundry.eval.runner import compare
 
-        a, b = (json.loads(open(p).read()) for p in args.args[1:])
+        a, b = (json.loads(Path(p).read_text()) for p in args.args[1:])
         print(f"{'metric':20s} {'A':>8s} {'B':>8s} {'B-A':>8s}  intervals overlap")
         for r in compare(a, b):
             print(f"{r['metric']:20s} {r['a']:8.4f} {r['b']:8.4f} {r['difference']:+8.4f}  {r['intervals_overlap']}")

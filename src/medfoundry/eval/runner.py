@@ -107,7 +107,8 @@ def _summaries(spec: BenchmarkSpec, results: list[dict]) -> tuple[dict, dict, di
                 baseline[name] = stat(name, constant)(np.arange(len(y)))
             except ValueError:
                 baseline[name] = None
-        sub_metric = (lambda idx: classification_metric(spec.metrics[0], y[idx], probs[idx]))
+        def sub_metric(idx):
+            return (classification_metric(spec.metrics[0], y[idx], probs[idx]))
     else:
         for name in spec.metrics:
             per = np.array([r["model"][name] for r in results], dtype=np.float64)
@@ -120,7 +121,8 @@ def _summaries(spec: BenchmarkSpec, results: list[dict]) -> tuple[dict, dict, di
                              "ci95": bootstrap_ci(mean_of(per), len(per), groups, spec.bootstrap, spec.seed)}
             baseline[name] = mean_of(base)(np.arange(len(base)))
         first = np.array([r["model"][spec.metrics[0]] for r in results], dtype=np.float64)
-        sub_metric = (lambda idx: float(np.nanmean(first[idx])))
+        def sub_metric(idx):
+            return (float(np.nanmean(first[idx])))
     for column in spec.dataset.subgroups:
         values = np.array([r["subgroups"][column] for r in results])
         per_value = {}
