@@ -83,7 +83,8 @@ def load_spec(path_or_name: str | Path) -> BenchmarkSpec:
     """Parse a spec file (or a built-in spec's name), rejecting unknown keys and unsupported tasks/metrics."""
     import yaml
 
-    path = builtin_specs().get(str(path_or_name), Path(path_or_name))
+    builtin = builtin_specs().get(str(path_or_name))
+    path = builtin or Path(path_or_name)
     if not path.is_file():
         raise SpecError(str(path_or_name), [f"no spec file and no built-in benchmark {str(path_or_name)!r} "
                                             f"(built-in: {', '.join(sorted(builtin_specs()))})"])
@@ -115,7 +116,8 @@ def load_spec(path_or_name: str | Path) -> BenchmarkSpec:
     if problems:
         raise SpecError(str(path), problems)
     ds = {k: _expand(v) if isinstance(v, str) else v for k, v in ds.items()}
-    return BenchmarkSpec(**{**data, "dataset": DatasetSpec(**ds)}, source=str(path))
+    source = f"builtin:{path_or_name}" if builtin else str(path)
+    return BenchmarkSpec(**{**data, "dataset": DatasetSpec(**ds)}, source=source)
 
 
 def load_cases(spec: BenchmarkSpec) -> list[dict[str, Any]]:
