@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--propagate", action="store_true", help="follow the object through the volume (3D mask)")
     p.add_argument("--tta", action="store_true", help="average with the mirrored input (slower, a little better)")
     p.add_argument("--onnx", default=None, help="run the encoder/decoder exported by `models export-onnx` here")
-    p.add_argument("--out", default=None, help="mask file: .png, .nii.gz (keeps geometry) or .npy")
+    p.add_argument("--out", default=None, help="mask file: .png, .nii.gz (keeps geometry), .npy, or .dcm (DICOM SEG "
+                                            "referencing the source series, for DICOM folders)")
     p.add_argument("--prompts", default=None, help="JSON lines: {image, boxes, points, slice} per image")
     p.add_argument("--out-dir", default=None, help="with --prompts: one mask per line, named after the image")
     p.add_argument("--json", action="store_true", help="print measurements as JSON")
@@ -93,7 +94,13 @@ def run(args: argparse.Namespace) -> int:
         mask, grid = segment_one(segmenter, image, job.get("boxes") or [], job.get("points") or [],
                                  job.get("slice"), args.propagate or bool(job.get("propagate")))
         out = job.get("out") or str(Path(args.out_dir) / f"{Path(job['image']).name.split('.')[0]}_mask.nii.gz")
-        if out.endswith(".png"):
+        if out.endswith(".dcm"):
+            from medfoundry.io.dicom_seg import write_dicom_seg
+
+            if mask.ndim != 3 or not Path(job["image"]).is_dir():
+                raise InputContractError("DICOM SEG output (.dcm) needs a DICOM series folder and --propagate")
+            write_dicom_seg(mask, job["image"], out, label=job.get("label", "object"), overwrite=args.overwrite)
+        elif out.endswith(".png"):
             if mask.ndim == 3:
                 raise InputContractError("a 3D mask cannot be a PNG: use .nii.gz")
             write_image(replace(_mask_image(mask, grid), array=mask.astype(np.uint8) * 255), out,
