@@ -59,7 +59,8 @@ def test_clip_training_runs_resumes_and_loads(tmp_path: Path) -> None:
     assert predictor.embed_texts(["normal"]).shape == (1, 16)
 
 
-def test_sam_training_runs_and_loads(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["full", "decoder", "lora"])
+def test_sam_training_runs_and_loads(tmp_path: Path, mode: str) -> None:
     pytest.importorskip("segment_anything")
     from medfoundry.predict.segment import open_segmenter
     from medfoundry.train.sam import SamTrainConfig, train_sam
@@ -76,7 +77,7 @@ def test_sam_training_runs_and_loads(tmp_path: Path) -> None:
         Image.fromarray(disc.astype(np.uint8) * 255).save(tmp_path / "msk" / f"{i}.png")
     manifest = folder_manifest(tmp_path / "img", tmp_path / "msk", tmp_path / "m.jsonl", val_fraction=0.34)
     cfg = SamTrainConfig(manifest=str(manifest), out=str(tmp_path / "run"), epochs=1, batch_size=2,
-                         steps_per_epoch=2, device="cpu", warmup_steps=1)
+                         steps_per_epoch=2, device="cpu", warmup_steps=1, mode=mode)
     cfg.arch.update(image_size=64, backbone="resnet10t")
     folder = train_sam(cfg)
     assert "val_dice" in json.loads((tmp_path / "run" / "history.json").read_text())[0]

@@ -142,6 +142,17 @@ def _apply_mode(model: SamModel, mode: str) -> None:
 
 
 @torch.no_grad()
+def merge_lora(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold injected LoRA adapters into their base layers, so the saved weights have the plain layout."""
+    for name, module in list(model.named_modules()):
+        if hasattr(module, "base_layer") and hasattr(module, "merge"):
+            module.merge()
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            setattr(parent, name.rsplit(".", 1)[-1], module.base_layer)
+    return model
+
+
+@torch.no_grad()
 def evaluate(model: SamModel, samples: list[SegSample], cfg: SamTrainConfig, device: torch.device) -> float:
     """Mean Dice on the crops of the ground-truth boxes (no jitter), at the model's input resolution."""
     model.eval()
@@ -229,6 +240,8 @@ def train_sam(cfg: SamTrainConfig) -> Path:
         if cfg.max_minutes is not None and (time.time() - started) / 60 > cfg.max_minutes:
             ctx.log(f"stopping after {epoch + 1} epochs: time budget of {cfg.max_minutes} min reached")
             break
+    if cfg.mode == "lora":
+        merge_lora(model)
     record = ModelRecord.from_dict({
         "name": "medfoundry-sam-lite", "arch": "sam", "arch_config": dict(cfg.arch), "family": "VPM-adaptation",
         "tasks": ["segmentation-2d", "segmentation-3d"], "modalities": ["CT", "endoscopy"],
