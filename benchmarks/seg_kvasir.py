@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--tta", action="store_true", help="average with the mirrored crop")
     args = ap.parse_args()
-    manifest = shared_manifest(args.shared, Path("/tmp") / "medfoundry_bench_manifest.jsonl")
+    manifest = shared_manifest(args.shared, Path(tempfile.gettempdir()) / "medfoundry_bench_manifest.jsonl")
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
     rows = [r for r in rows if r["source"] == "kvasir" and r["split"] == "val"][: args.limit]
     seg = open_segmenter(args.model, args.weights, tta=args.tta)
