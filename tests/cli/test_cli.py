@@ -100,3 +100,17 @@ def test_import_has_no_heavy_side_effects() -> None:
 def test_console_script_entry_point() -> None:
     out = subprocess.run([sys.executable, "-m", "medfoundry.cli.main", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "medfoundry" in out.stdout
+
+
+def test_segment_by_text(capsys, tmp_path: Path) -> None:
+    from PIL import Image
+
+    arr = np.zeros((96, 96, 3), np.uint8)
+    arr[30:70, 20:60] = (230, 120, 110)
+    Image.fromarray(arr).save(tmp_path / "img.png")
+    code = main(["segment", str(tmp_path / "img.png"), "--text", "a colon polyp", "--out", str(tmp_path / "m.png"),
+                 "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(out["box_xyxy"]) == 4 and (tmp_path / "m.png").is_file()
+    assert main(["segment", str(tmp_path / "img.png"), "--text", "x", "--box", "1,1,5,5", "--out",
+                 str(tmp_path / "n.png")]) == 2

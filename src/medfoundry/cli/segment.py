@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_flags(p, required=False)
     p.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 in image pixels (repeatable)")
     p.add_argument("--point", action="append", default=[], help="x,y[,label] (label 1 = inside, 0 = outside)")
+    p.add_argument("--text", default=None, help='segment what this text names (e.g. "a colon polyp"): the '
+                                                  "contrastive model's grounding map proposes the box")
+    p.add_argument("--text-model", default="medfoundry-clip-tiny", help="contrastive model for --text")
     p.add_argument("--slice", type=int, default=None, dest="slice_index", help="slice of a volume to prompt")
     p.add_argument("--propagate", action="store_true", help="follow the object through the volume (3D mask)")
     p.add_argument("--tta", action="store_true", help="average with the mirrored input (slower, a little better)")
@@ -89,6 +92,25 @@ def run(args: argparse.Namespace) -> int:
                  "points": [_numbers(p, (2, 3), "point") for p in args.point], "slice": args.slice_index,
                  "out": args.out}]
     report = []
+    if args.text:
+        from medfoundry.predict.contrastive import open_contrastive
+        from medfoundry.tasks.text_to_mask import segment_by_text
+
+        if args.prompts or args.box or args.point:
+            raise InputContractError("--text replaces boxes and points; give one image")
+        image = read_image(args.image)
+        image = image.slice(args.slice_index) if image.is_volume and args.slice_index is not None else image
+        if image.is_volume:
+            raise InputContractError("--text on a volume needs --slice K")
+        result = segment_by_text(open_contrastive(args.text_model), segmenter, image, args.text)
+        jobs = []
+        write_image(replace(_mask_image(result.mask, image), array=result.mask.astype(np.uint8) *
+                            (255 if args.out.endswith(".png") else 1)), args.out, overwrite=args.overwrite)
+        entry = {"image": args.image, "mask": args.out, "text": args.text, "box_xyxy": result.box.tolist(),
+                 **measure(result.mask, image).to_dict()}
+        print(json.dumps(entry, indent=2) if args.json else f"{args.out}: box {result.box.round(1).tolist()}, "
+              f"{entry['pixels']} px")
+        return 0
     for job in jobs:
         image = read_image(job["image"])
         mask, grid = segment_one(segmenter, image, job.get("boxes") or [], job.get("points") or [],
