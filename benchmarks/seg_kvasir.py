@@ -16,21 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medfoundry.eval.baselines import dice, ellipse_in_box
 from medfoundry.io import read_image
 from medfoundry.predict.segment import open_segmenter
 from medfoundry.train.seg_data import mask_box, shared_manifest
-
-
-def ellipse_in_box(shape: tuple[int, int], box: np.ndarray) -> np.ndarray:
-    h, w = shape
-    yy, xx = np.mgrid[0:h, 0:w] + 0.5
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    rx, ry = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
-    return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def main() -> None:

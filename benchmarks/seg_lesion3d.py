@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medfoundry.eval.baselines import dice, ellipsoid_in_box
 from medfoundry.io import read_image
 from medfoundry.predict.segment import open_segmenter
 from medfoundry.tasks.measure import measure
@@ -23,19 +24,6 @@ from medfoundry.tasks.volume import segment_volume
 from medfoundry.train.seg_data import mask_box
 
 UNSEEN = ("000009", "000010")
-
-
-def ellipsoid_in_box(mask: np.ndarray) -> np.ndarray:
-    zs, ys, xs = np.nonzero(mask)
-    lo = np.array([zs.min(), ys.min(), xs.min()], dtype=float)
-    hi = np.array([zs.max(), ys.max(), xs.max()], dtype=float) + 1
-    c, r = (lo + hi) / 2, (hi - lo) / 2
-    grid = np.stack(np.meshgrid(*[np.arange(n) + 0.5 for n in mask.shape], indexing="ij"), -1)
-    return (((grid - c) / r) ** 2).sum(-1) <= 1
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from medfoundry.errors import InputContractError
+from medfoundry.eval.baselines import ellipse_in_box
 from medfoundry.eval.bootstrap import bootstrap_ci
 from medfoundry.eval.metrics import classification_metric, segmentation_case
 from medfoundry.eval.specs import BenchmarkSpec, load_cases
@@ -34,59 +35,53 @@ def _cached(path: Path) -> dict[str, dict]:
     return {c["id"]: c for c in (json.loads(x) for x in path.read_text().splitlines() if x.strip())}
 
 
-def ellipse_in_box(shape: tuple[int, int], box: np.ndarray) -> np.ndarray:
-    """The no-model baseline of box-prompted segmentation: the ellipse inscribed in the box."""
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5
-    cx, cy, rx, ry = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
-    return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
-
-
-def _predict_classification(spec, cases, model, weights, cache_path, progress) -> list[dict]:
+def _run_cases(name: str, cases: list[dict], cache_path: Path, predict_one, progress: bool) -> list[dict]:
+    """Predict every case not yet in the cache file, appending each result as soon as it exists."""
     from rich.progress import track
 
+    done = _cached(cache_path)
+    with open(cache_path, "a") as fh:
+        for case in track(cases, description=name, disable=not progress):
+            if case["id"] not in done:
+                done[case["id"]] = {**case, **predict_one(case)}
+                fh.write(json.dumps(done[case["id"]]) + "\n")
+                fh.flush()
+    return [done[c["id"]] for c in cases]
+
+
+def _predict_classification(spec, cases, model, weights, cache_path, progress):
     from medfoundry.io import read_image
     from medfoundry.predict.contrastive import open_contrastive
     from medfoundry.tasks.zero_shot import zero_shot_classify
 
     predictor = open_contrastive(model, weights)
-    done = _cached(cache_path)
-    with open(cache_path, "a") as fh:
-        for case in track(cases, description=spec.name, disable=not progress):
-            if case["id"] in done:
-                continue
-            image = read_image(case["image"])
-            image = image.slice(image.array.shape[0] // 2) if image.is_volume else image
-            probs = zero_shot_classify(predictor, [image], spec.labels, templates=spec.templates or None).probs[0]
-            done[case["id"]] = {**case, "probs": probs.round(6).tolist()}
-            fh.write(json.dumps(done[case["id"]]) + "\n")
-    return [done[c["id"]] for c in cases], predictor.record
+
+    def predict_one(case: dict) -> dict:
+        image = read_image(case["image"])
+        image = image.slice(image.array.shape[0] // 2) if image.is_volume else image
+        probs = zero_shot_classify(predictor, [image], spec.labels, templates=spec.templates or None).probs[0]
+        return {"probs": probs.round(6).tolist()}
+
+    return _run_cases(spec.name, cases, cache_path, predict_one, progress), predictor.record
 
 
-def _predict_segmentation(spec, cases, model, weights, cache_path, progress) -> list[dict]:
-    from rich.progress import track
-
+def _predict_segmentation(spec, cases, model, weights, cache_path, progress):
     from medfoundry.io import read_image
     from medfoundry.predict.segment import open_segmenter
     from medfoundry.train.seg_data import mask_box
 
     segmenter = open_segmenter(model, weights)
-    done = _cached(cache_path)
-    with open(cache_path, "a") as fh:
-        for case in track(cases, description=spec.name, disable=not progress):
-            if case["id"] in done:
-                continue
-            image, truth = read_image(case["image"]), read_image(case["mask"]).array > 0
-            if truth.ndim == 3:
-                truth = truth[..., 0]
-            box = mask_box(truth)
-            segmenter.set_image(image)
-            pred = segmenter.predict(boxes=box[None]).best()[0]
-            spacing = image.spacing
-            entry = {**case, "box": box.tolist(), "model": segmentation_case(pred, truth, spacing),
-                     "baseline": segmentation_case(ellipse_in_box(truth.shape, box), truth, spacing)}
-            done[case["id"]] = entry
-            fh.write(json.dumps(entry) + "\n")
-    return [done[c["id"]] for c in cases], segmenter.record
+
+    def predict_one(case: dict) -> dict:
+        image, truth = read_image(case["image"]), read_image(case["mask"]).array > 0
+        truth = truth[..., 0] if truth.ndim == 3 else truth
+        box = mask_box(truth)
+        segmenter.set_image(image)
+        pred = segmenter.predict(boxes=box[None]).best()[0]
+        return {"box": box.tolist(), "model": segmentation_case(pred, truth, image.spacing),
+                "baseline": segmentation_case(ellipse_in_box(truth.shape, box), truth, image.spacing)}
+
+    return _run_cases(spec.name, cases, cache_path, predict_one, progress), segmenter.record
 
 
 def _summaries(spec: BenchmarkSpec, results: list[dict]) -> tuple[dict, dict, dict]:

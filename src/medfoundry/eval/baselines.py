@@ -1,0 +1,29 @@
+"""No-model baselines that a prompt alone gives, and the plain Dice overlap used beside them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean masks (1.0 when both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / total) if total else 1.0
+
+
+def ellipse_in_box(shape: tuple[int, int], box: np.ndarray) -> np.ndarray:
+    """The (H, W) ellipse inscribed in an XYXY box: the baseline of box-prompted 2D segmentation."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5
+    cx, cy, rx, ry = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+    return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+
+
+def ellipsoid_in_box(mask: np.ndarray) -> np.ndarray:
+    """The ellipsoid inscribed in the 3D bounding box of ``mask``: the baseline of 3D box prompts."""
+    zs, ys, xs = np.nonzero(mask)
+    lo = np.array([zs.min(), ys.min(), xs.min()], dtype=float)
+    hi = np.array([zs.max(), ys.max(), xs.max()], dtype=float) + 1
+    c, r = (lo + hi) / 2, (hi - lo) / 2
+    grid = np.stack(np.meshgrid(*[np.arange(n) + 0.5 for n in mask.shape], indexing="ij"), -1)
+    return (((grid - c) / r) ** 2).sum(-1) <= 1
