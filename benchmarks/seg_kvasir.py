@@ -18,8 +18,9 @@ import numpy as np
 
 from medfoundry.eval.baselines import dice, ellipse_in_box
 from medfoundry.io import read_image
+from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import open_segmenter
-from medfoundry.train.seg_data import mask_box, shared_manifest
+from medfoundry.train.seg_data import shared_manifest
 
 
 def main() -> None:

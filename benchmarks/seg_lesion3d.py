@@ -18,10 +18,10 @@ import numpy as np
 
 from medfoundry.eval.baselines import dice, ellipsoid_in_box
 from medfoundry.io import read_image
+from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import open_segmenter
 from medfoundry.tasks.measure import measure
 from medfoundry.tasks.volume import segment_volume
-from medfoundry.train.seg_data import mask_box
 
 UNSEEN = ("000009", "000010")
 

@@ -92,7 +92,7 @@ def run_demo(out: Path, log=print) -> dict[str, Any]:
     if "ct-lesion" in images:
         truth = read_image(images["ct-lesion"][0].path, key="gts").array > 0
         key = int(truth.sum(axis=(1, 2)).argmax())
-        from medfoundry.train.seg_data import mask_box
+        from medfoundry.predict.boxes import mask_box
 
         jobs.append(("ct-lesion", images["ct-lesion"][1], mask_box(truth[key]), key))
     if not jobs and "ct-small" in images:  # no shared data: a box around the centre of the CT slice

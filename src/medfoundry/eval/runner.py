@@ -67,8 +67,8 @@ def _predict_classification(spec, cases, model, weights, cache_path, progress):
 
 def _predict_segmentation(spec, cases, model, weights, cache_path, progress):
     from medfoundry.io import read_image
+    from medfoundry.predict.boxes import mask_box
     from medfoundry.predict.segment import open_segmenter
-    from medfoundry.train.seg_data import mask_box
 
     segmenter = open_segmenter(model, weights)
 

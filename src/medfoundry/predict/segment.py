@@ -208,7 +208,7 @@ class PromptSegmenter:
         return SegmentResult(masks.cpu().numpy(), iou.float().cpu().numpy(), logits.float().cpu().numpy())
 
     def _predict_crops(self, boxes, points, point_labels, mask_input, multimask) -> SegmentResult:
-        from medfoundry.train.seg_data import crop_box
+        from medfoundry.predict.boxes import crop_box
 
         h, w = self.image.spatial_shape
         if boxes is None:  # points only: a window around the clicks, at least a quarter of the image

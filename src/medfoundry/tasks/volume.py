@@ -17,8 +17,8 @@ from rich.progress import Progress
 
 from medfoundry.errors import InputContractError
 from medfoundry.io.image import MedImage
+from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import PromptSegmenter
-from medfoundry.train.seg_data import mask_box
 
 
 @dataclass

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from medfoundry.models.sam import SamModel, build_sam
+from medfoundry.predict.boxes import crop_box, mask_box
 from medfoundry.train.distributed import load_resume_point, save_resume_point, start_run
-from medfoundry.train.seg_data import SegSample, crop_box, crop_resize, jitter_box, load_manifest, mask_box
+from medfoundry.train.seg_data import SegSample, crop_resize, jitter_box, load_manifest
 
 
 @dataclass

@@ -32,14 +32,6 @@ class SegSample:
     name: str
 
 
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """Tight XYXY box (float, pixel edges: x1 = last column + 1) of a non-empty boolean mask."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        raise InputContractError("empty mask has no box")
-    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
-
-
 def _display(image, index: int | None) -> np.ndarray:
     if image.is_volume:
         image = image.slice(index if index is not None else image.array.shape[0] // 2)
@@ -82,18 +74,6 @@ def load_manifest(path: str | Path, max_side: int = 640) -> dict[str, list[SegSa
             SegSample(np.ascontiguousarray(image), np.ascontiguousarray(mask), row.get("source", ""),
                       f"{Path(row['image']).name}:{row.get('slice', '')}:{label if label is not None else ''}"))
     return out
-
-
-def crop_box(box: np.ndarray, margin: float, height: int, width: int) -> np.ndarray:
-    """The crop window (XYXY, integers, inside the image) around ``box`` enlarged by ``margin`` × its size."""
-    w, h = box[2] - box[0], box[3] - box[1]
-    grow = np.array([-w, -h, w, h]) * margin
-    c = np.round(box + grow).astype(int)
-    c[[0, 2]] = np.clip(c[[0, 2]], 0, width)
-    c[[1, 3]] = np.clip(c[[1, 3]], 0, height)
-    if c[2] - c[0] < 2 or c[3] - c[1] < 2:
-        raise InputContractError(f"box {box.tolist()} leaves no area inside the {width}×{height} image")
-    return c
 
 
 def jitter_box(box: np.ndarray, rng: random.Random, amount: float, height: int, width: int) -> np.ndarray:

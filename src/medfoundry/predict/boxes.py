@@ -1,0 +1,27 @@
+"""Boxes from masks and crop windows around boxes (XYXY, pixel edges: x1 is one past the last column)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medfoundry.errors import InputContractError
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """Tight XYXY box (float, pixel edges: x1 = last column + 1) of a non-empty boolean mask."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        raise InputContractError("empty mask has no box")
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
+
+
+def crop_box(box: np.ndarray, margin: float, height: int, width: int) -> np.ndarray:
+    """The crop window (XYXY, integers, inside the image) around ``box`` enlarged by ``margin`` × its size."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    grow = np.array([-w, -h, w, h]) * margin
+    c = np.round(box + grow).astype(int)
+    c[[0, 2]] = np.clip(c[[0, 2]], 0, width)
+    c[[1, 3]] = np.clip(c[[1, 3]], 0, height)
+    if c[2] - c[0] < 2 or c[3] - c[1] < 2:
+        raise InputContractError(f"box {box.tolist()} leaves no area inside the {width}×{height} image")
+    return c
