@@ -136,3 +136,17 @@ def test_volume_without_slice_is_refused(tmp_path: Path) -> None:
     np.save(tmp_path / "vol.npy", np.zeros((5, 32, 32), dtype=np.float32))
     with pytest.raises(Exception, match="volume"):
         predictor.embed_images([read_image(tmp_path / "vol.npy")])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precision_stays_close_to_fp32(tmp_path: Path, images: list[Path], precision: str) -> None:
+    model = _tiny_open_clip()
+    folder = save_open_clip_folder(model, {"model_cfg": TINY_CFG}, tmp_path / "oc")
+    ref = load_contrastive(_record("open_clip"), folder)
+    low = load_contrastive(_record("open_clip"), folder).set_precision(precision)
+    assert _cos(low.embed_images(images), ref.embed_images(images)).min() >= 0.98
+    assert _cos(low.embed_texts(TEXTS), ref.embed_texts(TEXTS)).min() >= 0.98
+    emb = low.embed_images(images)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(Exception, match="precision"):
+        ref.set_precision("fp8")

@@ -47,6 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pe.add_argument("--text", action="append", default=None, help="embed this text instead (repeatable)")
     add_model_flags(pe, required=False)
     pe.add_argument("--slice", type=int, default=None, dest="slice_index", help="slice of volumes to embed")
+    pe.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
+                    help="bf16 autocast, or int8 dynamic quantisation of Linear layers (CPU)")
     pe.add_argument("--out", required=True, help="output .npy (N × D float32)")
     pe.add_argument("--overwrite", action="store_true")
     pe.set_defaults(func=run_embed, model=None)
@@ -90,7 +92,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
     if bool(args.text) == bool(args.images):
         raise InputContractError("give either images or --text, not both and not neither")
-    predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights)
+    predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights).set_precision(args.precision)
     emb = predictor.embed_texts(args.text) if args.text else predictor.embed_images(
         _images(args.images, args.slice_index), progress=True)
     with atomic_output(args.out, args.overwrite) as tmp, open(tmp, "wb") as fh:

@@ -79,8 +79,7 @@ class DualEncoder(nn.Module):
     def encode_image_dense(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         features = self.visual.forward_features(x)  # B, C, h, w
-        return torch.einsum("bchw,dc->bdhw", features, self.image_proj.weight) + self.image_proj.bias[None, :, None,
-                                                                                                     None]
+        return self.image_proj(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # same map at every location
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         dense = self.encode_image_dense(x)

@@ -98,7 +98,35 @@ class ContrastivePredictor:
         self.record = record
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.precision = "fp32"
         self._text_cache: dict[str, torch.Tensor] = {}
+
+    def set_precision(self, precision: str) -> ContrastivePredictor:
+        """``fp32`` (default), ``bf16`` (autocast) or ``int8`` (dynamic int8 quantisation of the Linear layers,
+        CPU). Embeddings stay float32 and unit norm; measure the agreement with fp32 for your model."""
+        if precision not in ("fp32", "bf16", "int8"):
+            raise InputContractError(f"unknown precision {precision!r}: use fp32, bf16 or int8")
+        if precision == "int8":
+            if self.device.type != "cpu":
+                raise InputContractError("int8 dynamic quantisation runs on the CPU only")
+            model = getattr(self.backend, "model", None)
+            if model is None:
+                raise InputContractError(f"{self.record.name}'s backend cannot be quantised")
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            for module in quantized.modules():  # open_clip reads this to find the compute dtype of int8 layers
+                if type(module).__name__ == "Linear" and callable(getattr(module, "weight", None)):
+                    module.int8_original_dtype = torch.float32
+            self.backend.model = quantized
+        self.precision = precision
+        self._text_cache.clear()
+        return self
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     @staticmethod
     def _as_images(images: Sequence[MedImage | str | Path]) -> list[MedImage]:
@@ -117,7 +145,8 @@ class ContrastivePredictor:
         for start in track(starts, description="embedding", disable=not progress or len(items) <= self.batch_size):
             chunk = self._as_images(items[start : start + self.batch_size])
             pixels = preprocess_batch(chunk, self.record.preprocess).to(self.device)
-            out.append(self.backend.encode_image(pixels).float().cpu())
+            with self._autocast():
+                out.append(F.normalize(self.backend.encode_image(pixels).float(), dim=-1).cpu())
         return torch.cat(out).numpy()
 
     @torch.inference_mode()
@@ -129,7 +158,9 @@ class ContrastivePredictor:
         new = [t for t in dict.fromkeys(texts) if t not in self._text_cache]
         for start in range(0, len(new), 64):
             chunk = new[start : start + 64]
-            for text, emb in zip(chunk, self.backend.encode_text(chunk).float().cpu(), strict=True):
+            with self._autocast():
+                encoded = F.normalize(self.backend.encode_text(chunk).float(), dim=-1).cpu()
+            for text, emb in zip(chunk, encoded, strict=True):
                 self._text_cache[text] = emb
         return torch.stack([self._text_cache[t] for t in texts]).numpy()
 
