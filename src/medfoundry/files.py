@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 from medfoundry.errors import OutputExistsError
+
+T = TypeVar("T")
 
 
 def check_writable(path: str | Path, overwrite: bool) -> Path:
@@ -41,3 +46,20 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def save_dataclass_json(obj: Any, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a dataclass as JSON atomically (no pickles); the counterpart of :func:`load_dataclass_json`."""
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_text(json.dumps(dataclasses.asdict(obj), indent=2) + "\n")
+    return Path(path)
+
+
+def load_dataclass_json(cls: type[T], path: str | Path, what: str) -> T:
+    """Read a dataclass written by :func:`save_dataclass_json`; ``what`` names the file kind in errors."""
+    from medfoundry.errors import InputContractError
+
+    try:
+        return cls(**json.loads(Path(path).read_text()))
+    except (OSError, TypeError, json.JSONDecodeError) as exc:
+        raise InputContractError(f"{path} is not a medfoundry {what} file ({exc})") from exc

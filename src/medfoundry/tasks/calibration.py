@@ -8,15 +8,14 @@ ECE before and after). ``zero_shot_classify(..., temperature=cal.temperature)`` 
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medfoundry.errors import InputContractError
-from medfoundry.files import atomic_output
+from medfoundry.files import load_dataclass_json, save_dataclass_json
 
 
 @dataclass
@@ -32,16 +31,11 @@ class Calibration:
     cases: int
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        with atomic_output(path, overwrite) as tmp:
-            tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        return Path(path)
+        return save_dataclass_json(self, path, overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> Calibration:
-        try:
-            return cls(**json.loads(Path(path).read_text()))
-        except (OSError, TypeError, json.JSONDecodeError) as exc:
-            raise InputContractError(f"{path} is not a medfoundry calibration file ({exc})") from exc
+        return load_dataclass_json(cls, path, "calibration")
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -3,15 +3,14 @@ class prototypes. Both are stored as plain JSON (weights as lists; no pickles)."
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from medfoundry.errors import InputContractError
-from medfoundry.files import atomic_output
+from medfoundry.files import load_dataclass_json, save_dataclass_json
 
 
 @dataclass
@@ -36,16 +35,11 @@ class ProbeHead:
         return e / e.sum(axis=1, keepdims=True)
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        with atomic_output(path, overwrite) as tmp:
-            tmp.write_text(json.dumps(asdict(self)))
-        return Path(path)
+        return save_dataclass_json(self, path, overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> ProbeHead:
-        try:
-            return cls(**json.loads(Path(path).read_text()))
-        except (OSError, TypeError, json.JSONDecodeError) as exc:
-            raise InputContractError(f"{path} is not a medfoundry probe file ({exc})") from exc
+        return load_dataclass_json(cls, path, "probe")
 
 
 def _check(embeddings: np.ndarray, labels: Sequence[str]) -> list[str]:
