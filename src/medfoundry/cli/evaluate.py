@@ -9,10 +9,12 @@ import sys
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="benchmark a model reproducibly (JSON + HTML report), or compare two runs")
-    p.add_argument("args", nargs="*", help="`compare A.json B.json`, or `prepare --shared DIR` (built-in data)")
+    p.add_argument("args", nargs="*", help="`compare A.json B.json`, `prepare --shared DIR` (built-in data), "
+                   "`distance DIR_A DIR_B` (Fréchet radiomic distance of two image sets), or `list`")
     p.add_argument("--model", default=None)
     p.add_argument("--weights", default=None)
-    p.add_argument("--benchmark", default=None, help="spec YAML or built-in name (pneumonia-zero-shot, kvasir-box)")
+    p.add_argument("--benchmark", default=None, help="spec YAML or built-in name (`medfoundry eval list`)")
+    p.add_argument("--json", action="store_true", help="for `distance`: print JSON")
     p.add_argument("--out", default=None, help="run folder (default: eval-runs/<benchmark>__<model>)")
     p.add_argument("--shared", default=None, help="for `prepare`: the shared data folder")
     p.set_defaults(func=run)
@@ -44,8 +46,30 @@ def run(args: argparse.Namespace) -> int:
         for path in prepare_shared(root, out):
             print(f"wrote {path}")
         return 0
+    if args.args and args.args[0] == "list":
+        from medfoundry.eval.specs import builtin_specs, load_spec
+
+        for name in sorted(builtin_specs()):
+            spec = load_spec(name)
+            print(f"{name:24s} {spec.task:26s} {spec.description}")
+        return 0
+    if args.args and args.args[0] == "distance":
+        if len(args.args) != 3:
+            raise InputContractError("usage: medfoundry eval distance DIR_A DIR_B")
+        from medfoundry.eval.distance import image_set_distance
+        from medfoundry.tasks.retrieval import list_images
+
+        result = image_set_distance(list_images(args.args[1]), list_images(args.args[2]),
+                                    progress=sys.stderr.isatty())
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"log FRD(A, B) = {result['log_frd']:.3f}   (A halves {result['reference_log_frd_a_halves']:.3f}, "
+                  f"B halves {result['reference_log_frd_b_halves']:.3f}; {result['images_a']} vs "
+                  f"{result['images_b']} images, {result['features']} features)")
+        return 0
     if args.args:
-        raise InputContractError(f"unknown eval action {args.args[0]!r}: use compare or prepare")
+        raise InputContractError(f"unknown eval action {args.args[0]!r}: use compare, prepare, distance or list")
     if not args.model or not args.benchmark:
         raise InputContractError("give --model and --benchmark (or `eval compare A.json B.json`)")
     from medfoundry.eval.runner import run_benchmark

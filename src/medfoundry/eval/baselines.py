@@ -27,3 +27,14 @@ def ellipsoid_in_box(mask: np.ndarray) -> np.ndarray:
     c, r = (lo + hi) / 2, (hi - lo) / 2
     grid = np.stack(np.meshgrid(*[np.arange(n) + 0.5 for n in mask.shape], indexing="ij"), -1)
     return (((grid - c) / r) ** 2).sum(-1) <= 1
+
+
+def pixel_features(image, size: int = 32) -> np.ndarray:
+    """(size·size,) raw grey pixels in [0, 1] of a 2D :class:`~medfoundry.io.MedImage` after its default window,
+    resized with PIL (bilinear): the input of the no-model baselines for probes and retrieval."""
+    from PIL import Image
+
+    rgb = image.to_display()
+    grey = Image.fromarray(rgb).convert("L").resize((size, size), Image.BILINEAR)
+    return np.asarray(grey, dtype=np.float32).ravel() / 255.0
+

@@ -1,6 +1,7 @@
 """Case tables (CSV) for the built-in benchmarks, made from the project's shared data folder.
 
-Splits match the embedded models' training: the ``val`` rows were never trained on.
+Splits match the embedded models' training: ``val`` rows (PneumoniaMNIST val, Kvasir val ids, the COVID patients
+held out by :mod:`medfoundry.train.shared_pairs`) were never trained on; the tables flag the rest.
 """
 
 from __future__ import annotations
@@ -8,32 +9,87 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 from pathlib import Path
+
+import numpy as np
+
+UNSEEN_LESION_PATIENTS = ("000009", "000010")  # DeepLesion patients kept out of medfoundry-sam-lite's training
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _covid(root: Path, out: Path) -> Path:
+    from medfoundry.train.shared_pairs import _covid_notes
+
+    folder = root / "covid_cxr_clinical_notes"
+    split = {r["image"]: r["split"] for r in _covid_notes(root, random.Random(0))}
+    with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
+        records = list(csv.DictReader(fh))
+    rows = []
+    for r in records:
+        finding = r["finding"].strip().lower()
+        label = "" if finding == "todo" else "no finding" if finding == "no finding" else \
+            "covid-19" if finding.startswith("covid-19") else "other pneumonia"
+        rows.append({"id": Path(r["image"]).stem, "image": os.path.relpath(folder / r["image"], out),
+                     "label": label, "text": " ".join(r["clinical_notes"].split())[:600], "patient": r["patientid"],
+                     "sex": r["sex"] or "unknown", "view": r["view"] if r["view"] in ("PA", "AP", "AP Supine")
+                     else "unknown", "split": split[str(folder / r["image"])],
+                     "right_lung": r["right_lung_bbox_xywh"], "left_lung": r["left_lung_bbox_xywh"]})
+    return _write(out / "covid.csv", rows)
+
+
+def _lesions(root: Path, out: Path) -> Path:
+    rows = []
+    for path in sorted((root / "deeplesion_ct_lesion_3d" / "volumes").glob("*.npz")):
+        patient = path.stem.split("_")[2]
+        rows.append({"id": path.stem, "image": os.path.relpath(path, out), "mask": os.path.relpath(path, out),
+                     "patient": patient, "seen_in_training": "no" if patient in UNSEEN_LESION_PATIENTS else "yes"})
+    return _write(out / "lesion3d.csv", rows)
+
+
+def _organs(root: Path, out: Path, min_voxels: int = 300, min_slices: int = 3) -> Path:
+    from medfoundry.io import read_image
+
+    folder = root / "totalsegmentator_examples"
+    with open(folder / "labels_total.csv", newline="", encoding="utf-8") as fh:
+        names = {int(r["label"]): r["name"] for r in csv.DictReader(fh)}
+    pairs = [("ct_sm", folder / "nifti" / "example_ct_sm.nii.gz", folder / "nifti" / "example_seg.nii.gz"),
+             ("ct_dicom", folder / "dicom" / "example_ct_dicom", folder / "nifti" / "example_seg_dicom.nii.gz")]
+    rows = []
+    for tag, ct, seg in pairs:
+        labels = read_image(seg).array
+        for value in np.unique(labels):
+            obj = labels == value
+            if value == 0 or obj.sum() < min_voxels or obj.any(axis=(1, 2)).sum() < min_slices:
+                continue
+            rows.append({"id": f"{tag}_{names.get(int(value), value)}", "image": os.path.relpath(ct, out),
+                         "mask": os.path.relpath(seg, out), "mask_value": int(value), "volume": tag,
+                         "organ": names.get(int(value), str(value))})
+    return _write(out / "organs3d.csv", rows)
 
 
 def prepare_shared(shared_root: str | Path, out: str | Path) -> list[Path]:
-    """Write ``pneumonia.csv`` (+ PNGs) and ``kvasir.csv`` into ``out``; returns their paths."""
+    """Write the case tables of every built-in benchmark into ``out`` (``pneumonia.csv`` with its PNGs,
+    ``kvasir.csv``, ``covid.csv``, ``lesion3d.csv``, ``organs3d.csv``); returns their paths."""
     from medfoundry.train.seg_data import shared_manifest
     from medfoundry.train.shared_pairs import _pneumonia
 
     root, out = Path(shared_root).resolve(), Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    import random
-
     rows = _pneumonia(root, out, random.Random(0))
-    pneumonia = out / "pneumonia.csv"
-    with open(pneumonia, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["id", "image", "label", "split"])
-        w.writeheader()
-        w.writerows({"id": r["group"], "image": os.path.relpath(r["image"], out), "label": r["label"],
-                     "split": r["split"]} for r in rows)
+    pneumonia = _write(out / "pneumonia.csv", [{"id": r["group"], "image": os.path.relpath(r["image"], out),
+                                                "label": r["label"], "split": r["split"]} for r in rows])
     manifest = shared_manifest(root, out / "seg_manifest.jsonl")
-    kvasir = out / "kvasir.csv"
-    with open(kvasir, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["id", "image", "mask", "split"])
-        w.writeheader()
-        for line in manifest.read_text().splitlines():
-            r = json.loads(line)
-            if r["source"] == "kvasir":
-                w.writerow({"id": Path(r["image"]).stem, "image": r["image"], "mask": r["mask"], "split": r["split"]})
-    return [pneumonia, kvasir]
+    kvasir = []
+    for line in manifest.read_text().splitlines():
+        r = json.loads(line)
+        if r["source"] == "kvasir":
+            kvasir.append({"id": Path(r["image"]).stem, "image": r["image"], "mask": r["mask"], "split": r["split"]})
+    return [pneumonia, _write(out / "kvasir.csv", kvasir), _covid(root, out), _lesions(root, out), _organs(root, out)]

@@ -59,51 +59,137 @@ def _curves(report: dict[str, Any]) -> list[str]:
     return pictures
 
 
-def _overlays(report: dict[str, Any], k: int = 3) -> list[tuple[str, str]]:
+def _metric_bars(report: dict[str, Any]) -> str:
+    """Model (with 95 % interval) beside the no-model baseline, one bar pair per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, m in report["metrics"].items() if np.isfinite(m["value"]) and n != "hd95"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.2))
+    x = np.arange(len(names))
+    vals = [report["metrics"][n]["value"] for n in names]
+    err = np.array([[v - report["metrics"][n]["ci95"][0], report["metrics"][n]["ci95"][1] - v]
+                    for n, v in zip(names, vals, strict=True)]).T
+    ax.bar(x - 0.2, vals, 0.4, yerr=np.nan_to_num(err), capsize=3, label=report["config"]["model"])
+    base = [report["baseline"].get(n) for n in names]
+    ax.bar(x + 0.2, [b if b is not None else 0 for b in base], 0.4, color="#bbb",
+           label=report.get("baseline_name") or "baseline")
+    ax.set_xticks(x, names)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _overlays(report: dict[str, Any], folder: Path, k: int = 3) -> list[tuple[str, str]]:
+    """Best and worst segmentation cases: prediction (red), truth (green), prompt box; 3D cases at the key slice."""
+    from medfoundry.eval.tasks.segmentation import load_prediction, truth_mask
     from medfoundry.io import read_image
     from medfoundry.viz import display_rgb, draw_box, overlay_mask, thumbnail
 
     cases = sorted(report["per_case"], key=lambda c: c["model"]["dice"])
     chosen = [("worst", c) for c in cases[:k]] + [("best", c) for c in cases[-k:]]
+    keys = report.get("dataset_keys", {})
     out = []
     for tag, case in chosen:
-        image = read_image(case["image"])
-        truth = read_image(case["mask"]).array > 0
-        truth = truth[..., 0] if truth.ndim == 3 else truth
-        rgb = overlay_mask(draw_box(display_rgb(image), np.array(case["box"])), truth, color=(80, 255, 80), alpha=0.25)
+        image = read_image(case["image"], key=keys.get("image"))
+        truth = truth_mask(case, image, keys.get("mask"))
+        pred_path = folder / "predictions" / case.get("prediction", "")
+        pred = load_prediction(pred_path) if case.get("prediction") and pred_path.is_file() else None
+        if "key_slice" in case:
+            z = case["key_slice"]
+            image, truth, pred = image.slice(z), truth[z], None if pred is None else pred[z]
+        rgb = display_rgb(image)
+        if pred is not None:
+            rgb = overlay_mask(rgb, pred, color=(255, 60, 60), alpha=0.35)
+        rgb = draw_box(overlay_mask(rgb, truth, color=(80, 255, 80), alpha=0.2), np.array(case["box"]))
         out.append((f"{tag}: {case['id']} (Dice {case['model']['dice']:.3f})", _array_png(thumbnail(rgb, 280))))
     return out
 
 
+def _retrieval_examples(report: dict[str, Any], k: int = 3) -> str:
+    """A few queries with their top-5 results (relevant ones framed green, others red)."""
+    from medfoundry.io import read_image
+    from medfoundry.viz import display_rgb, thumbnail
+
+    esc = html.escape
+    cases = report["per_case"]
+    mode = report.get("mode", "image-to-image")
+    rows = []
+    for case in cases[:: max(1, len(cases) // k)][:k]:
+        cells = []
+        if mode == "text-to-image":
+            cells.append(f"<td style='max-width:18em'>{esc(case.get('text', '')[:200])}</td>")
+        else:
+            cells.append(f"<td><img src='{_array_png(thumbnail(display_rgb(read_image(case['image'])), 96))}'>"
+                         f"<br>{esc(str(case.get('label', case['id'])))}</td>")
+        for j, ok in zip(case["top5"], case["top5_relevant"], strict=True):
+            hit = cases[j]
+            colour = "#2a2" if ok else "#c22"
+            if mode == "image-to-text":
+                body = esc(hit.get("text", "")[:120])
+            else:
+                body = f"<img src='{_array_png(thumbnail(display_rgb(read_image(hit['image'])), 96))}'>"
+            cells.append(f"<td style='border:3px solid {colour};max-width:12em'>{body}<br>"
+                         f"{esc(str(hit.get('label', hit['id'])))}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return "<h3>Example queries (query, then top 5)</h3><table>" + "".join(rows) + "</table>"
+
+
+def _mask_of_truth(section: dict[str, Any]) -> str:
+    def fmt(m):
+        return f"{m['value']:.4f} [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]"
+
+    return (f"<h2>Mask of truth</h2><p>{html.escape(section['description'])}.</p><table>"
+            f"<tr><td>shift, truth hidden</td><td>{fmt(section['shift_truth_hidden'])}</td></tr>"
+            f"<tr><td>shift, control hidden</td><td>{fmt(section['shift_control_hidden'])}</td></tr>"
+            f"<tr><td>difference</td><td>{fmt(section['shift_difference'])}</td></tr>"
+            f"<tr><td>flip rate truth / control</td><td>{section['flip_rate_truth_hidden']:.3f} / "
+            f"{section['flip_rate_control_hidden']:.3f}</td></tr>"
+            f"<tr><td>mean hidden area fraction</td><td>{section['mean_region_fraction']:.3f}</td></tr></table>")
+
+
+def _case_rows(report: dict[str, Any]) -> str:
+    esc = html.escape
+    cases = report["per_case"][:500]
+    if "probs" in cases[0]:
+        return "".join(f"<tr><td>{esc(str(c['id']))}</td><td>{esc(c['label'])}</td>"
+                       f"<td>{esc(str(c['probs']))}</td></tr>" for c in cases)
+    names = list(report["metrics"])
+    head = "<tr><th>case</th>" + "".join(f"<th>{esc(n)}</th><th>baseline</th>" for n in names) + "</tr>"
+    return head + "".join(
+        f"<tr><td>{esc(str(c['id']))}</td>" + "".join(f"<td>{c['model'][n]:.3f}</td><td>{c['baseline'][n]:.3f}</td>"
+                                                      for n in names) + "</tr>" for c in cases)
+
+
 def write_report(report: dict[str, Any], path: Path) -> None:
+    """Write the self-contained HTML page of ``report`` (the results dict) to ``path``."""
     esc = html.escape
     rows = "".join(
         f"<tr><td>{esc(name)}</td><td>{m['value']:.4f}</td><td>[{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]</td>"
         f"<td>{'' if report['baseline'].get(name) is None else format(report['baseline'][name], '.4f')}</td></tr>"
         for name, m in report["metrics"].items())
-    pictures = ""
-    if report["task"] == "zero-shot-classification":
-        pictures = "".join(f"<img src='{src}'>" for src in _curves(report))
+    pictures = f"<img src='{_metric_bars(report)}'>"
+    if "probs" in report["per_case"][0]:
+        pictures += "".join(f"<img src='{src}'>" for src in _curves(report))
+    elif report["task"] == "retrieval":
+        pictures += _retrieval_examples(report)
     else:
-        pictures = "".join(f"<figure><img src='{src}'><figcaption>{esc(cap)}</figcaption></figure>"
-                           for cap, src in _overlays(report))
-    sub = "".join(f"<p>{esc(col)} ({esc(s['metric'])}): {esc(str(s['values']))}; largest gap "
-                  f"{s['largest_gap']}</p>" for col, s in report["subgroups"].items())
+        pictures += "".join(f"<figure><img src='{src}'><figcaption>{esc(cap)}</figcaption></figure>"
+                            for cap, src in _overlays(report, path.parent))
+    sub = "".join(f"<p>{esc(col)} ({esc(s['metric'])}): " + ", ".join(
+        f"{esc(str(v))}: {'n/a' if x['value'] is None else format(x['value'], '.4f')} (n={x['cases']})"
+        for v, x in s["values"].items()) + f"; largest gap {s['largest_gap']}</p>"
+        for col, s in report["subgroups"].items())
+    robustness = _mask_of_truth(report["mask_of_truth"]) if "mask_of_truth" in report else ""
     cfg = "".join(f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in report["config"].items())
-    cases = report["per_case"][:500]
-    if report["task"] == "zero-shot-classification":
-        case_rows = "".join(f"<tr><td>{esc(str(c['id']))}</td><td>{esc(c['label'])}</td>"
-                            f"<td>{esc(str(c['probs']))}</td></tr>" for c in cases)
-    else:
-        case_rows = "".join(f"<tr><td>{esc(str(c['id']))}</td><td>{c['model']['dice']:.3f}</td>"
-                            f"<td>{c['baseline']['dice']:.3f}</td><td>{c['model']['hd95']:.2f}</td></tr>"
-                            for c in cases)
     path.write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>" + esc(report["benchmark"]) + "</title><style>"
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:.85em}"
         "td,th{border:1px solid #ddd;padding:2px 6px}figure{display:inline-block;margin:.5em}</style></head><body>"
         f"<h1>{esc(report['benchmark'])}</h1><p>{esc(report['description'])}</p>"
-        "<h2>Metrics (95 % bootstrap interval) and no-model baseline</h2>"
+        f"<h2>Metrics (95 % bootstrap interval) and no-model baseline: {esc(report.get('baseline_name', ''))}</h2>"
         f"<table><tr><th>metric</th><th>value</th><th>95 % CI</th><th>baseline</th></tr>{rows}</table>"
-        f"{sub}<h2>Pictures</h2>{pictures}<h2>Configuration</h2><table>{cfg}</table>"
-        f"<h2>Cases</h2><table>{case_rows}</table></body></html>", encoding="utf-8")
+        f"{sub}{robustness}<h2>Pictures</h2>{pictures}<h2>Configuration</h2><table>{cfg}</table>"
+        f"<h2>Cases</h2><table>{_case_rows(report)}</table></body></html>", encoding="utf-8")

@@ -10,6 +10,11 @@ Example::
     metrics: [dice, iou, hd95, nsd]
     bootstrap: 1000
 
+Tasks (see :mod:`medfoundry.eval.tasks`): ``zero-shot-classification``, ``linear-probe`` (fit on the rows of
+``dataset.train_filter``, measured on ``dataset.filter``), ``retrieval`` (``mode`` image-to-image by label,
+text-to-image or image-to-text by pair/patient), ``segmentation-2d`` and ``segmentation-3d`` (box on the key
+slice, propagated). ``mask_of_truth: true`` adds the occlusion test to classification specs.
+
 ``${NAME}`` is replaced from the environment (``MEDFOUNDRY_EVAL_DATA`` defaults to ``eval-data``).
 Every problem found (unknown keys, missing files, masks of another shape, unknown labels, no cases) is
 collected and reported together by :class:`SpecError`.
@@ -18,6 +23,7 @@ collected and reported together by :class:`SpecError`.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -26,12 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from medfoundry.errors import MedfoundryError
-from medfoundry.eval.metrics import CLASSIFICATION_METRICS, SEGMENTATION_METRICS
-
-TASK_METRICS = {
-    "zero-shot-classification": CLASSIFICATION_METRICS,
-    "segmentation-2d": SEGMENTATION_METRICS,
-}
+from medfoundry.eval.tasks import TASKS
 
 
 class SpecError(MedfoundryError):
@@ -48,9 +49,15 @@ class DatasetSpec:
     image: str = "image"
     label: str = "label"
     mask: str = "mask"
+    text: str = "text"
     group: str | None = None
     subgroups: list[str] = field(default_factory=list)
-    filter: dict[str, str] = field(default_factory=dict)
+    filter: dict[str, str | list[str]] = field(default_factory=dict)  # column → value or list of accepted values
+    train_filter: dict[str, str | list[str]] = field(default_factory=dict)  # linear-probe: rows that fit the probe
+    image_key: str | None = None  # array name inside .npz images
+    mask_key: str | None = None  # array name inside .npz masks
+    mask_value: str | None = None  # column holding the label value that selects the object in a label map
+    boxes: list[str] = field(default_factory=list)  # columns with [x, y, w, h] boxes of the annotated region
 
 
 @dataclass
@@ -64,6 +71,8 @@ class BenchmarkSpec:
     bootstrap: int = 1000
     seed: int = 0
     positive: str | None = None
+    mode: str = "image-to-image"  # retrieval: image-to-image, text-to-image or image-to-text
+    mask_of_truth: bool = False  # classification: occlude the annotated region vs an equal area elsewhere
     description: str = ""
     source: str = ""
 
@@ -106,18 +115,19 @@ def load_spec(path_or_name: str | Path) -> BenchmarkSpec:
     if "csv" not in ds:
         problems.append("missing dataset.csv")
     task = data.get("task")
-    if task is not None and task not in TASK_METRICS:
-        problems.append(f"task {task!r} is not supported (supported: {', '.join(TASK_METRICS)})")
+    if task is not None and task not in TASKS:
+        problems.append(f"task {task!r} is not supported (supported: {', '.join(TASKS)})")
     elif task is not None:
-        problems += [f"metric {m!r} does not apply to {task}" for m in data.get("metrics", [])
-                     if m not in TASK_METRICS[task]]
-    if task == "zero-shot-classification" and len(data.get("labels", [])) < 2:
-        problems.append("zero-shot classification needs at least two labels")
+        problems += TASKS[task].check(data, ds)
     if problems:
         raise SpecError(str(path), problems)
     ds = {k: _expand(v) if isinstance(v, str) else v for k, v in ds.items()}
     source = f"builtin:{path_or_name}" if builtin else str(path)
     return BenchmarkSpec(**{**data, "dataset": DatasetSpec(**ds)}, source=source)
+
+
+def _matches(row: dict[str, str], wanted: dict[str, str | list[str]]) -> bool:
+    return all(row.get(k) in (v if isinstance(v, list) else [v]) for k, v in wanted.items())
 
 
 def load_cases(spec: BenchmarkSpec) -> list[dict[str, Any]]:
@@ -129,35 +139,51 @@ def load_cases(spec: BenchmarkSpec) -> list[dict[str, Any]]:
     if not table.is_file():
         raise SpecError(spec.source, [f"dataset file {table} does not exist"])
     with open(table, newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if all(r.get(k) == v for k, v in ds.filter.items())]
+        rows = [r for r in csv.DictReader(fh) if _matches(r, ds.filter)]
     problems: list[str] = []
     if not rows:
         raise SpecError(spec.source, [f"{table} has no cases (after filter {ds.filter})"])
-    needed = [ds.image] + ([ds.label] if spec.task.endswith("classification") else [ds.mask])
-    needed += ([ds.group] if ds.group else []) + ds.subgroups
+    task = TASKS[spec.task]
+    if ds.train_filter:
+        with open(table, newline="", encoding="utf-8") as fh:
+            train_rows = [r for r in csv.DictReader(fh) if _matches(r, ds.train_filter)]
+        if not train_rows:
+            problems.append(f"{table} has no training rows (train_filter {ds.train_filter})")
+        rows = [{**r, "__role": "test"} for r in rows] + [{**r, "__role": "train"} for r in train_rows]
+    needed = task.columns(spec) + ([ds.group] if ds.group else []) + ds.subgroups
     problems += [f"{table} lacks column {c!r}" for c in needed if c not in rows[0]]
     if problems:
         raise SpecError(spec.source, problems)
     cases = []
     for i, r in enumerate(rows):
         case = {"id": r.get("id") or Path(r[ds.image]).stem, "image": str(table.parent / r[ds.image]), "row": i,
-                "group": r[ds.group] if ds.group else None, "subgroups": {s: r[s] for s in ds.subgroups}}
+                "group": r[ds.group] if ds.group else None, "subgroups": {s: r[s] for s in ds.subgroups},
+                "role": r.get("__role", "test")}
         if not Path(case["image"]).exists():
             problems.append(f"row {i}: image {case['image']} does not exist")
-        if spec.task.endswith("classification"):
-            if r[ds.label] not in spec.labels:
+        if ds.label in needed:
+            if spec.labels and r[ds.label] not in spec.labels:
                 problems.append(f"row {i}: label {r[ds.label]!r} is not one of {spec.labels}")
             case["label"] = r[ds.label]
-        else:
+        if ds.text in needed:
+            case["text"] = r[ds.text]
+            if not r[ds.text].strip():
+                problems.append(f"row {i}: empty text")
+        case["boxes"] = [json.loads(r[c]) for c in ds.boxes if r.get(c, "").strip()] if ds.boxes else []
+        if ds.mask_value:
+            case["mask_value"] = int(r[ds.mask_value])
+        if ds.mask in needed:
             case["mask"] = str(table.parent / r[ds.mask])
             if not Path(case["mask"]).exists():
                 problems.append(f"row {i}: mask {case['mask']} does not exist")
             elif Path(case["image"]).exists():
-                shape = read_image(case["image"]).spatial_shape
-                mshape = read_image(case["mask"]).spatial_shape
+                shape = read_image(case["image"], key=ds.image_key).spatial_shape
+                mshape = read_image(case["mask"], key=ds.mask_key).spatial_shape
                 if shape != mshape:
                     problems.append(f"row {i}: mask shape {mshape} differs from image shape {shape}")
         cases.append(case)
+    if len({c["id"] for c in cases}) != len(cases):
+        problems.append("case ids are not unique (add an id column)")
     if problems:
         raise SpecError(spec.source, problems[:50] + ([f"... and {len(problems) - 50} more"] if len(problems) > 50
                                                        else []))
