@@ -14,7 +14,8 @@ from medfoundry import __version__
 from medfoundry.errors import MedfoundryError
 
 # each module defines add_parser(subparsers) and registers its handler with set_defaults(func=...)
-_COMMAND_MODULES = ("info", "convert", "models", "contrastive", "index", "segment", "train", "evaluate", "demo")
+_COMMAND_MODULES = ("info", "convert", "models", "contrastive", "slide", "index", "segment", "train", "evaluate",
+                    "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

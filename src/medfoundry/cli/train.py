@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -32,6 +33,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pc.add_argument("--seed", type=int, default=0)
     pc.add_argument("--device", default="auto")
     pc.set_defaults(func=run_clip)
+
+    pl = tsub.add_parser("clip-lora", help="LoRA (peft) fine-tuning of the image and/or text tower of any "
+                         "contrastive model on a pairs CSV; writes the merged model in its own format")
+    pl.add_argument("--model", required=True, help="registry name or local-dir:PATH (open_clip, OpenAI, HF, own)")
+    pl.add_argument("--weights", default=None)
+    pl.add_argument("--pairs", required=True, help="CSV with columns image,text and optional label,split")
+    pl.add_argument("--out", required=True, help="run folder; the merged model goes to OUT/model")
+    pl.add_argument("--tower", choices=["image", "text", "both"], default="both")
+    pl.add_argument("--rank", type=int, default=8)
+    pl.add_argument("--alpha", type=int, default=16)
+    pl.add_argument("--epochs", type=int, default=3)
+    pl.add_argument("--batch-size", type=int, default=32)
+    pl.add_argument("--lr", type=float, default=5e-4)
+    pl.add_argument("--label-weight", type=float, default=0.0)
+    pl.add_argument("--seed", type=int, default=0)
+    pl.set_defaults(func=run_clip_lora)
 
     pr = tsub.add_parser("probe", help="linear probe or few-shot prototypes on frozen contrastive embeddings")
     pr.add_argument("--data", required=True, help="CSV with columns image,label")
@@ -115,6 +132,17 @@ def run_sam(args: argparse.Namespace) -> int:
     cfg.arch["backbone"] = args.backbone
     print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
     print(f"model written to {train_sam(cfg)}")
+    return 0
+
+
+def run_clip_lora(args: argparse.Namespace) -> int:
+    from medfoundry.train.clip_lora import ClipLoraConfig, finetune_clip_lora
+
+    cfg = ClipLoraConfig(model=args.model, weights=args.weights, pairs=args.pairs, out=args.out, tower=args.tower,
+                         rank=args.rank, alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, label_weight=args.label_weight, seed=args.seed)
+    folder = finetune_clip_lora(cfg, progress=sys.stderr.isatty())
+    print(f"wrote {folder} (use --model local-dir:{folder})")
     return 0
 
 

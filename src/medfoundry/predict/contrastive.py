@@ -99,6 +99,7 @@ class ContrastivePredictor:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.precision = "fp32"
+        self.source: Path | None = None
         self._text_cache: dict[str, torch.Tensor] = {}
 
     def set_precision(self, precision: str) -> ContrastivePredictor:
@@ -184,7 +185,14 @@ class ContrastivePredictor:
 
 
 def load_contrastive(record: ModelRecord, weights: Any, device: str = "cpu") -> ContrastivePredictor:
-    """Build the backend for ``record`` and attach the resolved ``weights`` (a path or state dict)."""
+    """Build the backend for ``record`` and attach the resolved ``weights`` (a path or state dict); the
+    predictor's ``source`` remembers the path (fine-tuning writes its result in the same format)."""
+    predictor = _load_contrastive(record, weights, device)
+    predictor.source = Path(weights) if isinstance(weights, (str, Path)) else None
+    return predictor
+
+
+def _load_contrastive(record: ModelRecord, weights: Any, device: str) -> ContrastivePredictor:
     from medfoundry.registry.loading import load_state_dict
 
     arch = record.arch

@@ -163,6 +163,13 @@ def save_checkpoint(
     _break_shared_storage(tensors)
     with atomic_output(folder / "model.safetensors", overwrite) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "arch": record.arch})
+    return write_checkpoint_record(record, folder, overwrite=overwrite)
+
+
+def write_checkpoint_record(record: ModelRecord, folder: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``medfoundry.json`` (the record without weight sources) into a folder that already holds the
+    model's weights in its own format (open_clip folder, transformers folder, ``model.safetensors``)."""
+    folder = Path(folder)
     data = record.to_dict()
     data["weights"] = []
     with atomic_output(folder / RECORD_FILE, overwrite) as tmp:
@@ -214,4 +221,5 @@ __all__ = [
     "read_checkpoint_record",
     "resolve_model",
     "save_checkpoint",
+    "write_checkpoint_record",
 ]

@@ -1,0 +1,113 @@
+"""Whole-slide images: pyramidal TIFF/SVS/NDPI/... through tiffslide (the openslide API in pure Python), and
+any other large raster (PNG/JPEG/plain TIFF) as a one-level slide.
+
+Coordinates: ``(x, y)`` in level-0 pixels, sizes ``(width, height)`` in pixels of the level read — openslide's
+conventions. Regions are returned as (H, W, 3) uint8 RGB; pixels outside the slide read as white.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medfoundry.errors import ImageReadError, InputContractError
+
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".mrxs", ".svslide")
+
+
+class Slide:
+    """A pyramidal image. Use :func:`open_slide`; close it (or use ``with``) to release the file."""
+
+    def __init__(self, path: Path, handle=None, array: np.ndarray | None = None, mpp: float | None = None) -> None:
+        self.path = path
+        self._handle, self._array = handle, array
+        if handle is not None:
+            self.level_dimensions = [tuple(int(v) for v in d) for d in handle.level_dimensions]
+            self.level_downsamples = [float(d) for d in handle.level_downsamples]
+            mpp_x = handle.properties.get("tiffslide.mpp-x")
+            self.mpp = float(mpp_x) if mpp_x else mpp
+        else:
+            self.level_dimensions = [(array.shape[1], array.shape[0])]
+            self.level_downsamples = [1.0]
+            self.mpp = mpp
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """(width, height) of level 0 in pixels."""
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def level_for_mpp(self, mpp: float) -> int:
+        """The finest level whose resolution is at most ``mpp`` µm/pixel coarser than asked (level 0 if unknown)."""
+        if self.mpp is None:
+            return 0
+        wanted = mpp / self.mpp
+        ok = [i for i, d in enumerate(self.level_downsamples) if d <= wanted * 1.05]
+        return ok[-1] if ok else 0
+
+    def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """(h, w, 3) uint8 RGB of ``size`` = (w, h) pixels at ``level``, top-left ``location`` in level-0 pixels."""
+        if not 0 <= level < self.level_count:
+            raise InputContractError(f"level {level} is outside 0..{self.level_count - 1}")
+        w, h = int(size[0]), int(size[1])
+        if w <= 0 or h <= 0:
+            raise InputContractError(f"region size {size} must be positive")
+        if self._handle is not None:
+            region = np.asarray(self._handle.read_region(location, level, (w, h), as_array=True))
+            return region[..., :3] if region.shape[-1] == 4 else region
+        out = np.full((h, w, 3), 255, np.uint8)
+        x, y = int(location[0]), int(location[1])
+        src = self._array[max(y, 0) : y + h, max(x, 0) : x + w]
+        out[max(-y, 0) : max(-y, 0) + src.shape[0], max(-x, 0) : max(-x, 0) + src.shape[1]] = src
+        return out
+
+    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        """(h, w, 3) uint8 RGB of the whole slide, longer side ``max_size`` at most."""
+        from PIL import Image
+
+        if self._handle is not None:
+            return np.asarray(self._handle.get_thumbnail((max_size, max_size)).convert("RGB"))
+        im = Image.fromarray(self._array)
+        im.thumbnail((max_size, max_size))
+        return np.asarray(im)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
+    """Open a whole-slide image (``mpp``: µm per level-0 pixel when the file does not say)."""
+    from medfoundry.io.read import _max_bytes
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file")
+    if path.suffix.lower() in SLIDE_SUFFIXES:
+        try:
+            import tiffslide
+        except ImportError as exc:  # pragma: no cover - the slides extra is part of the dev install
+            raise ImageReadError(path, "reading slides needs tiffslide: pip install 'medfoundry[slides]'") from exc
+        try:
+            return Slide(path, handle=tiffslide.TiffSlide(path), mpp=mpp)
+        except Exception as exc:  # tiffslide raises many kinds of errors for corrupt files
+            raise ImageReadError(path, f"not a readable slide ({type(exc).__name__}: {exc})") from exc
+    if path.stat().st_size > _max_bytes():
+        raise ImageReadError(path, "file is over the size limit (set MEDFOUNDRY_MAX_FILE_BYTES to raise it)")
+    from medfoundry.io import read_image
+
+    image = read_image(path)
+    if image.is_volume:
+        raise InputContractError(f"{path} is a volume, not a slide")
+    return Slide(path, array=image.to_display() if image.is_color else np.repeat(image.to_display()[..., None], 3, -1),
+                 mpp=mpp)

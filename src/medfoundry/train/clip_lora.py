@@ -1,0 +1,183 @@
+"""LoRA fine-tuning (peft) of either tower — or both — of any contrastive model medfoundry can load:
+its own dual encoder, open_clip and OpenAI-format CLIPs (BiomedCLIP, CheXzero...) and transformers CLIPModels.
+
+The base weights stay frozen; rank-``r`` adapters are injected into the Linear (and, for CNN image towers,
+Conv2d) layers of the chosen tower(s) and trained with the CLIP loss (optionally MedCLIP-style soft targets)
+on an image–text pairs CSV. At the end the adapters are merged into their layers and the model is written in
+its own published format, plus ``medfoundry.json``, so ``--model local-dir:OUT/model`` loads it like the
+original. Each epoch reports the validation loss (and zero-shot AUROC when validation rows carry labels).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medfoundry.errors import InputContractError
+from medfoundry.train.clip import clip_loss, read_pairs, soft_targets
+
+TOWERS = ("image", "text", "both")
+
+
+@dataclass
+class ClipLoraConfig:
+    model: str
+    pairs: str
+    out: str
+    weights: str | None = None
+    tower: str = "both"
+    rank: int = 8
+    alpha: int = 16
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-4
+    label_weight: float = 0.0
+    seed: int = 0
+    max_rows: int | None = None
+
+
+def tower_modules(backend: Any) -> dict[str, torch.nn.Module]:
+    """The image and text towers of a backend's model, by name."""
+    model = backend.model
+    if hasattr(model, "vision_model") and hasattr(model, "text_model"):  # transformers CLIPModel
+        return {"image": model.vision_model, "text": model.text_model}
+    if hasattr(model, "visual") and hasattr(model, "image_proj"):  # medfoundry DualEncoder
+        return {"image": model.visual, "text": model.text}
+    if hasattr(model, "visual"):  # open_clip CLIP / CustomTextCLIP
+        text = model.text if hasattr(model, "text") else model.transformer
+        return {"image": model.visual, "text": text}
+    raise InputContractError(f"cannot find the towers of {type(model).__name__}")
+
+
+def lora_targets(module: torch.nn.Module) -> list[str]:
+    """Names of the layers LoRA adapts in ``module``: every Linear, and the 3×3+ Conv2d of CNNs without Linear."""
+    linear = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and n]
+    if linear:
+        return linear
+    return [n for n, m in module.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1]
+
+
+def inject_lora(backend: Any, tower: str, rank: int, alpha: int) -> int:
+    """Freeze the model and add LoRA adapters to ``tower`` ("image", "text" or "both"); returns the number of
+    trainable parameters."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if tower not in TOWERS:
+        raise InputContractError(f"unknown tower {tower!r}: use image, text or both")
+    if rank < 1:
+        raise InputContractError(f"LoRA rank must be ≥ 1 (got {rank})")
+    backend.model.requires_grad_(False)
+    towers = tower_modules(backend)
+    for name in (["image", "text"] if tower == "both" else [tower]):
+        targets = lora_targets(towers[name])
+        if not targets:
+            raise InputContractError(f"the {name} tower has no Linear or Conv2d layer to adapt")
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets), towers[name])
+    return sum(p.numel() for p in backend.model.parameters() if p.requires_grad)
+
+
+def _logit_scale(predictor) -> torch.Tensor:
+    return torch.tensor(predictor.logit_scale)
+
+
+def _batches(n: int, size: int, gen: torch.Generator | None):
+    order = torch.randperm(n, generator=gen).tolist() if gen is not None else list(range(n))
+    return [order[i : i + size] for i in range(0, n, size) if len(order[i : i + size]) > 1]
+
+
+def _loss(predictor, pixels: torch.Tensor, texts: list[str], labels: list[str], weight: float) -> torch.Tensor:
+    backend = predictor.backend
+    img = F.normalize(backend.encode_image(pixels), dim=-1)
+    txt = F.normalize(backend.encode_text(texts), dim=-1)
+    return clip_loss(img, txt, _logit_scale(predictor), soft_targets(labels, texts, weight))
+
+
+def _save(predictor, folder: Path, record_name: str) -> Path:
+    from dataclasses import replace
+
+    from medfoundry.predict.contrastive import save_open_clip_folder
+    from medfoundry.registry.loading import save_checkpoint, write_checkpoint_record
+
+    model, record = predictor.backend.model, replace(predictor.record, name=record_name, weights=[])
+    folder.mkdir(parents=True, exist_ok=True)
+    if record.arch in ("medfoundry_clip", "openai_clip"):
+        state = model.state_dict()
+        return save_checkpoint(state, record, folder, overwrite=True)
+    if record.arch == "open_clip":
+        source = Path(predictor.source) if getattr(predictor, "source", None) else None
+        config = json.loads((source / "open_clip_config.json").read_text()) if source else {}
+        save_open_clip_folder(model, config, folder)
+    elif record.arch == "hf_clip":
+        model.save_pretrained(str(folder))
+        predictor.backend.tokenizer.save_pretrained(str(folder))
+    return write_checkpoint_record(record, folder, overwrite=True)
+
+
+def finetune_clip_lora(cfg: ClipLoraConfig, progress: bool = True) -> Path:
+    """Train LoRA adapters per ``cfg``; returns the merged model folder ``cfg.out/model``."""
+    from rich.progress import track
+
+    from medfoundry.io import read_image
+    from medfoundry.predict.contrastive import open_contrastive
+    from medfoundry.predict.preprocess import preprocess_batch
+    from medfoundry.train.sam import merge_lora
+
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_pairs(cfg.pairs)[: cfg.max_rows]
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"]
+    if len(train) < 2:
+        raise InputContractError(f"{cfg.pairs} has {len(train)} training rows; LoRA needs at least 2")
+    predictor = open_contrastive(cfg.model, cfg.weights)
+    trainable = inject_lora(predictor.backend, cfg.tower, cfg.rank, cfg.alpha)
+
+    def pixels_of(subset):
+        images = []
+        for r in track(subset, description="loading images", disable=not progress):
+            image = read_image(r["image"])
+            images.append(image.slice(image.array.shape[0] // 2) if image.is_volume else image)
+        return preprocess_batch(images, predictor.record.preprocess) if images else None
+
+    x_train, x_val = pixels_of(train), pixels_of(val)
+    params = [p for p in predictor.backend.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history = []
+
+    def val_loss() -> float | None:
+        if x_val is None or len(val) < 2:
+            return None
+        with torch.no_grad():
+            losses = [float(_loss(predictor, x_val[b], [val[i]["text"] for i in b], [val[i]["label"] for i in b],
+                                  cfg.label_weight)) for b in _batches(len(val), cfg.batch_size, None)]
+        return float(np.mean(losses))
+
+    predictor.backend.model.eval()
+    history.append({"epoch": 0, "val_loss": val_loss(), "trainable_parameters": trainable})
+    for epoch in range(cfg.epochs):
+        # the model stays in eval mode: frozen BatchNorm statistics and no dropout, so the base is untouched
+        t0, losses = time.time(), []
+        for b in _batches(len(train), cfg.batch_size, gen):
+            loss = _loss(predictor, x_train[b], [train[i]["text"] for i in b], [train[i]["label"] for i in b],
+                         cfg.label_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss(),
+                        "seconds": time.time() - t0})
+        print(json.dumps(history[-1]), flush=True)
+    merge_lora(predictor.backend.model)
+    folder = _save(predictor, out / "model", f"{predictor.record.name}-lora")
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    return folder
