@@ -263,8 +263,10 @@ def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwa
     if record.arch != "sam":
         raise RegistryError(f"{record.name}: architecture {record.arch!r} is registered but medfoundry cannot run "
                             "it yet")
+    from medfoundry.models.sam_formats import to_segment_anything
+
     model = build_sam(dict(record.arch_config))
-    state = load_state_dict(weights)
+    state = to_segment_anything(load_state_dict(weights))  # segment_anything or transformers SamModel layout
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsError(f"{record.name}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -11,6 +11,7 @@ original. Each epoch reports the validation loss (and zero-shot AUROC when valid
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,11 +58,13 @@ def tower_modules(backend: Any) -> dict[str, torch.nn.Module]:
 
 
 def lora_targets(module: torch.nn.Module) -> list[str]:
-    """Names of the layers LoRA adapts in ``module``: every Linear, and the 3×3+ Conv2d of CNNs without Linear."""
+    """Names of the layers LoRA adapts in ``module``: every Linear; in CNNs without Linear layers, the
+    undilated, ungrouped Conv2d with kernels ≥ 3 (peft's conv adapters do not carry dilation or groups)."""
     linear = [n for n, m in module.named_modules() if isinstance(m, torch.nn.Linear) and n]
     if linear:
         return linear
-    return [n for n, m in module.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1]
+    return [n for n, m in module.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size[0] > 1
+            and m.dilation == (1, 1) and m.groups == 1]
 
 
 def inject_lora(backend: Any, tower: str, rank: int, alpha: int) -> int:
@@ -79,7 +82,9 @@ def inject_lora(backend: Any, tower: str, rank: int, alpha: int) -> int:
         targets = lora_targets(towers[name])
         if not targets:
             raise InputContractError(f"the {name} tower has no Linear or Conv2d layer to adapt")
-        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets), towers[name])
+        # one exact regex: peft matches list entries by suffix, which would also catch excluded layers
+        exact = "^(?:" + "|".join(re.escape(t) for t in targets) + ")$"
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=exact), towers[name])
     return sum(p.numel() for p in backend.model.parameters() if p.requires_grad)
 
 
