@@ -2,6 +2,9 @@
 
 - ``vit_b`` / ``vit_l`` / ``vit_h``: exactly segment_anything's architectures, so its checkpoints (SAM, MedSAM)
   load key for key.
+- ``adapter=True`` with a ViT encoder: SAM-Med2D's layout — each encoder block carries an ``Adapter``
+  (channel attention, then a stride-2 convolution / transposed-convolution spatial branch with a residual and
+  LayerNorm) added beside the MLP, at a 256-pixel input; its checkpoints load key for key.
 - ``lite``: medfoundry's small encoder (a timm convolutional backbone with a light feature-pyramid neck giving
   a 256-channel embedding at stride 4, LiteMedSAM-class size) in front of segment_anything's prompt encoder
   and mask decoder at a 256-pixel input.
@@ -41,6 +44,7 @@ class SamConfig:
         embed_stride: stride of the image embedding (16 for SAM's ViTs, 4 for the lite encoder).
         prompt_crop: lite models trained on box crops: the predictor crops each box with this margin
             (fraction of the box size on every side); 0 = whole-image prompting as in SAM.
+        adapter: SAM-Med2D adapter layers in every ViT encoder block.
     """
 
     encoder: str = "vit_b"
@@ -48,6 +52,7 @@ class SamConfig:
     backbone: str = "resnet18"
     embed_stride: int = 16
     prompt_crop: float = 0.0
+    adapter: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +82,52 @@ class LiteEncoder(nn.Module):
         return self.smooth(top) + top
 
 
+class AdapterLayer(nn.Module):
+    """SAM-Med2D's encoder adapter on (B, H, W, C) tokens: channel gating from the pooled tokens, a spatial
+    branch (3×3 stride-2 convolution, ReLU, 4×4 stride-2 transposed convolution, ReLU) with a residual, then
+    LayerNorm. Module names follow the published checkpoints (``norm``, ``channel``, ``spatial``)."""
+
+    def __init__(self, dim: int, ratio: float = 0.25) -> None:
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.norm = nn.LayerNorm(dim)
+        self.channel = nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, dim, bias=False),
+                                     nn.Sigmoid())
+        self.spatial = nn.Sequential(nn.Conv2d(dim, dim, 3, stride=2, padding=1, bias=False), nn.ReLU(),
+                                     nn.ConvTranspose2d(dim, dim, 4, stride=2, padding=1, bias=False), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)
+        gated = self.channel(x.mean(dim=(2, 3)))[:, :, None, None] * x
+        return self.norm((x + self.spatial(gated)).permute(0, 2, 3, 1))
+
+
+def _adapter_block_class():
+    from segment_anything.modeling.image_encoder import Block, window_partition, window_unpartition
+
+    class AdapterBlock(Block):
+        """segment_anything's ViT block plus SAM-Med2D's ``Adapter`` beside the MLP."""
+
+        def __init__(self, dim: int, **kwargs: Any) -> None:
+            super().__init__(dim=dim, **kwargs)
+            self.Adapter = AdapterLayer(dim)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            shortcut = x
+            x = self.norm1(x)
+            if self.window_size > 0:
+                h, w = x.shape[1], x.shape[2]
+                x, pad_hw = window_partition(x, self.window_size)
+            x = self.attn(x)
+            if self.window_size > 0:
+                x = window_unpartition(x, self.window_size, pad_hw, (h, w))
+            x = shortcut + x
+            normed = self.norm2(x)
+            return x + self.mlp(normed) + self.Adapter(normed)
+
+    return AdapterBlock
+
+
 class SamModel(nn.Module):
     """Image encoder + prompt encoder + mask decoder (segment_anything's ``Sam`` layout and key names)."""
 
@@ -92,13 +143,23 @@ class SamModel(nn.Module):
             from segment_anything.modeling import ImageEncoderViT
 
             v = VIT_SETTINGS[config.encoder]
+            window = 14 if config.encoder != "vit_test" else 4
+            norm = partial(torch.nn.LayerNorm, eps=1e-6)
             self.image_encoder = ImageEncoderViT(
-                depth=v["depth"], embed_dim=v["embed_dim"], img_size=size, mlp_ratio=4,
-                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=v["num_heads"], patch_size=16,
-                qkv_bias=True, use_rel_pos=True, global_attn_indexes=v["global_attn_indexes"],
-                window_size=14 if config.encoder != "vit_test" else 4,
-                out_chans=256,
+                depth=v["depth"], embed_dim=v["embed_dim"], img_size=size, mlp_ratio=4, norm_layer=norm,
+                num_heads=v["num_heads"], patch_size=16, qkv_bias=True, use_rel_pos=True,
+                global_attn_indexes=v["global_attn_indexes"], window_size=window, out_chans=256,
             )
+            if config.adapter:
+                block = _adapter_block_class()
+                grid = size // 16
+                self.image_encoder.blocks = nn.ModuleList([
+                    block(dim=v["embed_dim"], num_heads=v["num_heads"], mlp_ratio=4, qkv_bias=True, norm_layer=norm,
+                          use_rel_pos=True, window_size=0 if i in v["global_attn_indexes"] else window,
+                          input_size=(grid, grid))
+                    for i in range(v["depth"])])
+        elif config.adapter:
+            raise InputContractError("adapters (SAM-Med2D) need a ViT encoder")
         elif config.encoder == "lite":
             self.image_encoder = LiteEncoder(config.backbone, size)
         else:

@@ -88,12 +88,15 @@ def _resize(unit: np.ndarray, size: tuple[int, int], contract: Preprocess) -> to
     if contract.intensity != "minmax":
         from PIL import Image
 
-        resample = Image.Resampling.BICUBIC if contract.interpolation == "bicubic" else Image.Resampling.BILINEAR
+        resample = {"bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}.get(
+            contract.interpolation, Image.Resampling.BILINEAR)
         u8 = np.round(unit * 255.0).astype(np.uint8)
         channels = [np.asarray(Image.fromarray(u8[..., c]).resize(size[::-1], resample)) for c in range(u8.shape[-1])]
         return torch.from_numpy(np.stack(channels).astype(np.float32) / 255.0)[None]
     tensor = torch.from_numpy(unit).permute(2, 0, 1)[None]
     mode = contract.interpolation
+    if mode == "nearest":
+        return F.interpolate(tensor, size=size, mode="nearest")
     return F.interpolate(tensor, size=size, mode=mode, align_corners=False, antialias=True).clamp(0.0, 1.0)
 
 

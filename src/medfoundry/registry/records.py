@@ -45,7 +45,7 @@ class Preprocess:
             in HU), ``"minmax"`` (per-image min-max, MedSAM) or ``"uint8"`` (display values as they are).
         scale: the value range after ``intensity``: 1.0 or 255.0.
         mean, std: per-channel normalisation applied after scaling.
-        interpolation: ``"bilinear"`` or ``"bicubic"``.
+        interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
     """
 
     image_size: int = 224
@@ -62,6 +62,8 @@ class Preprocess:
             raise RegistryError(f"unknown resize mode {self.resize!r}")
         if self.intensity not in ("window", "minmax", "uint8"):
             raise RegistryError(f"unknown intensity mode {self.intensity!r}")
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise RegistryError(f"unknown interpolation {self.interpolation!r}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise RegistryError(f"mean/std need {self.channels} values, got {self.mean} / {self.std}")
 
