@@ -5,6 +5,8 @@
 - ``adapter=True`` with a ViT encoder: SAM-Med2D's layout — each encoder block carries an ``Adapter``
   (channel attention, then a stride-2 convolution / transposed-convolution spatial branch with a residual and
   LayerNorm) added beside the MLP, at a 256-pixel input; its checkpoints load key for key.
+- ``tinyvit``: LiteMedSAM's TinyViT encoder (256-pixel input, 64 × 64 embedding), see
+  :mod:`medfoundry.models.tinyvit`.
 - ``lite``: medfoundry's small encoder (a timm convolutional backbone with a light feature-pyramid neck giving
   a 256-channel embedding at stride 4, LiteMedSAM-class size) in front of segment_anything's prompt encoder
   and mask decoder at a 256-pixel input.
@@ -38,7 +40,8 @@ class SamConfig:
     """Architecture of a SAM-family model.
 
     Attributes:
-        encoder: ``vit_b``/``vit_l``/``vit_h`` (segment_anything) or ``lite`` (medfoundry).
+        encoder: ``vit_b``/``vit_l``/``vit_h`` (segment_anything), ``tinyvit`` (LiteMedSAM) or ``lite``
+            (medfoundry).
         image_size: square input side (1024 for SAM, 256 for lite models).
         backbone: timm backbone of the lite encoder.
         embed_stride: stride of the image embedding (16 for SAM's ViTs, 4 for the lite encoder).
@@ -162,6 +165,10 @@ class SamModel(nn.Module):
             raise InputContractError("adapters (SAM-Med2D) need a ViT encoder")
         elif config.encoder == "lite":
             self.image_encoder = LiteEncoder(config.backbone, size)
+        elif config.encoder == "tinyvit":
+            from medfoundry.models.tinyvit import LiteMedSamEncoder
+
+            self.image_encoder = LiteMedSamEncoder(size)
         else:
             raise InputContractError(f"unknown SAM encoder {config.encoder!r}")
         grid = size // config.embed_stride
@@ -248,4 +255,6 @@ def build_sam(arch_config: dict[str, Any]) -> SamModel:
     config = SamConfig(**arch_config)
     if config.encoder in VIT_SETTINGS:
         config.embed_stride = 16
+    elif config.encoder == "tinyvit":
+        config.embed_stride = 4  # LiteMedSAM: 64 × 64 embedding of a 256-pixel input
     return SamModel(config)

@@ -1,6 +1,8 @@
 """Published SAM-family checkpoint layouts, converted to segment_anything's key names on load.
 
 - segment_anything (SAM, MedSAM): used as is.
+- LiteMedSAM (``lite_medsam.pth``): segment_anything names for the prompt encoder and decoder, its own
+  TinyViT names for the encoder (:mod:`medfoundry.models.tinyvit`).
 - transformers ``SamModel`` (as ``wanglab/medsam-vit-base`` and ``facebook/sam-vit-*`` are published on the
   Hugging Face hub): keys renamed to segment_anything's; the tensors themselves are identical (checked
   against transformers' own SamModel in tests/models/test_sam_formats.py).
@@ -70,5 +72,9 @@ def hf_sam_to_segment_anything(state: Mapping[str, torch.Tensor]) -> dict[str, t
 
 
 def to_segment_anything(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Any supported layout → segment_anything key names."""
-    return hf_sam_to_segment_anything(state) if is_hf_sam(state) else dict(state)
+    """Any supported layout → segment_anything key names (LiteMedSAM: timm's names for its TinyViT convs)."""
+    from medfoundry.models.tinyvit import is_litemedsam, litemedsam_to_timm_names
+
+    if is_hf_sam(state):
+        return hf_sam_to_segment_anything(state)
+    return litemedsam_to_timm_names(state) if is_litemedsam(state) else dict(state)
