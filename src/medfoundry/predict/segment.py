@@ -98,8 +98,29 @@ class PromptSegmenter:
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_size = cache_size
         self.image: MedImage | None = None
+        self.precision = "fp32"
         self._hash = ""
         self._unit: np.ndarray | None = None
+
+    def set_precision(self, precision: str) -> PromptSegmenter:
+        """``fp32`` (default: the reference modules) or ``bf16``: the image encoder runs in bfloat16 with fused
+        attention (:mod:`medfoundry.models.sam_fast`); prompts are still decoded in float32. Measure the
+        agreement with fp32 for your model (benchmarks/sam_vit_b_speed.py does for SAM ViT-B)."""
+        if precision not in ("fp32", "bf16"):
+            raise InputContractError(f"unknown precision {precision!r}: use fp32 or bf16")
+        if precision == self.precision:
+            return self
+        if precision == "bf16":
+            from medfoundry.models.sam_fast import accelerate_encoder
+
+            if not hasattr(self.model, "image_encoder"):
+                raise InputContractError("bf16 applies to PyTorch models, not to ONNX sessions")
+            self.model.image_encoder = accelerate_encoder(self.model.image_encoder, bf16=True)
+        else:
+            raise InputContractError("a bf16 segmenter cannot go back to fp32: load the model again")
+        self.precision = precision
+        self._cache.clear()
+        return self
 
     # -- image -------------------------------------------------------------------------------------------
     def set_image(self, image: MedImage) -> None:
@@ -118,7 +139,7 @@ class PromptSegmenter:
     def _embedding(self, window: np.ndarray | None, flip: bool = False) -> tuple[torch.Tensor, Any]:
         """The (1, 256, g, g) embedding of the whole image or of a crop window (mirrored left-right with
         ``flip``), from cache when possible."""
-        key = f"{self.record.name}:{self._hash}:{None if window is None else window.tolist()}:{flip}"
+        key = f"{self.record.name}:{self.precision}:{self._hash}:{None if window is None else window.tolist()}:{flip}"
         if window is None:
             pixels, info = preprocess(self.image, self.record.preprocess)
         else:
@@ -274,12 +295,14 @@ def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwa
 
 
 def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: str | Path | None = None,
-                   **kwargs: Any) -> PromptSegmenter:
+                   precision: str = "fp32", **kwargs: Any) -> PromptSegmenter:
     """Resolve ``--model``/``--weights`` through the registry and return a ready segmenter; with ``onnx`` (a
     folder from ``medfoundry models export-onnx``) the encoder and decoder run in onnxruntime."""
     from medfoundry.registry.loading import fetch_weights, resolve_model
 
     if onnx is not None:
+        if precision != "fp32":
+            raise InputContractError("--precision applies to PyTorch models; ONNX sessions run as exported")
         from medfoundry.export.onnx import OnnxSam
         from medfoundry.models.sam import SamConfig
 
@@ -288,4 +311,4 @@ def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: s
     record, resolved = fetch_weights(model, weights)
     if "segmentation-2d" not in record.tasks:
         raise InputContractError(f"{record.name} is a {record.family} model, not a promptable segmenter")
-    return load_segmenter(record, resolved, device, **kwargs)
+    return load_segmenter(record, resolved, device, **kwargs).set_precision(precision)

@@ -1,0 +1,68 @@
+"""Faster CPU/GPU execution of SAM's ViT image encoders, same weights and same state-dict keys.
+
+- :class:`SdpaAttention` computes segment_anything's attention (with its decomposed relative-position bias)
+  through ``torch.nn.functional.scaled_dot_product_attention``, which fuses scaling, bias, softmax and the
+  value product (fused CPU/GPU kernels instead of a materialised float32 softmax).
+- :func:`accelerate_encoder` swaps those in and (``bf16=True``) keeps the encoder's weights in bfloat16,
+  which CPUs with AVX512-BF16/AMX and all recent GPUs run natively. Embeddings are returned as float32.
+
+Measured by ``benchmarks/sam_vit_b_speed.py`` (results in ``benchmarks/results/sam_vit_b_speed.json``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SdpaAttention(nn.Module):
+    """segment_anything's ViT ``Attention`` (same parameters: ``qkv``, ``proj``, ``rel_pos_h``, ``rel_pos_w``)
+    evaluated with ``scaled_dot_product_attention``; input and output (B, H, W, C)."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.num_heads = attn.num_heads
+        self.qkv, self.proj = attn.qkv, attn.proj
+        self.use_rel_pos = attn.use_rel_pos
+        if self.use_rel_pos:
+            self.rel_pos_h, self.rel_pos_w = attn.rel_pos_h, attn.rel_pos_w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from segment_anything.modeling.image_encoder import get_rel_pos
+
+        b, h, w, _ = x.shape
+        heads = self.num_heads
+        q, k, v = self.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)  # (B, nH, N, c)
+        bias = None
+        if self.use_rel_pos:
+            rh = get_rel_pos(h, h, self.rel_pos_h).to(q.dtype)
+            rw = get_rel_pos(w, w, self.rel_pos_w).to(q.dtype)
+            r_q = q.reshape(b * heads, h, w, -1)
+            rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh)
+            rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
+            bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(b, heads, h * w, h * w)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # scale: head_dim ** -0.5, as SAM's
+        return self.proj(out.view(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1))
+
+
+class _Bf16Encoder(nn.Module):
+    """Runs a wrapped encoder in bfloat16 and hands back float32 embeddings."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.inner = encoder.to(torch.bfloat16)
+        self.img_size = getattr(encoder, "img_size", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(torch.bfloat16)).float()
+
+
+def accelerate_encoder(encoder: nn.Module, bf16: bool = False) -> nn.Module:
+    """Use :class:`SdpaAttention` in every ViT block of a segment_anything ``ImageEncoderViT`` (in place) and,
+    with ``bf16``, wrap it to run in bfloat16. Encoders without ViT blocks are returned unchanged (bf16 still
+    applies)."""
+    for block in getattr(encoder, "blocks", []):
+        if hasattr(block, "attn") and hasattr(block.attn, "qkv") and not isinstance(block.attn, SdpaAttention):
+            block.attn = SdpaAttention(block.attn)
+    return _Bf16Encoder(encoder) if bf16 else encoder
