@@ -79,7 +79,8 @@ def main() -> None:
             out = []
             with torch.inference_mode():
                 for i in range(0, len(files), args.batch_size):
-                    batch = torch.stack([transform(Image.open(f).convert("RGB")) for f in files[i : i + args.batch_size]])
+                    chunk = files[i : i + args.batch_size]
+                    batch = torch.stack([transform(Image.open(f).convert("RGB")) for f in chunk])
                     out.append(F.normalize(reference.encode_image(batch), dim=-1))
             return torch.cat(out).numpy()
 

@@ -68,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for s in range(args.slides):
             positive = s % 2 == 1
-            n_pos = int(round(args.positive_fraction * n_tiles)) if positive else 0
+            n_pos = round(args.positive_fraction * n_tiles) if positive else 0
             tiles = list(normal[rng.integers(0, len(normal), n_tiles - n_pos)]) + \
                 list(sick[rng.integers(0, len(sick), n_pos)])
             tiles = [tiles[i] for i in rng.permutation(n_tiles)]
