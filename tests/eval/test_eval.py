@@ -4,6 +4,7 @@ runs are resumable and reproducible, compare reports overlaps."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -129,3 +130,18 @@ def test_classification_run(tmp_path: Path) -> None:
                  str(_spec(tmp_path, "zero-shot-classification")), "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["metrics"]) == {"auroc", "ece"} and results["baseline"]["auroc"] == 0.5
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_ece_equals_its_definition(classes: int) -> None:
+    """ECE (torchmetrics) against the written-out definition: Σ_bins |bin|/N · |mean confidence − accuracy|."""
+    from medfoundry.tasks.calibration import expected_calibration_error
+
+    probs = RNG.dirichlet(np.ones(classes) * 0.7, size=400)
+    labels = RNG.integers(0, classes, 400)
+    conf, pred = probs.max(1), probs.argmax(1)
+    edges = np.linspace(0, 1, 16)
+    expected = sum(((conf > lo) & (conf <= hi)).mean() * abs(conf[(conf > lo) & (conf <= hi)].mean()
+                                                           - (pred == labels)[(conf > lo) & (conf <= hi)].mean())
+                   for lo, hi in itertools.pairwise(edges) if ((conf > lo) & (conf <= hi)).any())
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected, abs=1e-6)

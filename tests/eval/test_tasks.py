@@ -173,3 +173,20 @@ def test_image_set_distance_separates_different_sets(tmp_path: Path, capsys) -> 
     assert other["log_frd"] > same["log_frd"] + 3
     assert main(["eval", "distance", str(tmp_path / "a"), str(tmp_path / "c"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images_a"] == 12
+
+
+def test_a_subgroup_with_one_class_is_reported_as_undefined(tmp_path: Path) -> None:
+    table = _images(tmp_path)
+    with open(table, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:  # subgroup "only-normal" holds normal images only: AUROC is undefined there
+        r["site"] = "only-normal" if r["label"] == "normal" and int(r["id"][1:]) < 6 else "mixed"
+    with open(table, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    res = _run(tmp_path, "sub", f"task: zero-shot-classification\ndataset:\n  csv: {table}\n  subgroups: [site]\n"
+                                f"labels: [normal, pneumonia]\nmetrics: [auroc]")
+    values = res["subgroups"]["site"]["values"]
+    assert values["only-normal"]["value"] is None and values["mixed"]["value"] is not None
+    assert res["subgroups"]["site"]["largest_gap"] is None  # one defined value: no gap

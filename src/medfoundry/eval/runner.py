@@ -49,9 +49,10 @@ def _summarise(spec: BenchmarkSpec, summary) -> tuple[dict, dict, dict]:
         for v in sorted(set(values)):
             idx = np.nonzero(values == v)[0]
             try:
-                per_value[v] = {"value": first(idx), "cases": len(idx)}
+                value = first(idx)
             except ValueError:  # e.g. one class only in this subgroup
-                per_value[v] = {"value": None, "cases": len(idx)}
+                value = None
+            per_value[v] = {"value": value if value is not None and np.isfinite(value) else None, "cases": len(idx)}
         valid = [x["value"] for x in per_value.values() if x["value"] is not None]
         subgroups[column] = {"metric": spec.metrics[0], "values": per_value,
                              "largest_gap": float(max(valid) - min(valid)) if len(valid) > 1 else None}

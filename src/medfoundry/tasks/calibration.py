@@ -44,16 +44,14 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """Top-label ECE: the bin-weighted gap between confidence and accuracy over ``bins`` equal-width bins."""
-    probs, labels = np.asarray(probs), np.asarray(labels)
-    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in itertools.pairwise(edges):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            ece += sel.mean() * abs(conf[sel].mean() - (pred[sel] == labels[sel]).mean())
-    return float(ece)
+    """Top-label ECE: the bin-weighted gap between confidence and accuracy over ``bins`` equal-width bins
+    (torchmetrics' ``multiclass_calibration_error`` with the L1 norm). ``probs`` (N, C), ``labels`` (N,)."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
+    return float(multiclass_calibration_error(torch.from_numpy(probs), torch.from_numpy(labels).long(),
+                                              num_classes=probs.shape[1], n_bins=bins, norm="l1"))
 
 
 def fit_temperature(similarities: np.ndarray, labels: np.ndarray) -> float:
