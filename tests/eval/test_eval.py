@@ -46,6 +46,17 @@ def test_segmentation_metrics_by_hand_and_monai() -> None:
     assert m["hd95"] == pytest.approx(2.0)
     same = segmentation_case(a, a, (0.5, 0.5))
     assert same["dice"] == 1.0 and same["hd95"] == 0.0 and same["nsd"] == 1.0
+    empty = segmentation_case(np.zeros_like(a), np.zeros_like(a), (1.0, 1.0))
+    assert empty["dice"] == 1.0 and empty["iou"] == 1.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dice_and_iou_equal_their_definitions_on_random_masks(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a, b = rng.random((3, 30, 30)) < 0.3, rng.random((3, 30, 30)) < 0.4
+    m = segmentation_case(a, b, (2.0, 1.0, 1.0))
+    assert m["dice"] == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()), abs=1e-6)
+    assert m["iou"] == pytest.approx((a & b).sum() / (a | b).sum(), abs=1e-6)
 
 
 def test_bootstrap_interval_contains_the_mean_and_respects_groups() -> None:

@@ -49,15 +49,15 @@ def segmentation_case(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float,
                       tolerance_mm: float = 2.0) -> dict[str, float]:
     """Dice, IoU, HD95 (mm) and normalised surface Dice (at ``tolerance_mm``) of one case, through MONAI."""
     import torch
-    from monai.metrics import compute_hausdorff_distance, compute_iou, compute_surface_dice
+    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou, compute_surface_dice
 
     p = torch.from_numpy(np.asarray(pred, bool)[None, None].astype(np.float32))
     t = torch.from_numpy(np.asarray(truth, bool)[None, None].astype(np.float32))
-    inter, total = float((p * t).sum()), float(p.sum() + t.sum())
-    dice = 2 * inter / total if total else 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        iou = float(compute_iou(p, t, include_background=True)[0, 0])
+        # both masks empty: a perfect answer (1.0), not an undefined one
+        dice = float(compute_dice(p, t, include_background=True, ignore_empty=False)[0, 0])
+        iou = float(compute_iou(p, t, include_background=True, ignore_empty=False)[0, 0])
         if p.sum() and t.sum():
             hd95 = float(compute_hausdorff_distance(p, t, percentile=95, spacing=list(spacing))[0, 0])
             nsd = float(compute_surface_dice(p, t, class_thresholds=[tolerance_mm], spacing=list(spacing))[0, 0])
