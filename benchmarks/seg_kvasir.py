@@ -31,13 +31,14 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/seg_kvasir.json")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--tta", action="store_true", help="average with the mirrored crop")
+    ap.add_argument("--embed-pool", type=int, default=1, help="2: decode on the pooled 32×32 embedding (faster)")
     ap.add_argument("--text", default=None, help='prompt with text instead of the box (e.g. "a colon polyp"): '
                                                  "medfoundry-clip-tiny's grounding map proposes the box")
     args = ap.parse_args()
     manifest = shared_manifest(args.shared, Path(tempfile.gettempdir()) / "medfoundry_bench_manifest.jsonl")
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
     rows = [r for r in rows if r["source"] == "kvasir" and r["split"] == "val"][: args.limit]
-    seg = open_segmenter(args.model, args.weights, tta=args.tta)
+    seg = open_segmenter(args.model, args.weights, tta=args.tta, embed_pool=args.embed_pool)
     clip = None
     if args.text:
         from medfoundry.predict.contrastive import open_contrastive
@@ -67,6 +68,7 @@ def main() -> None:
     result = {
         "benchmark": "Kvasir-SEG box-prompted segmentation, developer-part images held out from training",
         "cases": len(rows), "model": seg.record.name, "tta": args.tta, "text_prompt": args.text,
+        "embed_pool": args.embed_pool,
         "dice_mean": float(np.mean(model_d)), "dice_median": float(np.median(model_d)),
         "baseline_ellipse_in_box_dice_mean": float(np.mean(base_d)),
         "first_prompt_seconds_median (crop encode + decode)": float(np.median(enc_t)) if enc_t else None,

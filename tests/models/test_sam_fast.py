@@ -52,3 +52,38 @@ def test_bf16_segmenter_is_close_to_fp32() -> None:
     assert emb16.dtype == torch.float32 and cos > 0.999
     with pytest.raises(Exception, match="fp32"):
         bf16.set_precision("fp32")
+
+
+def test_pooled_lite_encoder_shares_weights_and_halves_the_grid() -> None:
+    torch.manual_seed(0)
+    full = build_sam({"encoder": "lite", "image_size": 256, "backbone": "resnet10t", "embed_stride": 4}).eval()
+    pooled = build_sam({"encoder": "lite", "image_size": 256, "backbone": "resnet10t", "embed_stride": 8,
+                        "embed_pool": 2}).eval()
+    pooled.load_state_dict(full.state_dict(), strict=True)  # same parameters: pooling has none
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        a, b = full.embed(x), pooled.embed(x)
+        assert tuple(b.shape) == (1, 256, 32, 32)
+        assert torch.allclose(torch.nn.functional.avg_pool2d(a, 2), b, atol=1e-5)
+        logits, _ = pooled.decode(b, boxes=torch.tensor([[40.0, 40.0, 200.0, 200.0]]))
+    assert tuple(logits.shape) == (1, 1, 128, 128)
+    with pytest.raises(Exception, match="embed_stride"):
+        build_sam({"encoder": "lite", "image_size": 256, "embed_stride": 4, "embed_pool": 2})
+
+
+def test_fast_prompts_on_the_embedded_segmenter() -> None:
+    from medfoundry.predict.segment import open_segmenter
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 60, (200, 240, 3), dtype=np.uint8)
+    arr[60:140, 70:170] = [230, 120, 110]
+    image = MedImage(array=arr, spacing=(1.0, 1.0), photometric="RGB")
+    box = np.array([[60.0, 50.0, 180.0, 150.0]])
+    slow, fast = open_segmenter("medfoundry-sam-lite"), open_segmenter("medfoundry-sam-lite", embed_pool=2)
+    assert fast.model.config.embed_stride == 8 and fast.model.prompt_encoder.image_embedding_size == (32, 32)
+    slow.set_image(image)
+    fast.set_image(image)
+    a, b = slow.predict(boxes=box).best()[0], fast.predict(boxes=box).best()[0]
+    assert b.shape == a.shape and (a & b).sum() / max((a | b).sum(), 1) > 0.8
+    with pytest.raises(Exception, match="lite"):
+        build_sam({"encoder": "vit_test", "image_size": 256}).set_embed_pool(2)

@@ -78,6 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--batch-size", type=int, default=32)
     ps.add_argument("--lr", type=float, default=1e-3)
     ps.add_argument("--backbone", default="resnet10t")
+    ps.add_argument("--embed-pool", type=int, default=1,
+                    help="lite encoder: pool the 64×64 embedding by this factor (2 → 32×32, faster prompts)")
     ps.add_argument("--workers", type=int, default=0)
     ps.add_argument("--steps-per-epoch", type=int, default=None)
     ps.add_argument("--seed", type=int, default=0)
@@ -130,6 +132,8 @@ def run_sam(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, lr=args.lr, mode=args.mode, seed=args.seed, device=args.device,
                          workers=args.workers, init=args.init, steps_per_epoch=args.steps_per_epoch)
     cfg.arch["backbone"] = args.backbone
+    if args.embed_pool != 1:
+        cfg.arch.update(embed_pool=args.embed_pool, embed_stride=4 * args.embed_pool)
     print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
     print(f"model written to {train_sam(cfg)}")
     return 0

@@ -48,6 +48,8 @@ class SamConfig:
         prompt_crop: lite models trained on box crops: the predictor crops each box with this margin
             (fraction of the box size on every side); 0 = whole-image prompting as in SAM.
         adapter: SAM-Med2D adapter layers in every ViT encoder block.
+        embed_pool: lite encoder: average-pool the embedding by this factor (2: a 32 × 32 embedding at stride 8,
+            four times fewer tokens for the mask decoder, so each further prompt is about 3× faster).
     """
 
     encoder: str = "vit_b"
@@ -56,19 +58,22 @@ class SamConfig:
     embed_stride: int = 16
     prompt_crop: float = 0.0
     adapter: bool = False
+    embed_pool: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class LiteEncoder(nn.Module):
-    """timm backbone (features at strides 4–32) + feature-pyramid neck → (B, 256, S/4, S/4)."""
+    """timm backbone (features at strides 4–32) + feature-pyramid neck → (B, 256, S/4, S/4), average-pooled
+    by ``pool`` (no parameters, so the same weights serve every pooling)."""
 
-    def __init__(self, backbone: str, image_size: int, out_chans: int = 256) -> None:
+    def __init__(self, backbone: str, image_size: int, out_chans: int = 256, pool: int = 1) -> None:
         super().__init__()
         import timm
 
         self.img_size = image_size
+        self.pool = pool
         self.body = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4))
         chans = self.body.feature_info.channels()
         self.lateral = nn.ModuleList([nn.Conv2d(c, out_chans, 1) for c in chans])
@@ -82,7 +87,8 @@ class LiteEncoder(nn.Module):
         top = self.lateral[-1](feats[-1])
         for lateral, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1]), strict=True):
             top = lateral(f) + F.interpolate(top, size=f.shape[-2:], mode="bilinear", align_corners=False)
-        return self.smooth(top) + top
+        out = self.smooth(top) + top
+        return F.avg_pool2d(out, self.pool) if self.pool > 1 else out
 
 
 class AdapterLayer(nn.Module):
@@ -164,7 +170,9 @@ class SamModel(nn.Module):
         elif config.adapter:
             raise InputContractError("adapters (SAM-Med2D) need a ViT encoder")
         elif config.encoder == "lite":
-            self.image_encoder = LiteEncoder(config.backbone, size)
+            if config.embed_stride != 4 * config.embed_pool:
+                raise InputContractError(f"lite encoder: embed_stride must be 4 × embed_pool ({4 * config.embed_pool})")
+            self.image_encoder = LiteEncoder(config.backbone, size, pool=config.embed_pool)
         elif config.encoder == "tinyvit":
             from medfoundry.models.tinyvit import LiteMedSamEncoder
 
@@ -179,6 +187,22 @@ class SamModel(nn.Module):
             transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
             transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
         )
+
+    def set_embed_pool(self, pool: int) -> SamModel:
+        """Lite encoders only: pool the embedding by ``pool`` from now on (1 = as trained). The same weights
+        then decode on a (64 / pool)² grid: each further prompt runs about 3× faster at pool 2, at a small
+        cost in boundary detail (measured by benchmarks/seg_kvasir.py --embed-pool 2)."""
+        if not isinstance(self.image_encoder, LiteEncoder):
+            raise InputContractError("embedding pooling applies to lite encoders only")
+        if pool not in (1, 2, 4):
+            raise InputContractError(f"embedding pool must be 1, 2 or 4, got {pool}")
+        base_stride = self.config.embed_stride // self.config.embed_pool
+        self.image_encoder.pool = pool
+        self.config.embed_pool, self.config.embed_stride = pool, base_stride * pool
+        grid = self.config.image_size // self.config.embed_stride
+        self.prompt_encoder.image_embedding_size = (grid, grid)
+        self.prompt_encoder.mask_input_size = (4 * grid, 4 * grid)
+        return self
 
     def check_input(self, x: torch.Tensor) -> None:
         s = self.config.image_size

@@ -139,7 +139,9 @@ class PromptSegmenter:
     def _embedding(self, window: np.ndarray | None, flip: bool = False) -> tuple[torch.Tensor, Any]:
         """The (1, 256, g, g) embedding of the whole image or of a crop window (mirrored left-right with
         ``flip``), from cache when possible."""
-        key = f"{self.record.name}:{self.precision}:{self._hash}:{None if window is None else window.tolist()}:{flip}"
+        pool = getattr(self.model.config, "embed_pool", 1)
+        key = (f"{self.record.name}:{self.precision}:{pool}:{self._hash}:{None if window is None else window.tolist()}"
+               f":{flip}")
         if window is None:
             pixels, info = preprocess(self.image, self.record.preprocess)
         else:
@@ -295,14 +297,14 @@ def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwa
 
 
 def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: str | Path | None = None,
-                   precision: str = "fp32", **kwargs: Any) -> PromptSegmenter:
+                   precision: str = "fp32", embed_pool: int = 1, **kwargs: Any) -> PromptSegmenter:
     """Resolve ``--model``/``--weights`` through the registry and return a ready segmenter; with ``onnx`` (a
     folder from ``medfoundry models export-onnx``) the encoder and decoder run in onnxruntime."""
     from medfoundry.registry.loading import fetch_weights, resolve_model
 
     if onnx is not None:
-        if precision != "fp32":
-            raise InputContractError("--precision applies to PyTorch models; ONNX sessions run as exported")
+        if precision != "fp32" or embed_pool != 1:
+            raise InputContractError("--precision/--fast-prompts apply to PyTorch models; ONNX runs as exported")
         from medfoundry.export.onnx import OnnxSam
         from medfoundry.models.sam import SamConfig
 
@@ -311,4 +313,7 @@ def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: s
     record, resolved = fetch_weights(model, weights)
     if "segmentation-2d" not in record.tasks:
         raise InputContractError(f"{record.name} is a {record.family} model, not a promptable segmenter")
-    return load_segmenter(record, resolved, device, **kwargs).set_precision(precision)
+    segmenter = load_segmenter(record, resolved, device, **kwargs).set_precision(precision)
+    if embed_pool != 1:
+        segmenter.model.set_embed_pool(embed_pool)
+    return segmenter

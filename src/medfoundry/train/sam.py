@@ -201,7 +201,11 @@ def train_sam(cfg: SamTrainConfig) -> Path:
     use_amp = ctx.device.type == "cuda"
     started = time.time()
     best = -1.0
+    frozen_encoder = cfg.mode != "full"
     for epoch in range(start_epoch, cfg.epochs):
+        model.train()  # evaluate() leaves the model in eval mode
+        if frozen_encoder:  # a frozen encoder keeps its BatchNorm statistics too
+            model.image_encoder.eval()
         t0, losses = time.time(), []
         for s, batch in enumerate(loader):
             step = epoch * steps + s
@@ -210,7 +214,11 @@ def train_sam(cfg: SamTrainConfig) -> Path:
                 g["lr"] = lr
             x, y, boxes = (batch[k].to(ctx.device, non_blocking=True) for k in ("image", "mask", "box"))
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                emb = model.embed(x)
+                if frozen_encoder and cfg.mode == "decoder":
+                    with torch.no_grad():
+                        emb = model.embed(x)
+                else:
+                    emb = model.embed(x)
                 logits, iou = _decode_batch(model, emb, boxes)
                 up = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
                 loss = F.binary_cross_entropy_with_logits(up, y) + dice_loss(up, y)
