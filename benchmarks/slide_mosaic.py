@@ -22,11 +22,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from medfoundry.io.slide import open_slide
+from medfoundry.io.slide import open_slide, write_pyramid
 from medfoundry.predict.contrastive import open_contrastive
 from medfoundry.tasks.slides import heatmap_overlay, slide_zero_shot, top_k_pool
 from medfoundry.tasks.zero_shot import _softmax
@@ -42,12 +41,7 @@ def write_slide(path: Path, tiles: list[np.ndarray]) -> None:
         big = np.asarray(Image.fromarray(tile).resize((TILE, TILE), Image.BILINEAR))
         y, x = (r + MARGIN) * TILE, (c + MARGIN) * TILE
         data[y : y + TILE, x : x + TILE] = big[..., None]
-    opts = dict(tile=(256, 256), photometric="rgb", compression="zlib", resolution=(2e4, 2e4),
-                resolutionunit="CENTIMETER")
-    with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        tif.write(data, subifds=2, **opts)
-        tif.write(data[::2, ::2], subfiletype=1, **opts)
-        tif.write(data[::4, ::4], subfiletype=1, **opts)
+    write_pyramid(path, data, levels=3, mpp=0.5)
 
 
 def main() -> None:

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 
 from medfoundry.cli.main import main
 from medfoundry.errors import ImageReadError, InputContractError
-from medfoundry.io.slide import open_slide
+from medfoundry.io.slide import open_slide, write_pyramid
 from medfoundry.predict.contrastive import open_contrastive
 from medfoundry.tasks.slides import slide_zero_shot, tile_slide, top_k_pool
 
@@ -27,13 +26,7 @@ def _slide(path: Path, blocks: list[tuple[int, int]], size: tuple[int, int] = (8
         tissue = np.stack([rng.normal(200, 15, (TILE, TILE)), rng.normal(110, 20, (TILE, TILE)),
                            rng.normal(170, 15, (TILE, TILE))], -1)
         data[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE] = tissue.clip(0, 255)
-    opts = dict(tile=(128, 128), photometric="rgb", compression="zlib", resolution=(2e4, 2e4),
-                resolutionunit="CENTIMETER")
-    with tifffile.TiffWriter(path, bigtiff=True) as tif:
-        tif.write(data, subifds=2, **opts)
-        tif.write(data[::2, ::2], subfiletype=1, **opts)
-        tif.write(data[::4, ::4], subfiletype=1, **opts)
-    return path
+    return write_pyramid(path, data, levels=3, mpp=0.5, tile=128)
 
 
 BLOCKS = [(1, 2), (1, 3), (2, 2), (2, 3), (5, 9), (6, 9), (6, 10)]

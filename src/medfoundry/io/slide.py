@@ -111,3 +111,23 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
         raise InputContractError(f"{path} is a volume, not a slide")
     return Slide(path, array=image.to_display() if image.is_color else np.repeat(image.to_display()[..., None], 3, -1),
                  mpp=mpp)
+
+
+def write_pyramid(path: str | Path, rgb: np.ndarray, levels: int = 3, mpp: float | None = None,
+                  tile: int = 256) -> Path:
+    """Write (H, W, 3) uint8 ``rgb`` as a tiled pyramidal BigTIFF (each level half the previous, zlib), readable
+    by :func:`open_slide`, tiffslide and openslide's generic-TIFF reader; ``mpp`` µm/pixel of level 0."""
+    import tifffile
+
+    if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+        raise InputContractError(f"write_pyramid needs (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    opts = {"tile": (tile, tile), "photometric": "rgb", "compression": "zlib"}
+    if mpp is not None:
+        opts |= {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    path = Path(path)
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(rgb, subifds=levels - 1, **opts)
+        for level in range(1, levels):
+            step = 2**level
+            tif.write(rgb[::step, ::step], subfiletype=1, **opts)
+    return path
