@@ -289,7 +289,7 @@ def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwa
     from medfoundry.models.sam_formats import to_segment_anything
 
     model = build_sam(dict(record.arch_config))
-    state = to_segment_anything(load_state_dict(weights))  # segment_anything or transformers SamModel layout
+    state = to_segment_anything(load_state_dict(weights))  # segment_anything, transformers or LiteMedSAM names
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsError(f"{record.name}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
