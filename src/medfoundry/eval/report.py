@@ -82,6 +82,18 @@ def _metric_bars(report: dict[str, Any]) -> str:
     return _png(fig)
 
 
+def _zoom(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The region around a small box (the box plus its own size on every side, at least 64 px), else all."""
+    h, w = rgb.shape[:2]
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    if max(bw / w, bh / h) > 0.25:
+        return rgb
+    pad = max(bw, bh, 64)
+    x0, y0 = int(max(box[0] - pad, 0)), int(max(box[1] - pad, 0))
+    x1, y1 = int(min(box[2] + pad, w)), int(min(box[3] + pad, h))
+    return np.ascontiguousarray(rgb[y0:y1, x0:x1])
+
+
 def _overlays(report: dict[str, Any], folder: Path, k: int = 3) -> list[tuple[str, str]]:
     """Best and worst segmentation cases: prediction (red), truth (green), prompt box; 3D cases at the key slice."""
     from medfoundry.eval.tasks.segmentation import load_prediction, truth_mask
@@ -103,8 +115,10 @@ def _overlays(report: dict[str, Any], folder: Path, k: int = 3) -> list[tuple[st
         rgb = display_rgb(image)
         if pred is not None:
             rgb = overlay_mask(rgb, pred, color=(255, 60, 60), alpha=0.35)
-        rgb = draw_box(overlay_mask(rgb, truth, color=(80, 255, 80), alpha=0.2), np.array(case["box"]))
-        out.append((f"{tag}: {case['id']} (Dice {case['model']['dice']:.3f})", _array_png(thumbnail(rgb, 280))))
+        box = np.array(case["box"])
+        rgb = draw_box(overlay_mask(rgb, truth, color=(80, 255, 80), alpha=0.2), box)
+        out.append((f"{tag}: {case['id']} (Dice {case['model']['dice']:.3f})",
+                    _array_png(thumbnail(_zoom(rgb, box), 280))))
     return out
 
 
