@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from medfoundry.io import MedImage
 from medfoundry.models.sam import build_sam
 from medfoundry.models.sam_formats import to_segment_anything
 from medfoundry.models.tinyvit import is_litemedsam
@@ -74,10 +73,7 @@ def test_stage_resolutions_match_litemedsam(model) -> None:
     assert tuple(out.shape) == (1, 256, 64, 64)
 
 
-def test_masks_match_sam_predictor(model) -> None:
-    from segment_anything import SamPredictor
-    from segment_anything.modeling import Sam
-
+def test_masks_match_sam_predictor(model, agrees_with_sam_predictor) -> None:
     pre = {"image_size": 256, "resize": "longest_pad", "channels": 3, "intensity": "uint8", "scale": 255.0,
            "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375], "interpolation": "bilinear"}
     record = ModelRecord.from_dict({"name": "tiny-lite", "arch": "sam", "family": "VPM-adaptation",
@@ -85,14 +81,7 @@ def test_masks_match_sam_predictor(model) -> None:
                                     "tasks": ["segmentation-2d"], "modalities": ["CT"], "license": "MIT",
                                     "commercial_use": True, "paper": "t", "training_data": "t", "preprocess": pre})
     ours = load_segmenter(record, _as_published(model.state_dict()))
-    ref = SamPredictor(Sam(model.image_encoder, model.prompt_encoder, model.mask_decoder).eval())
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 60, (120, 160, 3), dtype=np.uint8)
     arr[40:90, 50:120] = [220, 180, 160]
-    ours.set_image(MedImage(array=arr, spacing=(1.0, 1.0), photometric="RGB"))
-    ref.set_image(arr)
-    for box in (np.array([45.0, 35.0, 125.0, 95.0]), np.array([10.0, 10.0, 60.0, 50.0])):
-        mine = ours.predict(boxes=box[None]).best()[0]
-        theirs = ref.predict(box=box, multimask_output=False)[0][0]
-        union = (mine | theirs).sum()
-        assert union == 0 or (mine & theirs).sum() / union >= 0.99
+    agrees_with_sam_predictor(ours, model, arr, [[45.0, 35.0, 125.0, 95.0], [10.0, 10.0, 60.0, 50.0]])

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medfoundry.io import MedImage
 from medfoundry.models.sam import build_sam
 from medfoundry.predict.segment import load_segmenter
 from medfoundry.registry import ModelRecord
@@ -42,10 +41,7 @@ def test_checkpoint_layout_loads_strictly() -> None:
     adapted.load_state_dict(state, strict=True)
 
 
-def test_neutral_adapters_give_segment_anythings_masks() -> None:
-    from segment_anything import SamPredictor
-    from segment_anything.modeling import Sam
-
+def test_neutral_adapters_give_segment_anythings_masks(agrees_with_sam_predictor) -> None:
     torch.manual_seed(0)
     model = build_sam({"encoder": "vit_test", "image_size": 256, "adapter": True}).eval()
     with torch.no_grad():
@@ -61,17 +57,10 @@ def test_neutral_adapters_give_segment_anythings_masks() -> None:
     ours = load_segmenter(record, model.state_dict())
     plain = build_sam({"encoder": "vit_test", "image_size": 256}).eval()
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".Adapter." not in k})
-    ref = SamPredictor(Sam(plain.image_encoder, plain.prompt_encoder, plain.mask_decoder).eval())
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 60, (150, 200, 3), dtype=np.uint8)
     arr[50:110, 60:140] = [220, 180, 160]
-    ours.set_image(MedImage(array=arr, spacing=(1.0, 1.0), photometric="RGB"))
-    ref.set_image(arr)
-    box = np.array([55.0, 45.0, 145.0, 115.0])
-    mine = ours.predict(boxes=box[None]).best()[0]
-    theirs = ref.predict(box=box, multimask_output=False)[0][0]
-    union = (mine | theirs).sum()
-    assert union and (mine & theirs).sum() / union >= 0.99
+    agrees_with_sam_predictor(ours, plain, arr, [[55.0, 45.0, 145.0, 115.0]], require_mask=True)
 
 
 def test_adapter_block_equals_the_published_equations() -> None:

@@ -108,6 +108,14 @@ TASKS: dict[str, EvalTask] = {
 }
 
 
+def read_2d(path: str, key: str | None = None):
+    """A case's image as a 2D MedImage (a volume gives its middle slice)."""
+    from medfoundry.io import read_image
+
+    image = read_image(path, key=key)
+    return image.slice(image.array.shape[0] // 2) if image.is_volume else image
+
+
 def run_cases(name: str, cases: list[dict], cache_path, predict_one: Callable[[dict], dict],
               progress: bool) -> list[dict]:
     """Predict every case not yet in the cache file (JSON lines), appending each result as soon as it exists, so

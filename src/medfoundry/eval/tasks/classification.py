@@ -18,14 +18,7 @@ import numpy as np
 
 from medfoundry.eval.bootstrap import bootstrap_ci
 from medfoundry.eval.metrics import classification_metric
-from medfoundry.eval.tasks import Summary, run_cases
-
-
-def _read_2d(path: str, key: str | None = None):
-    from medfoundry.io import read_image
-
-    image = read_image(path, key=key)
-    return image.slice(image.array.shape[0] // 2) if image.is_volume else image
+from medfoundry.eval.tasks import Summary, read_2d, run_cases
 
 
 def truth_region(case: dict[str, Any], shape: tuple[int, int], mask_key: str | None = None) -> np.ndarray:
@@ -36,7 +29,7 @@ def truth_region(case: dict[str, Any], shape: tuple[int, int], mask_key: str | N
             x0, y0 = max(round(x), 0), max(round(y), 0)
             region[y0 : round(y + h), x0 : round(x + w)] = True
     elif case.get("mask"):
-        m = _read_2d(case["mask"], mask_key).array
+        m = read_2d(case["mask"], mask_key).array
         region = (m[..., 0] if m.ndim == 3 else m) > 0
     return region
 
@@ -73,7 +66,7 @@ def predict(spec, cases, model, weights, cache_path, progress):
     from medfoundry.tasks.zero_shot import zero_shot_classify
 
     def predict_one(case: dict) -> dict:
-        image = _read_2d(case["image"], spec.dataset.image_key)
+        image = read_2d(case["image"], spec.dataset.image_key)
         images = [image]
         if spec.mask_of_truth:
             region = truth_region(case, image.array.shape[:2], spec.dataset.mask_key)
@@ -97,7 +90,7 @@ def _predict_probe(spec, cases, predictor, cache_path, progress) -> list[dict]:
     from medfoundry.tasks.probe import fit_linear_probe
 
     def predict_one(case: dict) -> dict:
-        image = _read_2d(case["image"], spec.dataset.image_key)
+        image = read_2d(case["image"], spec.dataset.image_key)
         emb = predictor.embed_images([image])[0]
         return {"embedding": emb.round(5).tolist(), "pixels": pixel_features(image).round(4).tolist()}
 

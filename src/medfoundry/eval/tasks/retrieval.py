@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from medfoundry.eval.tasks import Summary, run_cases
+from medfoundry.eval.tasks import Summary, read_2d, run_cases
 
 
 def predict(spec, cases, model, weights, cache_path, progress):
     from medfoundry.eval.baselines import pixel_features
-    from medfoundry.eval.tasks.classification import _read_2d
     from medfoundry.predict.contrastive import open_contrastive
 
     predictor = open_contrastive(model, weights)
 
     def predict_one(case: dict) -> dict:
-        image = _read_2d(case["image"], spec.dataset.image_key)
+        image = read_2d(case["image"], spec.dataset.image_key)
         out = {"embedding": predictor.embed_images([image])[0].round(5).tolist()}
         if spec.mode == "image-to-image":
             out["pixels"] = pixel_features(image).round(4).tolist()
