@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--tta", action="store_true", help="average with the mirrored crop")
     ap.add_argument("--embed-pool", type=int, default=1, help="2: decode on the pooled 32×32 embedding (faster)")
+    ap.add_argument("--decoder-precision", choices=["reference", "fp32", "bf16"], default="reference",
+                    help="reference: segment_anything's decoder modules; fp32/bf16: fused attention (bf16 weights)")
     ap.add_argument("--text", default=None, help='prompt with text instead of the box (e.g. "a colon polyp"): '
                                                  "medfoundry-clip-tiny's grounding map proposes the box")
     args = ap.parse_args()
@@ -39,6 +41,8 @@ def main() -> None:
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
     rows = [r for r in rows if r["source"] == "kvasir" and r["split"] == "val"][: args.limit]
     seg = open_segmenter(args.model, args.weights, tta=args.tta, embed_pool=args.embed_pool)
+    if args.decoder_precision != "reference":
+        seg.set_decoder_precision(args.decoder_precision)
     clip = None
     if args.text:
         from medfoundry.predict.contrastive import open_contrastive
@@ -68,7 +72,7 @@ def main() -> None:
     result = {
         "benchmark": "Kvasir-SEG box-prompted segmentation, developer-part images held out from training",
         "cases": len(rows), "model": seg.record.name, "tta": args.tta, "text_prompt": args.text,
-        "embed_pool": args.embed_pool,
+        "embed_pool": args.embed_pool, "decoder_precision": args.decoder_precision,
         "dice_mean": float(np.mean(model_d)), "dice_median": float(np.median(model_d)),
         "baseline_ellipse_in_box_dice_mean": float(np.mean(base_d)),
         "first_prompt_seconds_median (crop encode + decode)": float(np.median(enc_t)) if enc_t else None,

@@ -87,3 +87,30 @@ def test_fast_prompts_on_the_embedded_segmenter() -> None:
     assert b.shape == a.shape and (a & b).sum() / max((a | b).sum(), 1) > 0.8
     with pytest.raises(Exception, match="lite"):
         build_sam({"encoder": "vit_test", "image_size": 256}).set_embed_pool(2)
+
+
+def test_fused_decoder_equals_segment_anything_and_bf16_stays_close() -> None:
+    from segment_anything.modeling.transformer import Attention
+
+    from medfoundry.models.sam_fast import SdpaDecoderAttention, accelerate_decoder
+
+    torch.manual_seed(0)
+    model = build_sam({"encoder": "vit_test", "image_size": 256}).eval()
+    keys = set(model.state_dict())
+    emb = torch.randn(1, 256, 16, 16)
+    prompts = {"boxes": torch.tensor([[30.0, 40.0, 200.0, 220.0]]),
+               "points": (torch.tensor([[[100.0, 120.0], [20.0, 20.0]]]), torch.tensor([[1, 0]]))}
+    with torch.no_grad():
+        ref_logits, ref_iou = model.decode(emb, multimask=True, **prompts)
+        accelerate_decoder(model.mask_decoder)
+        assert not any(isinstance(m, Attention) for m in model.mask_decoder.modules())
+        assert sum(isinstance(m, SdpaDecoderAttention) for m in model.mask_decoder.modules()) == 7
+        assert set(model.state_dict()) == keys  # same checkpoint keys
+        logits, iou = model.decode(emb, multimask=True, **prompts)
+        torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(iou, ref_iou, atol=1e-4, rtol=1e-4)
+        accelerate_decoder(model.mask_decoder, bf16=True)
+        logits16, _ = model.decode(emb, multimask=True, **prompts)
+    assert logits16.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(logits16.flatten(), ref_logits.flatten(), dim=0)
+    assert cos > 0.999

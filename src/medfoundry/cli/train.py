@@ -86,6 +86,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--device", default="auto")
     ps.set_defaults(func=run_sam)
 
+    pv = tsub.add_parser("sam-propagation", help="train the slice-propagation head of a box-crop segmenter on "
+                         "label-map volumes (3D propagation that shrinks with the object and stops where it ends)")
+    vsrc = pv.add_mutually_exclusive_group(required=True)
+    vsrc.add_argument("--volumes", help="JSON-lines manifest: image, mask (label-map volume), optional image_key, "
+                      "mask_key, labels, flip_y, split, source")
+    vsrc.add_argument("--shared", help="build the manifest from the shared data folder (written to OUT)")
+    pv.add_argument("--init", default="package:weights/medfoundry-sam-lite/model.safetensors",
+                    help="the segmenter to extend (its encoder and first decoder stay frozen)")
+    pv.add_argument("--out", required=True)
+    pv.add_argument("--epochs", type=int, default=12)
+    pv.add_argument("--steps-per-epoch", type=int, default=60)
+    pv.add_argument("--batch-size", type=int, default=16)
+    pv.add_argument("--lr", type=float, default=2e-4)
+    pv.add_argument("--max-gap-mm", type=float, default=6.0,
+                    help="train steps of up to this many mm between slices (thin slices teach thick steps)")
+    pv.add_argument("--max-minutes", type=float, default=None)
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--device", default="auto")
+    pv.set_defaults(func=run_sam_propagation)
+
 
 def run_pairs(args: argparse.Namespace) -> int:
     from medfoundry.train.shared_pairs import build_shared_pairs
@@ -136,6 +156,23 @@ def run_sam(args: argparse.Namespace) -> int:
         cfg.arch.update(embed_pool=args.embed_pool, embed_stride=4 * args.embed_pool)
     print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
     print(f"model written to {train_sam(cfg)}")
+    return 0
+
+
+def run_sam_propagation(args: argparse.Namespace) -> int:
+    from medfoundry.registry.sources import resolve
+    from medfoundry.train.sam_propagation import PropagationConfig, shared_volume_manifest, train_propagation
+
+    volumes = args.volumes
+    if args.shared:
+        volumes = str(shared_volume_manifest(args.shared, Path(args.out) / "volumes.jsonl"))
+    init = resolve(args.init)
+    cfg = PropagationConfig(volumes=volumes, init=str(init), out=args.out, epochs=args.epochs,
+                            steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
+                            max_gap_mm=args.max_gap_mm, max_minutes=args.max_minutes, seed=args.seed,
+                            device=args.device)
+    print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
+    print(f"model written to {train_propagation(cfg)}")
     return 0
 
 

@@ -50,6 +50,9 @@ class SamConfig:
         adapter: SAM-Med2D adapter layers in every ViT encoder block.
         embed_pool: lite encoder: average-pool the embedding by this factor (2: a 32 × 32 embedding at stride 8,
             four times fewer tokens for the mask decoder, so each further prompt is about 3× faster).
+        propagation: a second prompt encoder + mask decoder (``propagation.*``) trained to carry a mask from
+            one slice to the next (box and mask of the previous slice in, this slice's mask, possibly empty,
+            out); used by :func:`medfoundry.tasks.volume.segment_volume`.
     """
 
     encoder: str = "vit_b"
@@ -59,6 +62,7 @@ class SamConfig:
     prompt_crop: float = 0.0
     adapter: bool = False
     embed_pool: int = 1
+    propagation: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,6 +191,24 @@ class SamModel(nn.Module):
             transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
             transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256,
         )
+        if config.propagation:
+            self.add_propagation_head()
+
+    def add_propagation_head(self) -> SamModel:
+        """Add (or reset) the slice-propagation head as a copy of the prompt encoder and mask decoder."""
+        import copy
+
+        self.propagation = nn.ModuleDict({"prompt_encoder": copy.deepcopy(self.prompt_encoder),
+                                          "mask_decoder": copy.deepcopy(self.mask_decoder)})
+        self.config.propagation = True
+        return self
+
+    def _heads(self, head: str) -> tuple[nn.Module, nn.Module]:
+        if head == "prompt":
+            return self.prompt_encoder, self.mask_decoder
+        if head == "propagation" and self.config.propagation:
+            return self.propagation["prompt_encoder"], self.propagation["mask_decoder"]
+        raise InputContractError(f"this model has no {head!r} head")
 
     def set_embed_pool(self, pool: int) -> SamModel:
         """Lite encoders only: pool the embedding by ``pool`` from now on (1 = as trained). The same weights
@@ -200,8 +222,9 @@ class SamModel(nn.Module):
         self.image_encoder.pool = pool
         self.config.embed_pool, self.config.embed_stride = pool, base_stride * pool
         grid = self.config.image_size // self.config.embed_stride
-        self.prompt_encoder.image_embedding_size = (grid, grid)
-        self.prompt_encoder.mask_input_size = (4 * grid, 4 * grid)
+        for enc in [self.prompt_encoder] + ([self.propagation["prompt_encoder"]] if self.config.propagation else []):
+            enc.image_embedding_size = (grid, grid)
+            enc.mask_input_size = (4 * grid, 4 * grid)
         return self
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -221,24 +244,30 @@ class SamModel(nn.Module):
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask: bool = False,
+        head: str = "prompt",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode prompts on one image embedding (1, 256, g, g).
 
         Args:
             points: (coords (B, N, 2) XY in input pixels, labels (B, N): 1 foreground, 0 background).
             boxes: (B, 4) XYXY in input pixels.
-            mask_input: (B, 1, 4g, 4g) low-resolution logits of a previous prediction.
+            mask_input: (B, 1, 4g, 4g) low-resolution logits of a previous prediction (``propagation`` head:
+                the previous slice's mask as ±4 logits).
+            head: ``prompt`` (interactive prompts) or ``propagation`` (slice-to-slice, if the model has it).
         Returns:
             low-resolution mask logits (B, K, 4g, 4g) and predicted IoU (B, K); K = 3 if multimask else 1.
         """
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        return self.mask_decoder(
-            image_embeddings=embedding,
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
+        prompt_encoder, mask_decoder = self._heads(head)
+        sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        dtype = mask_decoder.iou_token.weight.dtype  # bfloat16 after sam_fast.accelerate_decoder(bf16=True)
+        logits, iou = mask_decoder(
+            image_embeddings=embedding.to(dtype),
+            image_pe=prompt_encoder.get_dense_pe().to(dtype),
+            sparse_prompt_embeddings=sparse.to(dtype),
+            dense_prompt_embeddings=dense.to(dtype),
             multimask_output=multimask,
         )
+        return logits.float(), iou.float()
 
     def decode_batch(
         self,
@@ -247,17 +276,18 @@ class SamModel(nn.Module):
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask: bool = False,
+        head: str = "prompt",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`decode`, for B images with one prompt each (embeddings (B, 256, g, g), prompts batched
         along B). segment_anything's decoder repeats one image over its prompts; this runs its same
         submodules without that repeat, so a training batch is one decoder call."""
-        dec = self.mask_decoder
-        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        prompt_encoder, dec = self._heads(head)
+        sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         b = embeddings.shape[0]
         out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
         tokens = torch.cat((out_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)
         src = embeddings + dense
-        pos = self.prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
+        pos = prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
         _, c, h, w = src.shape
         hs, src = dec.transformer(src, pos, tokens)
         src = src.transpose(1, 2).reshape(b, c, h, w)

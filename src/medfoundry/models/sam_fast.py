@@ -66,3 +66,36 @@ def accelerate_encoder(encoder: nn.Module, bf16: bool = False) -> nn.Module:
         if hasattr(block, "attn") and hasattr(block.attn, "qkv") and not isinstance(block.attn, SdpaAttention):
             block.attn = SdpaAttention(block.attn)
     return _Bf16Encoder(encoder) if bf16 else encoder
+
+
+class SdpaDecoderAttention(nn.Module):
+    """segment_anything's two-way-transformer ``Attention`` (same parameters: ``q_proj``, ``k_proj``,
+    ``v_proj``, ``out_proj``, with its internal downsampling) through ``scaled_dot_product_attention``;
+    inputs (B, N, C)."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.num_heads = attn.num_heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, nq, _ = q.shape
+        nk, heads = k.shape[1], self.num_heads
+        q = self.q_proj(q).view(b, nq, heads, -1).transpose(1, 2)
+        k = self.k_proj(k).view(b, nk, heads, -1).transpose(1, 2)
+        v = self.v_proj(v).view(b, nk, heads, -1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)  # scale: head_dim ** -0.5, as segment_anything's
+        return self.out_proj(out.transpose(1, 2).reshape(b, nq, -1))
+
+
+def accelerate_decoder(decoder: nn.Module, bf16: bool = False) -> nn.Module:
+    """Use :class:`SdpaDecoderAttention` in a segment_anything ``MaskDecoder`` (in place; state-dict keys are
+    unchanged) and, with ``bf16``, keep its weights in bfloat16 (``SamModel.decode`` casts its inputs to the
+    decoder's dtype and returns float32)."""
+    from segment_anything.modeling.transformer import Attention
+
+    for module in list(decoder.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Attention):
+                setattr(module, name, SdpaDecoderAttention(child))
+    return decoder.to(torch.bfloat16) if bf16 else decoder

@@ -25,3 +25,17 @@ def crop_box(box: np.ndarray, margin: float, height: int, width: int) -> np.ndar
     if c[2] - c[0] < 2 or c[3] - c[1] < 2:
         raise InputContractError(f"box {box.tolist()} leaves no area inside the {width}×{height} image")
     return c
+
+
+PROPAGATION_LOGIT = 4.0
+
+
+def previous_mask_prompt(mask_crop: np.ndarray, size: int) -> np.ndarray:
+    """The previous slice's mask, already cut to the crop window, as the propagation head's mask input:
+    (1, size, size) float32 logits, +4 inside and -4 outside, bilinearly resized (size = 4 × embedding grid)."""
+    import torch
+    import torch.nn.functional as F
+
+    m = torch.from_numpy(np.ascontiguousarray(mask_crop, dtype=np.float32))[None, None]
+    m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)[0]
+    return ((m * 2 - 1) * PROPAGATION_LOGIT).numpy()

@@ -122,6 +122,25 @@ class PromptSegmenter:
         self._cache.clear()
         return self
 
+    def set_decoder_precision(self, precision: str) -> PromptSegmenter:
+        """Run the mask decoder(s) with fused attention (``fp32``: equal to segment_anything's to ~1e-5) or,
+        with ``bf16``, also in bfloat16 — the cost of each further prompt roughly halves on CPUs with native
+        bfloat16; measure the agreement for your model (benchmarks/seg_kvasir.py --decoder-precision)."""
+        from medfoundry.models.sam_fast import accelerate_decoder
+
+        if precision not in ("fp32", "bf16"):
+            raise InputContractError(f"unknown decoder precision {precision!r}: use fp32 or bf16")
+        if not hasattr(self.model, "mask_decoder"):
+            raise InputContractError("decoder precision applies to PyTorch models, not to ONNX sessions")
+        decoders = [self.model.mask_decoder]
+        if self.can_propagate:
+            decoders.append(self.model.propagation["mask_decoder"])
+        for decoder in decoders:
+            accelerate_decoder(decoder, bf16=precision == "bf16")
+            if precision == "fp32":
+                decoder.float()
+        return self
+
     # -- image -------------------------------------------------------------------------------------------
     def set_image(self, image: MedImage) -> None:
         """Take a 2D image (a volume must be sliced first); full-image models embed it now."""
@@ -259,14 +278,47 @@ class PromptSegmenter:
             logits, iou = self.model.decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
             if self.tta:  # average with the left-right mirrored crop
                 logits, iou = self._mirrored(window, logits, iou, bx, pts, mi, multimask, size)
-            up = F.interpolate(logits, size=(int(y1 - y0), int(x1 - x0)), mode="bilinear", align_corners=False) > 0
-            full = np.zeros((logits.shape[1], h, w), dtype=bool)
-            full[:, y0:y1, x0:x1] = up[0].cpu().numpy()
-            all_masks.append(full)
+            all_masks.append(_paste(logits, window, h, w))
             all_iou.append(iou[0].float().cpu().numpy())
             all_logits.append(logits[0].float().cpu().numpy())
         return SegmentResult(np.stack(all_masks), np.stack(all_iou), np.stack(all_logits))
 
+
+    @property
+    def can_propagate(self) -> bool:
+        """Whether the model has a trained slice-propagation head (box-crop models only)."""
+        return self.crop > 0 and isinstance(getattr(self.model, "propagation", None), torch.nn.Module)
+
+    @torch.inference_mode()
+    def predict_next(self, previous: np.ndarray) -> SegmentResult:
+        """Carry an object onto the current image (the next slice of a volume) with the propagation head.
+
+        Args:
+            previous: (H, W) bool, the object's mask on the neighbouring slice, in this image's pixels.
+        Returns:
+            one mask (1, 1, H, W), empty when the head finds that the object has ended, with its IoU estimate.
+        """
+        from medfoundry.predict.boxes import crop_box, mask_box, previous_mask_prompt
+
+        if not self.can_propagate:
+            raise InputContractError(f"{self.record.name} has no propagation head: use predict() with the box")
+        if self.image is None:
+            raise InputContractError("call set_image() before predict_next()")
+        h, w = self.image.spatial_shape
+        previous = np.asarray(previous, dtype=bool)
+        if previous.shape != (h, w):
+            raise InputContractError(f"previous mask {previous.shape} does not match the image {(h, w)}")
+        box = mask_box(previous)
+        window = crop_box(box, self.crop, h, w)
+        emb, _ = self._embedding(window)
+        size = self.record.preprocess.image_size
+        x0, y0, x1, y1 = window
+        s = np.array([size / (x1 - x0), size / (y1 - y0)] * 2, dtype=np.float32)
+        bx = torch.from_numpy(((box - np.array([x0, y0, x0, y0])) * s).astype(np.float32))[None].to(self.device)
+        mi = torch.from_numpy(previous_mask_prompt(previous[y0:y1, x0:x1], 4 * emb.shape[-1]))[None].to(self.device)
+        logits, iou = self.model.decode(emb, boxes=bx, mask_input=mi, head="propagation")
+        return SegmentResult(_paste(logits, window, h, w)[None], iou.float().cpu().numpy(),
+                             logits.float().cpu().numpy())
 
     def _mirrored(self, window, logits, iou, bx, pts, mi, multimask, size):
         emb, _ = self._embedding(window, flip=True)
@@ -275,6 +327,15 @@ class PromptSegmenter:
         fmi = None if mi is None else mi.flip(-1)
         flog, fiou = self.model.decode(emb, points=fpts, boxes=fbx, mask_input=fmi, multimask=multimask)
         return (logits + flog.flip(-1)) / 2, (iou + fiou) / 2
+
+
+def _paste(logits: torch.Tensor, window: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Low-resolution logits (1, K, s, s) of a crop window → (K, h, w) bool masks on the whole image."""
+    x0, y0, x1, y1 = window
+    up = F.interpolate(logits, size=(int(y1 - y0), int(x1 - x0)), mode="bilinear", align_corners=False) > 0
+    full = np.zeros((logits.shape[1], h, w), dtype=bool)
+    full[:, y0:y1, x0:x1] = up[0].cpu().numpy()
+    return full
 
 
 def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwargs: Any) -> PromptSegmenter:

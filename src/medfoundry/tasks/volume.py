@@ -1,11 +1,16 @@
 """3D promptable segmentation by propagation: prompt one key slice, then follow the object slice by slice.
 
-Each neighbouring slice is prompted with the box of the mask on the slice before it, and the new mask is
-kept inside that box (objects do not jump between slices). Propagation stops when the object vanishes
-(fewer than ``min_pixels``), when the mask suddenly grows (more than ``max_growth`` × the previous area: the
-prompt box is being filled with something else), or when the mean intensity inside the mask leaves the key
-slice's object distribution by more than ``max_intensity_z`` standard deviations. The defaults were chosen on
-the four DeepLesion volumes of the shared data (see benchmarks/results/seg_lesion3d.json).
+Models with a trained propagation head (``medfoundry train sam-propagation``; the embedded
+``medfoundry-sam-lite`` has one) carry the mask to each neighbouring slice with it: the head sees the next
+slice around the previous mask, with that mask and its box as prompts, and returns the object there — empty
+where it has ended, which stops propagation in that direction.
+
+Other models (SAM, MedSAM, ...) prompt each neighbouring slice with the box of the mask on the slice before
+it and keep the new mask inside that box. Propagation then stops when the object vanishes (fewer than
+``min_pixels``), when the mask suddenly grows (more than ``max_growth`` × the previous area: the prompt box is
+being filled with something else), or when the mean intensity inside the mask leaves the key slice's object
+distribution by more than ``max_intensity_z`` standard deviations. These rules were chosen on the four
+DeepLesion volumes of the shared data (see benchmarks/results/seg_lesion3d.json).
 """
 
 from __future__ import annotations
@@ -41,10 +46,17 @@ def segment_volume(
     min_pixels: int = 8,
     max_growth: float = 1.6,
     max_intensity_z: float = 2.0,
+    use_head: bool = True,
     progress: bool = False,
 ) -> VolumeResult:
     """Segment an object through ``volume`` from prompts on ``key_slice`` (box XYXY / points XY in that
-    slice's pixels)."""
+    slice's pixels).
+
+    Args:
+        min_pixels: a slice mask smaller than this ends propagation in that direction.
+        max_growth, max_intensity_z: the stopping rules of box propagation (models without a head).
+        use_head: use the model's propagation head when it has one (False: box propagation, for comparison).
+    """
     if not volume.is_volume:
         raise InputContractError("segment_volume needs a 3D volume; use PromptSegmenter for 2D images")
     depth = volume.array.shape[0]
@@ -60,13 +72,23 @@ def segment_volume(
     values = volume.array[key_slice][first].astype(np.float64)
     ref_mean, ref_std = values.mean(), values.std() + 1e-6
     lo = hi = key_slice
+    head = use_head and segmenter.can_propagate
     with Progress(disable=not progress) as bar:
         task = bar.add_task("propagating", total=depth - 1)
         for step in (1, -1):
             prev, z = first, key_slice + step
             while 0 <= z < depth:
-                box_prev = mask_box(prev)
                 segmenter.set_image(volume.slice(z))
+                if head:
+                    mask = segmenter.predict_next(prev).best()[0]
+                    bar.advance(task)
+                    if mask.sum() < min_pixels:
+                        break
+                    out[z] = mask
+                    lo, hi = min(lo, z), max(hi, z)
+                    prev, z = mask, z + step
+                    continue
+                box_prev = mask_box(prev)
                 mask = segmenter.predict(boxes=box_prev[None]).best()[0]
                 x0, y0, x1, y1 = np.round(box_prev).astype(int)
                 inside = np.zeros_like(mask)
