@@ -69,7 +69,8 @@ def test_pairs_reach_past_the_object_and_respect_the_gap(tmp_path: Path) -> None
     data = PropagationDataset(objects, cfg, 4, train=False)
     item = data[0]
     assert item["image"].shape == (3, 64, 64) and item["mask"].shape == (1, 64, 64)
-    assert item["mask_input"].shape == (1, 64, 64) and set(np.unique(np.sign(item["mask_input"].numpy()))) <= {-1.0, 1.0}
+    assert item["mask_input"].shape == (1, 64, 64)
+    assert set(np.unique(np.sign(item["mask_input"].numpy()))) <= {-1.0, 1.0}
     assert len(data) == sum(len(o.pairs()) for o in objects)
 
 
@@ -111,8 +112,8 @@ def test_training_writes_a_propagating_model_and_resumes(tmp_path: Path) -> None
 
 
 def test_predict_next_refuses_bad_input() -> None:
-    from medfoundry.predict.segment import PromptSegmenter
     from medfoundry.models.sam import build_sam
+    from medfoundry.predict.segment import PromptSegmenter
     from medfoundry.registry.catalog import get_record
 
     record = get_record("medfoundry-sam-lite")
