@@ -1,9 +1,10 @@
 """3D CT lesion segmentation from one box on the key slice, beside the no-model baseline.
 
 Key slice: the slice where the lesion is largest; the prompt is the tight box of the true mask there; the
-mask is propagated through the volume (medfoundry.tasks.volume). Baseline: the ellipsoid inscribed in the
-true 3D bounding box. Patients 000009 and 000010 were never used in training; 000001 and 000002 were
-(reported separately, flagged).
+mask is propagated through the volume (medfoundry.tasks.volume: box hypotheses chosen by predicted IoU), and
+for comparison with the single previous box of earlier versions (``box_scales=(1.0,)``). Baseline: the
+ellipsoid inscribed in the true 3D bounding box. Patients 000009 and 000010 were never used in training;
+000001 and 000002 were (reported separately, flagged).
 
     python benchmarks/seg_lesion3d.py --shared ../shared/data --out benchmarks/results/seg_lesion3d.json
 """
@@ -40,11 +41,12 @@ def main() -> None:
         truth = read_image(path, key="gts").array > 0
         key = int(truth.sum(axis=(1, 2)).argmax())
         result = segment_volume(seg, volume, key, box=mask_box(truth[key]))
+        single = segment_volume(seg, volume, key, box=mask_box(truth[key]), box_scales=(1.0,))
         m = measure(result.mask, volume)
         patient = path.stem.split("_")[2]
         cases.append({"case": path.stem, "patient": patient, "unseen": patient in UNSEEN, "key_slice": key,
-                      "dice_3d": dice(result.mask, truth), "baseline_ellipsoid_dice_3d": dice(ellipsoid_in_box(truth),
-                                                                                               truth),
+                      "dice_3d": dice(result.mask, truth), "dice_3d_single_box": dice(single.mask, truth),
+                      "baseline_ellipsoid_dice_3d": dice(ellipsoid_in_box(truth), truth),
                       "slices_true": [int(np.nonzero(truth.any((1, 2)))[0][[0, -1]][i]) for i in (0, 1)],
                       "slices_pred": [result.first, result.last], "volume_ml_pred": m.volume_ml,
                       "volume_ml_true": measure(truth, volume).volume_ml, "long_axis_mm_pred": m.long_axis_mm})
@@ -55,6 +57,7 @@ def main() -> None:
         "model": seg.record.name,
         "unseen_cases": len(unseen),
         "dice_3d_mean_unseen": float(np.mean([c["dice_3d"] for c in unseen])),
+        "dice_3d_single_box_mean_unseen": float(np.mean([c["dice_3d_single_box"] for c in unseen])),
         "baseline_ellipsoid_dice_3d_mean_unseen": float(np.mean([c["baseline_ellipsoid_dice_3d"] for c in unseen])),
         "dice_3d_mean_all_including_training_patients": float(np.mean([c["dice_3d"] for c in cases])),
         "cases": cases,

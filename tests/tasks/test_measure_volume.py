@@ -57,3 +57,14 @@ def test_propagation_follows_a_sphere() -> None:
         segment_volume(seg, image, 99, box=np.array([28.0, 28.0, 69.0, 69.0]))
     with pytest.raises(InputContractError, match="3D"):
         segment_volume(seg, image.slice(3), 0, box=np.array([28.0, 28.0, 69.0, 69.0]))
+
+
+def test_shrunk_box_hypotheses_keep_the_centre_and_stay_inside() -> None:
+    from medfoundry.tasks.volume import shrunk_boxes
+
+    boxes = shrunk_boxes(np.array([10.0, 20.0, 50.0, 40.0]), (0.5, 1.0, 2.0), (45, 60))
+    np.testing.assert_allclose(boxes[0], [20.0, 25.0, 40.0, 35.0])
+    np.testing.assert_allclose(boxes[1], [10.0, 20.0, 50.0, 40.0])
+    np.testing.assert_allclose(boxes[2], [0.0, 10.0, 60.0, 45.0])  # clipped to the 60 × 45 image
+    with pytest.raises(InputContractError, match="positive"):
+        shrunk_boxes(np.array([10.0, 20.0, 50.0, 40.0]), (0.0,), (45, 60))

@@ -107,7 +107,7 @@ def test_training_writes_a_propagating_model_and_resumes(tmp_path: Path) -> None
     assert before.keys() == init.keys()
     image = MedImage(array=np.zeros((6, 64, 64), np.float32), spacing=(5.0, 1.0, 1.0), modality="CT")
     image.array[:, 20:40, 20:40] = 80
-    result = segment_volume(seg, image, 3, box=np.array([20.0, 20.0, 40.0, 40.0]))
+    result = segment_volume(seg, image, 3, box=np.array([20.0, 20.0, 40.0, 40.0]), use_head=True)
     assert result.mask.shape == (6, 64, 64) and result.mask[3].any()
 
 

@@ -1,16 +1,17 @@
 """3D promptable segmentation by propagation: prompt one key slice, then follow the object slice by slice.
 
-Models with a trained propagation head (``medfoundry train sam-propagation``; the embedded
-``medfoundry-sam-lite`` has one) carry the mask to each neighbouring slice with it: the head sees the next
-slice around the previous mask, with that mask and its box as prompts, and returns the object there — empty
-where it has ended, which stops propagation in that direction.
-
-Other models (SAM, MedSAM, ...) prompt each neighbouring slice with the box of the mask on the slice before
-it and keep the new mask inside that box. Propagation then stops when the object vanishes (fewer than
+Box propagation (the default, any box-prompted model): each neighbouring slice is prompted with the box of
+the mask on the slice before it, scaled about its centre by each of ``box_scales`` (objects shrink away from
+the key slice, and a box-prompted model fills whatever box it is given), and the mask with the highest
+predicted IoU is kept, inside the previous box. Propagation stops when the object vanishes (fewer than
 ``min_pixels``), when the mask suddenly grows (more than ``max_growth`` × the previous area: the prompt box is
 being filled with something else), or when the mean intensity inside the mask leaves the key slice's object
 distribution by more than ``max_intensity_z`` standard deviations. These rules were chosen on the four
 DeepLesion volumes of the shared data (see benchmarks/results/seg_lesion3d.json).
+
+Models with a trained propagation head (``medfoundry train sam-propagation``) can instead carry the mask with
+that head (``use_head=True``): it sees the next slice around the previous mask, with that mask and its box as
+prompts, and returns the object there — empty where it has ended.
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ class VolumeResult:
     last: int
 
 
+def shrunk_boxes(box: np.ndarray, scales: tuple[float, ...], shape: tuple[int, int]) -> np.ndarray:
+    """(len(scales), 4) XYXY boxes: ``box`` scaled about its centre by each factor, clipped to the (H, W)
+    image."""
+    if not scales or min(scales) <= 0:
+        raise InputContractError(f"box scales must be positive, got {scales}")
+    centre, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2
+    h, w = shape
+    out = [np.clip(np.concatenate([centre - half * s, centre + half * s]), 0, [w, h, w, h]) for s in scales]
+    return np.asarray(out, dtype=np.float32)
+
+
 def segment_volume(
     segmenter: PromptSegmenter,
     volume: MedImage,
@@ -46,7 +58,9 @@ def segment_volume(
     min_pixels: int = 8,
     max_growth: float = 1.6,
     max_intensity_z: float = 2.0,
-    use_head: bool = True,
+    use_head: bool = False,
+    head_rules: bool = False,
+    box_scales: tuple[float, ...] = (0.75, 0.9, 1.0),
     progress: bool = False,
 ) -> VolumeResult:
     """Segment an object through ``volume`` from prompts on ``key_slice`` (box XYXY / points XY in that
@@ -55,7 +69,11 @@ def segment_volume(
     Args:
         min_pixels: a slice mask smaller than this ends propagation in that direction.
         max_growth, max_intensity_z: the stopping rules of box propagation (models without a head).
-        use_head: use the model's propagation head when it has one (False: box propagation, for comparison).
+        use_head: carry the mask with the model's propagation head (it must have one) instead of boxes.
+        head_rules: apply the growth and intensity rules to the head's masks too.
+        box_scales: box propagation tries the previous box scaled by each factor about its centre (objects
+            shrink away from the key slice, and a box-prompted model fills the box it is given) and keeps the
+            mask with the highest predicted IoU.
     """
     if not volume.is_volume:
         raise InputContractError("segment_volume needs a 3D volume; use PromptSegmenter for 2D images")
@@ -72,7 +90,9 @@ def segment_volume(
     values = volume.array[key_slice][first].astype(np.float64)
     ref_mean, ref_std = values.mean(), values.std() + 1e-6
     lo = hi = key_slice
-    head = use_head and segmenter.can_propagate
+    head = use_head
+    if head and not segmenter.can_propagate:
+        raise InputContractError(f"{segmenter.record.name} has no propagation head: use box propagation")
     with Progress(disable=not progress) as bar:
         task = bar.add_task("propagating", total=depth - 1)
         for step in (1, -1):
@@ -81,24 +101,23 @@ def segment_volume(
                 segmenter.set_image(volume.slice(z))
                 if head:
                     mask = segmenter.predict_next(prev).best()[0]
-                    bar.advance(task)
-                    if mask.sum() < min_pixels:
-                        break
-                    out[z] = mask
-                    lo, hi = min(lo, z), max(hi, z)
-                    prev, z = mask, z + step
-                    continue
-                box_prev = mask_box(prev)
-                mask = segmenter.predict(boxes=box_prev[None]).best()[0]
-                x0, y0, x1, y1 = np.round(box_prev).astype(int)
-                inside = np.zeros_like(mask)
-                inside[y0:y1, x0:x1] = True
-                mask &= inside
+                else:
+                    box_prev = mask_box(prev)
+                    candidates = shrunk_boxes(box_prev, box_scales, volume.spatial_shape[1:])
+                    result = segmenter.predict(boxes=candidates)
+                    mask = result.best()[int(np.argmax(result.iou[:, 0]))]
+                    x0, y0, x1, y1 = np.round(box_prev).astype(int)
+                    inside = np.zeros_like(mask)
+                    inside[y0:y1, x0:x1] = True
+                    mask &= inside
                 bar.advance(task)
-                if mask.sum() < min_pixels or mask.sum() > max_growth * prev.sum():
+                if mask.sum() < min_pixels:
                     break
-                if abs(volume.array[z][mask].astype(np.float64).mean() - ref_mean) / ref_std > max_intensity_z:
-                    break
+                if not head or head_rules:
+                    if mask.sum() > max_growth * prev.sum():
+                        break
+                    if abs(volume.array[z][mask].astype(np.float64).mean() - ref_mean) / ref_std > max_intensity_z:
+                        break
                 out[z] = mask
                 lo, hi = min(lo, z), max(hi, z)
                 prev, z = mask, z + step
