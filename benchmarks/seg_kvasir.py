@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--tta", action="store_true", help="average with the mirrored crop")
     ap.add_argument("--embed-pool", type=int, default=1, help="2: decode on the pooled 32×32 embedding (faster)")
+    ap.add_argument("--fast-prompts", action="store_true",
+                    help="as `segment --fast-prompts`: --embed-pool 2 and a bf16 decoder where the CPU has bf16")
     ap.add_argument("--decoder-precision", choices=["reference", "fp32", "bf16"], default="reference",
                     help="reference: segment_anything's decoder modules; fp32/bf16: fused attention (bf16 weights)")
     ap.add_argument("--text", default=None, help='prompt with text instead of the box (e.g. "a colon polyp"): '
@@ -40,6 +42,10 @@ def main() -> None:
     manifest = shared_manifest(args.shared, Path(tempfile.gettempdir()) / "medfoundry_bench_manifest.jsonl")
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]
     rows = [r for r in rows if r["source"] == "kvasir" and r["split"] == "val"][: args.limit]
+    if args.fast_prompts:
+        from medfoundry.models.sam_fast import native_bf16
+
+        args.embed_pool, args.decoder_precision = 2, "bf16" if native_bf16() else "fp32"
     seg = open_segmenter(args.model, args.weights, tta=args.tta, embed_pool=args.embed_pool)
     if args.decoder_precision != "reference":
         seg.set_decoder_precision(args.decoder_precision)

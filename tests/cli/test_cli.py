@@ -114,3 +114,17 @@ def test_segment_by_text(capsys, tmp_path: Path) -> None:
     assert code == 0 and len(out["box_xyxy"]) == 4 and (tmp_path / "m.png").is_file()
     assert main(["segment", str(tmp_path / "img.png"), "--text", "x", "--box", "1,1,5,5", "--out",
                  str(tmp_path / "n.png")]) == 2
+
+
+def test_segment_fast_prompts_agrees_with_the_default(capsys, tmp_path: Path) -> None:
+    from PIL import Image
+
+    arr = np.random.default_rng(0).integers(0, 60, (120, 140, 3), dtype=np.uint8)
+    arr[30:90, 40:110] = (230, 120, 110)
+    Image.fromarray(arr).save(tmp_path / "img.png")
+    for name, extra in (("a.png", []), ("b.png", ["--fast-prompts"])):
+        assert main(["segment", str(tmp_path / "img.png"), "--box", "35,25,115,95", "--out", str(tmp_path / name),
+                     *extra]) == 0
+    a = np.asarray(Image.open(tmp_path / "a.png")) > 0
+    b = np.asarray(Image.open(tmp_path / "b.png")) > 0
+    assert a.any() and (a & b).sum() / (a | b).sum() > 0.8

@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="average with the mirrored input (slower, a little better)")
     p.add_argument("--onnx", default=None, help="run the encoder/decoder exported by `models export-onnx` here")
     p.add_argument("--fast-prompts", action="store_true",
-                   help="lite models: decode on a 2× pooled embedding (about 3× faster per prompt, slightly coarser)")
+                   help="lite models: decode on a 2× pooled embedding with a fused (bfloat16 where the CPU has it) "
+                        "decoder: about 5× faster per prompt, slightly coarser")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: image encoder in bfloat16 with fused attention (faster on AVX512-BF16/AMX CPUs, GPUs)")
     p.add_argument("--out", default=None, help="mask file: .png, .nii.gz (keeps geometry), .npy, or .dcm (DICOM SEG "
@@ -87,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     segmenter = open_segmenter(args.model or DEFAULT_MODEL, args.weights, onnx=args.onnx, tta=args.tta,
                                **({"precision": args.precision, "embed_pool": 2 if args.fast_prompts else 1}
                                   if args.onnx is None else {}))
+    if args.fast_prompts and args.onnx is None:
+        from medfoundry.models.sam_fast import native_bf16
+
+        segmenter.set_decoder_precision("bf16" if native_bf16() else "fp32")
     if args.prompts:
         if not args.out_dir:
             raise InputContractError("--prompts needs --out-dir")

@@ -99,3 +99,14 @@ def accelerate_decoder(decoder: nn.Module, bf16: bool = False) -> nn.Module:
             if isinstance(child, Attention):
                 setattr(module, name, SdpaDecoderAttention(child))
     return decoder.to(torch.bfloat16) if bf16 else decoder
+
+
+def native_bf16() -> bool:
+    """Whether this machine runs bfloat16 matrix products natively (CUDA, or a CPU with AVX512-BF16/AMX);
+    elsewhere bfloat16 is emulated and slower than float32."""
+    if torch.cuda.is_available():
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
