@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -83,32 +84,38 @@ def test_training_writes_a_propagating_model_and_resumes(tmp_path: Path) -> None
     _ellipsoids(tmp_path)
     (tmp_path / "v.jsonl").write_text(json.dumps({"image": "ct.nii.gz", "mask": "seg.nii.gz"}) + "\n")
     torch.manual_seed(0)
-    from safetensors.torch import save_file
+    from medfoundry.cli.main import main
+    from medfoundry.registry.catalog import get_record
+    from medfoundry.registry.loading import save_checkpoint
 
-    save_file(build_sam(dict(ARCH)).state_dict(), tmp_path / "init.safetensors")
-    cfg = PropagationConfig(volumes=str(tmp_path / "v.jsonl"), init=str(tmp_path / "init.safetensors"),
-                            out=str(tmp_path / "run"), epochs=1, steps_per_epoch=2, batch_size=2, warmup_steps=1,
-                            val_fraction=0.5, device="cpu", arch=dict(ARCH), seed=1)
-    before = {k: v.clone() for k, v in build_sam(dict(ARCH)).state_dict().items()}
-    folder = train_propagation(cfg)
-    cfg.epochs = 2
-    train_propagation(cfg)  # resumes at epoch 1
-    history = json.loads((tmp_path / "run" / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [0, 1, 2] and "val_dice" in history[-1]
+    base = dataclasses.replace(get_record("medfoundry-sam-lite"), arch_config=dict(ARCH), weights=(), embedded=False,
+                               preprocess=dataclasses.replace(get_record("medfoundry-sam-lite").preprocess,
+                                                              image_size=64))
+    init_folder = save_checkpoint(build_sam(dict(ARCH)).state_dict(), base, tmp_path / "init")
+    assert main(["train", "sam-propagation", "--volumes", str(tmp_path / "v.jsonl"), "--model",
+                 f"local-dir:{init_folder}", "--out", str(tmp_path / "run"), "--epochs", "1", "--steps-per-epoch",
+                 "2", "--batch-size", "2", "--seed", "1", "--device", "cpu"]) == 0
+    run_cfg = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert run_cfg["arch"]["image_size"] == 64  # the architecture comes from the extended model
+    cfg = PropagationConfig(**{**run_cfg, "epochs": 2})
+    folder = train_propagation(cfg, base=base)  # resumes at epoch 1
     seg = open_segmenter(f"local-dir:{folder}")
     assert seg.can_propagate
     state = seg.model.state_dict()
     from safetensors.torch import load_file
 
-    init = load_file(tmp_path / "init.safetensors")
+    init = load_file(init_folder / "model.safetensors")
     for k in init:  # encoder and first decoder untouched, head trained
         torch.testing.assert_close(state[k], init[k])
     assert any(not torch.equal(state[f"propagation.{k}"], init[k]) for k in init if k.startswith("mask_decoder."))
-    assert before.keys() == init.keys()
     image = MedImage(array=np.zeros((6, 64, 64), np.float32), spacing=(5.0, 1.0, 1.0), modality="CT")
     image.array[:, 20:40, 20:40] = 80
     result = segment_volume(seg, image, 3, box=np.array([20.0, 20.0, 40.0, 40.0]), use_head=True)
     assert result.mask.shape == (6, 64, 64) and result.mask[3].any()
+    out = tmp_path / "mask.nii.gz"
+    assert main(["segment", str(tmp_path / "ct.nii.gz"), "--model", f"local-dir:{folder}", "--slice", "4",
+                 "--box", "12,12,33,33", "--propagate", "--propagation-head", "--out", str(out)]) == 0
+    assert nib.load(out).shape == (64, 64, 10)
 
 
 def test_predict_next_refuses_bad_input() -> None:

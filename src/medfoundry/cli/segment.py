@@ -37,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-model", default="medfoundry-clip-tiny", help="contrastive model for --text")
     p.add_argument("--slice", type=int, default=None, dest="slice_index", help="slice of a volume to prompt")
     p.add_argument("--propagate", action="store_true", help="follow the object through the volume (3D mask)")
+    p.add_argument("--propagation-head", action="store_true",
+                   help="with --propagate: carry the mask with the model's trained propagation head "
+                        "(`train sam-propagation`) instead of box hypotheses")
     p.add_argument("--tta", action="store_true", help="average with the mirrored input (slower, a little better)")
     p.add_argument("--onnx", default=None, help="run the encoder/decoder exported by `models export-onnx` here")
     p.add_argument("--fast-prompts", action="store_true",
@@ -59,7 +62,7 @@ def _mask_image(mask: np.ndarray, like: MedImage) -> MedImage:
 
 
 def segment_one(segmenter, image: MedImage, boxes: list, points: list, slice_index: int | None,
-                propagate: bool) -> tuple[np.ndarray, MedImage]:
+                propagate: bool, use_head: bool = False) -> tuple[np.ndarray, MedImage]:
     """One image's mask and the image it lives on (the volume for 3D, the slice or 2D image otherwise)."""
     from medfoundry.tasks.volume import segment_volume
 
@@ -73,7 +76,7 @@ def segment_one(segmenter, image: MedImage, boxes: list, points: list, slice_ind
             if len(boxes) > 1:
                 raise InputContractError("3D propagation follows one object: give one box")
             result = segment_volume(segmenter, image, slice_index, box=np.array(boxes[0]) if boxes else None,
-                                    points=pts, point_labels=labels, progress=True)
+                                    points=pts, point_labels=labels, use_head=use_head, progress=True)
             return result.mask, image
         image = image.slice(slice_index)
     segmenter.set_image(image)
@@ -125,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     for job in jobs:
         image = read_image(job["image"])
         mask, grid = segment_one(segmenter, image, job.get("boxes") or [], job.get("points") or [],
-                                 job.get("slice"), args.propagate or bool(job.get("propagate")))
+                                 job.get("slice"), args.propagate or bool(job.get("propagate")),
+                                 args.propagation_head)
         out = job.get("out") or str(Path(args.out_dir) / f"{Path(job['image']).name.split('.')[0]}_mask.nii.gz")
         if out.endswith(".dcm"):
             from medfoundry.io.dicom_seg import write_dicom_seg

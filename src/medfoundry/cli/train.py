@@ -92,8 +92,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     vsrc.add_argument("--volumes", help="JSON-lines manifest: image, mask (label-map volume), optional image_key, "
                       "mask_key, labels, flip_y, split, source")
     vsrc.add_argument("--shared", help="build the manifest from the shared data folder (written to OUT)")
-    pv.add_argument("--init", default="package:weights/medfoundry-sam-lite/model.safetensors",
-                    help="the segmenter to extend (its encoder and first decoder stay frozen)")
+    pv.add_argument("--model", default="medfoundry-sam-lite",
+                    help="the box-crop segmenter to extend (registry name or local-dir:PATH); its encoder and "
+                         "first decoder stay frozen")
+    pv.add_argument("--weights", default=None, help="weights for --model (default: the model's own)")
     pv.add_argument("--out", required=True)
     pv.add_argument("--epochs", type=int, default=12)
     pv.add_argument("--steps-per-epoch", type=int, default=60)
@@ -160,19 +162,19 @@ def run_sam(args: argparse.Namespace) -> int:
 
 
 def run_sam_propagation(args: argparse.Namespace) -> int:
-    from medfoundry.registry.sources import resolve
+    from medfoundry.registry.loading import fetch_weights
     from medfoundry.train.sam_propagation import PropagationConfig, shared_volume_manifest, train_propagation
 
     volumes = args.volumes
     if args.shared:
         volumes = str(shared_volume_manifest(args.shared, Path(args.out) / "volumes.jsonl"))
-    init = resolve(args.init)
+    record, init = fetch_weights(args.model, args.weights)
     cfg = PropagationConfig(volumes=volumes, init=str(init), out=args.out, epochs=args.epochs,
                             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
                             max_gap_mm=args.max_gap_mm, max_minutes=args.max_minutes, seed=args.seed,
                             device=args.device)
     print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
-    print(f"model written to {train_propagation(cfg)}")
+    print(f"model written to {train_propagation(cfg, base=record)}")
     return 0
 
 

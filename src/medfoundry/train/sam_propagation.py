@@ -245,11 +245,22 @@ def evaluate_propagation(model: SamModel, objects: list[VolumeObject], cfg: Prop
             "val_ended_predicted_empty": float(np.mean(ended)) if ended else float("nan")}
 
 
-def train_propagation(cfg: PropagationConfig) -> Path:
-    """Add and train the propagation head on top of ``cfg.init``; writes ``cfg.out/model`` (all weights)."""
+def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:
+    """Add and train the propagation head on top of ``cfg.init``; writes ``cfg.out/model`` (all weights).
+
+    ``base`` is the :class:`~medfoundry.registry.records.ModelRecord` of the initial model (from ``--model``):
+    its architecture and input contract are kept; without it ``cfg.arch``/``cfg.mean``/``cfg.std`` describe
+    the model."""
+    import dataclasses
+
     from medfoundry.registry.loading import load_state_dict, save_checkpoint
     from medfoundry.registry.records import ModelRecord
 
+    if base is not None:
+        if base.arch != "sam" or not float(base.arch_config.get("prompt_crop", 0) or 0) > 0:
+            raise InputContractError(f"{base.name}: propagation heads are for box-crop segmenters (prompt_crop > 0)")
+        cfg.arch = {k: v for k, v in base.arch_config.items() if k != "propagation"}
+        cfg.mean, cfg.std = tuple(base.preprocess.mean), tuple(base.preprocess.std)
     ctx, out = start_run(cfg.device, cfg.out, cfg.seed)
     objects = load_volume_objects(cfg.volumes, cfg.max_gap_mm, cfg.val_fraction, cfg.seed)
     ctx.log(f"{len(objects['train'])} training objects, {len(objects['val'])} validation objects")
@@ -303,15 +314,20 @@ def train_propagation(cfg: PropagationConfig) -> Path:
         if cfg.max_minutes is not None and (time.time() - started) / 60 > cfg.max_minutes:
             ctx.log(f"stopping after {epoch + 1} epochs: time budget of {cfg.max_minutes} min reached")
             break
-    record = ModelRecord.from_dict({
-        "name": "medfoundry-sam-lite", "arch": "sam", "arch_config": {**cfg.arch, "propagation": True},
-        "family": "VPM-adaptation", "tasks": ["segmentation-2d", "segmentation-3d"], "modalities": ["CT"],
-        "license": "see MODEL_CARD.md", "commercial_use": False, "paper": "medfoundry",
-        "training_data": f"{cfg.init} + propagation head on {cfg.volumes}",
-        "preprocess": {"image_size": cfg.arch["image_size"], "resize": "squash", "channels": 3,
-                       "intensity": "window", "scale": 255.0, "mean": list(cfg.mean), "std": list(cfg.std),
-                       "interpolation": "bilinear"},
-    })
+    training = f"{cfg.init} + propagation head trained on {cfg.volumes}"
+    if base is not None:
+        record = dataclasses.replace(base, arch_config={**cfg.arch, "propagation": True}, training_data=training,
+                                     weights=(), embedded=False)
+    else:
+        record = ModelRecord.from_dict({
+            "name": "sam-propagation", "arch": "sam", "arch_config": {**cfg.arch, "propagation": True},
+            "family": "VPM-adaptation", "tasks": ["segmentation-2d", "segmentation-3d"], "modalities": ["CT"],
+            "license": "see the training data", "commercial_use": False, "paper": "medfoundry",
+            "training_data": training,
+            "preprocess": {"image_size": cfg.arch["image_size"], "resize": "squash", "channels": 3,
+                           "intensity": "window", "scale": 255.0, "mean": list(cfg.mean), "std": list(cfg.std),
+                           "interpolation": "bilinear"},
+        })
     folder = save_checkpoint(model.state_dict(), record, out / "model", overwrite=True)
     (out / "history.json").write_text(json.dumps(history, indent=2))
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
