@@ -22,5 +22,8 @@ test: setup lint
 lint: setup
 	$(BIN)/ruff check .
 
+serve: setup
+	$(BIN)/medfoundry serve --demo demo-output
+
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

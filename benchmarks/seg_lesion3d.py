@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--model", default="medfoundry-sam-lite")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--out", default="benchmarks/results/seg_lesion3d.json")
+    ap.add_argument("--propagation-head", action="store_true",
+                    help="also propagate with the model's trained head (`train sam-propagation`)")
     args = ap.parse_args()
     seg = open_segmenter(args.model, args.weights)
     cases = []
@@ -42,10 +44,13 @@ def main() -> None:
         key = int(truth.sum(axis=(1, 2)).argmax())
         result = segment_volume(seg, volume, key, box=mask_box(truth[key]))
         single = segment_volume(seg, volume, key, box=mask_box(truth[key]), box_scales=(1.0,))
+        head = segment_volume(seg, volume, key, box=mask_box(truth[key]), use_head=True) if args.propagation_head \
+            else None
         m = measure(result.mask, volume)
         patient = path.stem.split("_")[2]
         cases.append({"case": path.stem, "patient": patient, "unseen": patient in UNSEEN, "key_slice": key,
                       "dice_3d": dice(result.mask, truth), "dice_3d_single_box": dice(single.mask, truth),
+                      **({"dice_3d_propagation_head": dice(head.mask, truth)} if head is not None else {}),
                       "baseline_ellipsoid_dice_3d": dice(ellipsoid_in_box(truth), truth),
                       "slices_true": [int(np.nonzero(truth.any((1, 2)))[0][[0, -1]][i]) for i in (0, 1)],
                       "slices_pred": [result.first, result.last], "volume_ml_pred": m.volume_ml,
@@ -58,6 +63,8 @@ def main() -> None:
         "unseen_cases": len(unseen),
         "dice_3d_mean_unseen": float(np.mean([c["dice_3d"] for c in unseen])),
         "dice_3d_single_box_mean_unseen": float(np.mean([c["dice_3d_single_box"] for c in unseen])),
+        **({"dice_3d_propagation_head_mean_unseen": float(np.mean([c["dice_3d_propagation_head"] for c in unseen]))}
+           if args.propagation_head else {}),
         "baseline_ellipsoid_dice_3d_mean_unseen": float(np.mean([c["baseline_ellipsoid_dice_3d"] for c in unseen])),
         "dice_3d_mean_all_including_training_patients": float(np.mean([c["dice_3d"] for c in cases])),
         "cases": cases,

@@ -1,0 +1,37 @@
+"""``medfoundry serve``: the web viewer and HTTP API (FastAPI + uvicorn, the ``serve`` extra)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the web viewer: upload images, draw boxes, masks, labels, heatmaps")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--demo", default="demo-output", help="folder written by `medfoundry demo`, shown at /demo")
+    p.add_argument("--store", default=None, help="folder for uploads (default: a private temporary folder)")
+    p.add_argument("--max-upload-mb", type=float, default=512.0, help="refuse larger uploads")
+    p.add_argument("--seg-model", default="medfoundry-sam-lite")
+    p.add_argument("--clip-model", default="medfoundry-clip-tiny")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medfoundry.errors import MedfoundryError
+    from medfoundry.serve.app import create_app
+    from medfoundry.serve.workbench import Workbench
+
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise MedfoundryError("medfoundry serve needs its extra: pip install 'medfoundry[serve]'") from exc
+    bench = Workbench(store=args.store, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+                      contrastive_model=args.clip_model, segmentation_model=args.seg_model)
+    app = create_app(bench, demo_dir=args.demo)
+    print(f"medfoundry viewer on http://{args.host}:{args.port}/  (demo page: /demo/, API docs: /docs)")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    finally:
+        bench.close()
+    return 0

@@ -1,0 +1,126 @@
+"""The web app: uploads, previews, prompts and errors through HTTP, checked against the predictors directly."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient
+
+from medfoundry.serve.app import create_app
+from medfoundry.serve.workbench import Workbench
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store")
+    demo = tmp_path_factory.mktemp("demo")
+    (demo / "index.html").write_text("<html>demo page</html>")
+    bench = Workbench(store=store, max_upload_bytes=2 << 20, max_images=4)
+    with TestClient(create_app(bench, demo_dir=demo)) as c:
+        yield c
+    bench.close()
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _polyp() -> np.ndarray:
+    arr = np.random.default_rng(0).integers(0, 60, (160, 200, 3), dtype=np.uint8)
+    arr[40:120, 50:150] = (230, 120, 110)
+    return arr
+
+
+def _decode(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+
+def test_page_health_models_and_demo(client: TestClient) -> None:
+    assert "medfoundry viewer" in client.get("/").text
+    assert client.get("/api/health").json()["status"] == "ok"
+    names = {m["name"] for m in client.get("/api/models").json()}
+    assert {"medfoundry-sam-lite", "medfoundry-clip-tiny"} <= names
+    assert "demo page" in client.get("/demo/").text
+
+
+def test_upload_preview_and_segment_match_the_predictor(client: TestClient) -> None:
+    from medfoundry.io import MedImage
+    from medfoundry.predict.segment import open_segmenter
+
+    arr = _polyp()
+    r = client.post("/api/images", files={"file": ("../../etc/polyp.png", _png_bytes(arr), "image/png")})
+    assert r.status_code == 200, r.text
+    info = r.json()
+    assert info["slices"] == 1 and info["filename"] == "polyp.png"
+    store = client.app.state.workbench.store
+    assert [p.name for p in store.iterdir()] == [f"{info['id']}.png"]  # stored by hash, never by its name
+    preview = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{info['id']}/preview.png").content)))
+    assert preview.shape == (160, 200, 3)
+    box = [45.0, 35.0, 155.0, 125.0]
+    out = client.post(f"/api/images/{info['id']}/segment", json={"box": box}).json()
+    mask = _decode(out["mask_png"]) > 0
+    seg = open_segmenter("medfoundry-sam-lite")
+    seg.set_image(MedImage(array=arr, spacing=(1.0, 1.0), photometric="RGB"))
+    direct = seg.predict(boxes=np.array([box], dtype=np.float32)).best()[0]
+    np.testing.assert_array_equal(mask, direct)
+    assert out["measurements"]["pixels"] == int(direct.sum()) and _decode(out["overlay_png"]).shape == (160, 200, 3)
+
+
+def test_classify_and_ground(client: TestClient) -> None:
+    info = client.post("/api/images", files={"file": ("x.png", _png_bytes(_polyp()), "image/png")}).json()
+    probs = client.post(f"/api/images/{info['id']}/classify", json={"labels": ["normal", " pneumonia ", ""]}).json()
+    assert set(probs["probs"]) == {"normal", "pneumonia"} and sum(probs["probs"].values()) == pytest.approx(1, abs=1e-4)
+    heat = client.post(f"/api/images/{info['id']}/ground", json={"text": "a colon polyp"}).json()
+    assert _decode(heat["overlay_png"]).shape == (160, 200, 3)
+
+
+def test_volume_slices_and_3d_propagation(client: TestClient, tmp_path: Path) -> None:
+    zz, yy, xx = np.mgrid[0:9, 0:96, 0:96]
+    ball = (zz - 4) ** 2 * 16 + (yy - 48) ** 2 + (xx - 48) ** 2 <= 20**2
+    ct = np.where(ball, 60.0, -100.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(np.transpose(ct, (2, 1, 0)), np.diag([1.0, 1.0, 4.0, 1.0])), tmp_path / "ct.nii.gz")
+    info = client.post("/api/images", files={"file": ("ct.nii.gz", (tmp_path / "ct.nii.gz").read_bytes())}).json()
+    assert info["slices"] == 9
+    assert client.get(f"/api/images/{info['id']}/preview.png", params={"slice": 8}).status_code == 200
+    r = client.get(f"/api/images/{info['id']}/preview.png", params={"slice": 9})
+    assert r.status_code == 400 and "outside" in r.json()["detail"]
+    out = client.post(f"/api/images/{info['id']}/segment",
+                      json={"box": [27.0, 27.0, 70.0, 70.0], "slice": 4, "propagate": True}).json()
+    assert out["measurements"]["volume_ml"] > 0 and out["measurements"]["pixels"] > 3000  # several slices
+
+
+def test_bad_input_gets_typed_errors(client: TestClient, tmp_path: Path) -> None:
+    too_big = client.post("/api/images", files={"file": ("big.npy", b"\0" * (3 << 20))})
+    assert too_big.status_code == 413 and too_big.json()["error"] == "UploadTooLargeError"
+    corrupt = client.post("/api/images", files={"file": ("scan.dcm", b"DICM" + b"\x01" * 300)})
+    assert corrupt.status_code == 400 and corrupt.json()["error"] == "ImageReadError"
+    assert str(client.app.state.workbench.store) not in corrupt.json()["detail"]  # no server paths leak
+    empty = client.post("/api/images", files={"file": ("e.png", b"")})
+    assert empty.status_code == 400
+    buf = io.BytesIO()
+    np.savez(buf, imgs=np.array([{"a": 1}], dtype=object))  # a pickle inside an npz is never loaded
+    pickled = client.post("/api/images", files={"file": ("evil.npz", buf.getvalue())})
+    assert pickled.status_code == 400
+    store = client.app.state.workbench.store
+    assert not [p for p in store.iterdir() if p.suffix in (".dcm", ".npz", ".part")]  # refused files are removed
+    assert client.get("/api/images/../../etc/passwd/preview.png").status_code == 404
+    assert client.get(f"/api/images/{'0' * 24}/preview.png").json()["error"] == "UnknownImageError"
+    info = client.post("/api/images", files={"file": ("x.png", _png_bytes(_polyp()), "image/png")}).json()
+    outside = client.post(f"/api/images/{info['id']}/segment", json={"box": [0, 0, 500, 500]})
+    assert outside.status_code == 400 and outside.json()["error"] == "InputContractError"
+    assert client.post(f"/api/images/{info['id']}/segment", json={"box": [1, 2, 3]}).status_code == 422
+    assert client.post(f"/api/images/{info['id']}/classify", json={"labels": ["only one"]}).status_code == 400
+    assert client.post(f"/api/images/{info['id']}/segment", json={"box": [10, 10, 50, 50],
+                                                                  "propagate": True}).status_code == 400
