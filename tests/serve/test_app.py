@@ -63,7 +63,7 @@ def test_upload_preview_and_segment_match_the_predictor(client: TestClient) -> N
     r = client.post("/api/images", files={"file": ("../../etc/polyp.png", _png_bytes(arr), "image/png")})
     assert r.status_code == 200, r.text
     info = r.json()
-    assert info["slices"] == 1 and info["filename"] == "polyp.png"
+    assert info["slices"] == 1 and info["filename"] == info["summary"]["source"] == "polyp.png"
     store = client.app.state.workbench.store
     assert [p.name for p in store.iterdir()] == [f"{info['id']}.png"]  # stored by hash, never by its name
     preview = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{info['id']}/preview.png").content)))

@@ -94,7 +94,7 @@ def create_app(workbench: Workbench | None = None, demo_dir: str | Path | None =
     @app.post("/api/images")
     def upload(file: Annotated[UploadFile, File()]) -> dict:
         stored = bench.add_upload(file.file, file.filename or "upload")
-        summary = stored.image.summary()
+        summary = {**stored.image.summary(), "source": stored.filename}  # not the server's path
         return {"id": stored.id, "filename": stored.filename, "summary": summary,
                 "slices": int(stored.image.array.shape[0]) if stored.image.is_volume else 1}
 
