@@ -283,7 +283,6 @@ class PromptSegmenter:
             all_logits.append(logits[0].float().cpu().numpy())
         return SegmentResult(np.stack(all_masks), np.stack(all_iou), np.stack(all_logits))
 
-
     @property
     def can_propagate(self) -> bool:
         """Whether the model has a trained slice-propagation head (box-crop models only)."""

@@ -7,7 +7,8 @@ predicted IoU is kept, inside the previous box. Propagation stops when the objec
 ``min_pixels``), when the mask suddenly grows (more than ``max_growth`` × the previous area: the prompt box is
 being filled with something else), or when the mean intensity inside the mask leaves the key slice's object
 distribution by more than ``max_intensity_z`` standard deviations. These rules were chosen on the four
-DeepLesion volumes of the shared data (see benchmarks/results/seg_lesion3d.json).
+DeepLesion volumes of the shared data, and the scales (0.75, 0.9, 1.0) were the first set tried there (a
+wider set, 0.6–1.1, did worse); on the organ volumes they change little (benchmarks/results/eval).
 
 Models with a trained propagation head (``medfoundry train sam-propagation``) can instead carry the mask with
 that head (``use_head=True``): it sees the next slice around the previous mask, with that mask and its box as
@@ -68,7 +69,7 @@ def segment_volume(
 
     Args:
         min_pixels: a slice mask smaller than this ends propagation in that direction.
-        max_growth, max_intensity_z: the stopping rules of box propagation (models without a head).
+        max_growth, max_intensity_z: the stopping rules of box propagation.
         use_head: carry the mask with the model's propagation head (it must have one) instead of boxes.
         head_rules: apply the growth and intensity rules to the head's masks too.
         box_scales: box propagation tries the previous box scaled by each factor about its centre (objects
@@ -90,8 +91,7 @@ def segment_volume(
     values = volume.array[key_slice][first].astype(np.float64)
     ref_mean, ref_std = values.mean(), values.std() + 1e-6
     lo = hi = key_slice
-    head = use_head
-    if head and not segmenter.can_propagate:
+    if use_head and not segmenter.can_propagate:
         raise InputContractError(f"{segmenter.record.name} has no propagation head: use box propagation")
     with Progress(disable=not progress) as bar:
         task = bar.add_task("propagating", total=depth - 1)
@@ -99,7 +99,7 @@ def segment_volume(
             prev, z = first, key_slice + step
             while 0 <= z < depth:
                 segmenter.set_image(volume.slice(z))
-                if head:
+                if use_head:
                     mask = segmenter.predict_next(prev).best()[0]
                 else:
                     box_prev = mask_box(prev)
@@ -113,7 +113,7 @@ def segment_volume(
                 bar.advance(task)
                 if mask.sum() < min_pixels:
                     break
-                if not head or head_rules:
+                if not use_head or head_rules:
                     if mask.sum() > max_growth * prev.sum():
                         break
                     if abs(volume.array[z][mask].astype(np.float64).mean() - ref_mean) / ref_std > max_intensity_z:
