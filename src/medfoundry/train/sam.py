@@ -174,8 +174,7 @@ def evaluate(model: SamModel, samples: list[SegSample], cfg: SamTrainConfig, dev
 
 def train_sam(cfg: SamTrainConfig) -> Path:
     """Train and write a self-describing model folder ``cfg.out/model`` (plus history and config)."""
-    from medfoundry.registry.loading import load_state_dict, save_checkpoint
-    from medfoundry.registry.records import ModelRecord
+    from medfoundry.registry.loading import load_state_dict
 
     ctx, out = start_run(cfg.device, cfg.out, cfg.seed)
     data = load_manifest(cfg.manifest, max_side=640)
@@ -251,16 +250,31 @@ def train_sam(cfg: SamTrainConfig) -> Path:
             break
     if cfg.mode == "lora":
         merge_lora(model)
-    record = ModelRecord.from_dict({
-        "name": "medfoundry-sam-lite", "arch": "sam", "arch_config": dict(cfg.arch), "family": "VPM-adaptation",
-        "tasks": ["segmentation-2d", "segmentation-3d"], "modalities": ["CT", "endoscopy"],
-        "license": "see MODEL_CARD.md", "commercial_use": False, "paper": "medfoundry",
-        "training_data": f"manifest {cfg.manifest}",
-        "preprocess": {"image_size": cfg.arch["image_size"], "resize": "squash", "channels": 3,
-                       "intensity": "window", "scale": 255.0, "mean": list(cfg.mean), "std": list(cfg.std),
-                       "interpolation": "bilinear"},
+    record = box_crop_record("medfoundry-sam-lite", dict(cfg.arch), cfg.mean, cfg.std, f"manifest {cfg.manifest}",
+                             ["CT", "endoscopy"])
+    return finish_run(out, model.state_dict(), record, history, cfg)
+
+
+def box_crop_record(name: str, arch: dict[str, Any], mean: Any, std: Any, training_data: str,
+                    modalities: list[str]) -> Any:
+    """The registry record written beside a box-crop segmenter trained by medfoundry."""
+    from medfoundry.registry.records import ModelRecord
+
+    return ModelRecord.from_dict({
+        "name": name, "arch": "sam", "arch_config": arch, "family": "VPM-adaptation",
+        "tasks": ["segmentation-2d", "segmentation-3d"], "modalities": modalities,
+        "license": "see MODEL_CARD.md and the training data", "commercial_use": False, "paper": "medfoundry",
+        "training_data": training_data,
+        "preprocess": {"image_size": arch["image_size"], "resize": "squash", "channels": 3, "intensity": "window",
+                       "scale": 255.0, "mean": list(mean), "std": list(std), "interpolation": "bilinear"},
     })
-    folder = save_checkpoint(model.state_dict(), record, out / "model", overwrite=True)
+
+
+def finish_run(out: Path, state: dict[str, torch.Tensor], record: Any, history: list[dict], cfg: Any) -> Path:
+    """Write the model folder ``out/model`` (weights + record), ``history.json`` and ``train_config.json``."""
+    from medfoundry.registry.loading import save_checkpoint
+
+    folder = save_checkpoint(state, record, out / "model", overwrite=True)
     (out / "history.json").write_text(json.dumps(history, indent=2))
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     return folder

@@ -24,7 +24,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from medfoundry.io import read_image
 from medfoundry.models.sam import SamModel, build_sam
 from medfoundry.predict.boxes import crop_box, mask_box, previous_mask_prompt
 from medfoundry.train.distributed import load_resume_point, save_resume_point, start_run
-from medfoundry.train.sam import dice_loss
+from medfoundry.train.sam import box_crop_record, dice_loss, finish_run
 from medfoundry.train.seg_data import MIN_AREA, crop_resize
 
 
@@ -253,8 +253,7 @@ def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:
     the model."""
     import dataclasses
 
-    from medfoundry.registry.loading import load_state_dict, save_checkpoint
-    from medfoundry.registry.records import ModelRecord
+    from medfoundry.registry.loading import load_state_dict
 
     if base is not None:
         if base.arch != "sam" or not float(base.arch_config.get("prompt_crop", 0) or 0) > 0:
@@ -319,20 +318,9 @@ def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:
         record = dataclasses.replace(base, arch_config={**cfg.arch, "propagation": True}, training_data=training,
                                      weights=(), embedded=False)
     else:
-        record = ModelRecord.from_dict({
-            "name": "sam-propagation", "arch": "sam", "arch_config": {**cfg.arch, "propagation": True},
-            "family": "VPM-adaptation", "tasks": ["segmentation-2d", "segmentation-3d"], "modalities": ["CT"],
-            "license": "see the training data", "commercial_use": False, "paper": "medfoundry",
-            "training_data": training,
-            "preprocess": {"image_size": cfg.arch["image_size"], "resize": "squash", "channels": 3,
-                           "intensity": "window", "scale": 255.0, "mean": list(cfg.mean), "std": list(cfg.std),
-                           "interpolation": "bilinear"},
-        })
-    folder = save_checkpoint(model.state_dict(), record, out / "model", overwrite=True)
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-    return folder
-
+        record = box_crop_record("sam-propagation", {**cfg.arch, "propagation": True}, cfg.mean, cfg.std, training,
+                                 ["CT"])
+    return finish_run(out, model.state_dict(), record, history, cfg)
 
 def _iou_per_item(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     inter = (pred & y).sum((1, 2, 3)).float()
