@@ -128,6 +128,15 @@ def _click_from_error(pred: torch.Tensor, target: torch.Tensor, gen: torch.Gener
     return torch.tensor(coords, dtype=torch.float32, device=dev), torch.tensor(labels, device=dev)
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
+    """Backward, clip the gradient norm to 1, step; returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return float(loss.detach())
+
+
 def _apply_mode(model: SamModel, mode: str) -> None:
     if mode == "full":
         return
@@ -232,11 +241,7 @@ def train_sam(cfg: SamTrainConfig) -> Path:
                                                masks=logits[:half].detach())
                     up2 = F.interpolate(logits2.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
                     loss = loss + 0.5 * (F.binary_cross_entropy_with_logits(up2, y[:half]) + dice_loss(up2, y[:half]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimizer_step(opt, loss, params))
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
         if val:
             entry["val_dice"] = evaluate(model, val, cfg, ctx.device)

@@ -38,7 +38,7 @@ from medfoundry.io import read_image
 from medfoundry.models.sam import SamModel, build_sam
 from medfoundry.predict.boxes import crop_box, mask_box, previous_mask_prompt
 from medfoundry.train.distributed import load_resume_point, save_resume_point, start_run
-from medfoundry.train.sam import box_crop_record, dice_loss, finish_run
+from medfoundry.train.sam import box_crop_record, dice_loss, finish_run, optimizer_step
 from medfoundry.train.seg_data import MIN_AREA, crop_resize
 
 
@@ -299,11 +299,7 @@ def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:
                 true_iou = _iou_per_item(up > 0, y > 0.5)
             loss = (F.binary_cross_entropy_with_logits(up, y) + dice_loss(up, y)
                     + F.mse_loss(iou.float()[:, 0], true_iou))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimizer_step(opt, loss, params))
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
         if objects["val"]:
             entry.update(evaluate_propagation(model, objects["val"], cfg, ctx.device))
