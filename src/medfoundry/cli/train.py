@@ -80,6 +80,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--backbone", default="resnet10t")
     ps.add_argument("--embed-pool", type=int, default=1,
                     help="lite encoder: pool the 64×64 embedding by this factor (2 → 32×32, faster prompts)")
+    ps.add_argument("--pool-mix", default=None,
+                    help="lite encoders: alternate these embedding pools between steps (e.g. 1,2) so the weights "
+                         "serve both the default and the --fast-prompts grid; validation reports each")
     ps.add_argument("--workers", type=int, default=0)
     ps.add_argument("--steps-per-epoch", type=int, default=None)
     ps.add_argument("--seed", type=int, default=0)
@@ -154,6 +157,8 @@ def run_sam(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, lr=args.lr, mode=args.mode, seed=args.seed, device=args.device,
                          workers=args.workers, init=args.init, steps_per_epoch=args.steps_per_epoch)
     cfg.arch["backbone"] = args.backbone
+    if args.pool_mix:
+        cfg.pool_mix = tuple(int(v) for v in args.pool_mix.split(","))
     if args.embed_pool != 1:
         cfg.arch.update(embed_pool=args.embed_pool, embed_stride=4 * args.embed_pool)
     print(json.dumps({"resolved_config": cfg.__dict__}, default=str))

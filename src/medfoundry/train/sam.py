@@ -54,6 +54,7 @@ class SamTrainConfig:
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     init: str | None = None
+    pool_mix: tuple[int, ...] = ()
 
 
 class BoxCropDataset(torch.utils.data.Dataset):
@@ -221,6 +222,8 @@ def train_sam(cfg: SamTrainConfig) -> Path:
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y, boxes = (batch[k].to(ctx.device, non_blocking=True) for k in ("image", "mask", "box"))
+            if cfg.pool_mix:  # one embedding grid per step, so the same weights serve every --embed-pool
+                model.set_embed_pool(cfg.pool_mix[step % len(cfg.pool_mix)])
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 if frozen_encoder and cfg.mode == "decoder":
                     with torch.no_grad():
@@ -244,7 +247,13 @@ def train_sam(cfg: SamTrainConfig) -> Path:
             losses.append(optimizer_step(opt, loss, params))
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
         if val:
-            entry["val_dice"] = evaluate(model, val, cfg, ctx.device)
+            for pool in cfg.pool_mix or (None,):
+                if pool is not None:
+                    model.set_embed_pool(pool)
+                entry["val_dice" if pool in (None, cfg.pool_mix[0]) else f"val_dice_pool{pool}"] = evaluate(
+                    model, val, cfg, ctx.device)
+            if cfg.pool_mix:
+                model.set_embed_pool(cfg.pool_mix[0])
         history.append(entry)
         ctx.log(json.dumps(entry))
         save_resume_point(ckpt, model.state_dict(), opt, epoch + 1, history)
