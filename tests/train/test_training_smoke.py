@@ -59,7 +59,7 @@ def test_clip_training_runs_resumes_and_loads(tmp_path: Path) -> None:
     assert predictor.embed_texts(["normal"]).shape == (1, 16)
 
 
-@pytest.mark.parametrize("mode", ["full", "decoder", "lora"])
+@pytest.mark.parametrize("mode", ["full", "decoder", "lora", "pool-mix"])
 def test_sam_training_runs_and_loads(tmp_path: Path, mode: str) -> None:
     pytest.importorskip("segment_anything")
     from medfoundry.predict.segment import open_segmenter
@@ -77,10 +77,13 @@ def test_sam_training_runs_and_loads(tmp_path: Path, mode: str) -> None:
         Image.fromarray(disc.astype(np.uint8) * 255).save(tmp_path / "msk" / f"{i}.png")
     manifest = folder_manifest(tmp_path / "img", tmp_path / "msk", tmp_path / "m.jsonl", val_fraction=0.34)
     cfg = SamTrainConfig(manifest=str(manifest), out=str(tmp_path / "run"), epochs=1, batch_size=2,
-                         steps_per_epoch=2, device="cpu", warmup_steps=1, mode=mode)
+                         steps_per_epoch=2, device="cpu", warmup_steps=1, mode="full" if mode == "pool-mix" else mode,
+                         pool_mix=(2, 1) if mode == "pool-mix" else ())
     cfg.arch.update(image_size=64, backbone="resnet10t")
     folder = train_sam(cfg)
-    assert "val_dice" in json.loads((tmp_path / "run" / "history.json").read_text())[0]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())[0]
+    assert "val_dice" in history and ("val_dice_pool1" in history) == (mode == "pool-mix")
+    assert json.loads((folder / "medfoundry.json").read_text())["arch_config"].get("embed_pool", 1) == 1
     seg = open_segmenter(f"local-dir:{folder}")
     seg.set_image(__import__("medfoundry").read_image(tmp_path / "img" / "0.png"))
     assert seg.predict(boxes=np.array([[10.0, 10.0, 50.0, 50.0]])).masks.shape == (1, 1, 64, 64)

@@ -247,11 +247,12 @@ def train_sam(cfg: SamTrainConfig) -> Path:
             losses.append(optimizer_step(opt, loss, params))
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
         if val:
-            for pool in cfg.pool_mix or (None,):
-                if pool is not None:
-                    model.set_embed_pool(pool)
-                entry["val_dice" if pool in (None, cfg.pool_mix[0]) else f"val_dice_pool{pool}"] = evaluate(
-                    model, val, cfg, ctx.device)
+            if cfg.pool_mix:
+                model.set_embed_pool(cfg.pool_mix[0])
+            entry["val_dice"] = evaluate(model, val, cfg, ctx.device)  # at the first pool of pool_mix
+            for pool in cfg.pool_mix[1:]:
+                model.set_embed_pool(pool)
+                entry[f"val_dice_pool{pool}"] = evaluate(model, val, cfg, ctx.device)
             if cfg.pool_mix:
                 model.set_embed_pool(cfg.pool_mix[0])
         history.append(entry)
