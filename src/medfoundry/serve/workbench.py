@@ -8,6 +8,7 @@ notebooks.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import tempfile
@@ -91,10 +92,11 @@ class Workbench:
         """Copy an upload into the store (refusing it past the size limit), read it, and keep it."""
         suffix = safe_suffix(filename)
         digest = hashlib.sha256()
-        tmp = Path(tempfile.mkstemp(dir=self.store, suffix=".part")[1])
+        fd, name = tempfile.mkstemp(dir=self.store, suffix=".part")
+        tmp = Path(name)
         try:
             size = 0
-            with open(tmp, "wb") as fh:
+            with os.fdopen(fd, "wb") as fh:
                 while chunk := stream.read(1 << 20):
                     size += len(chunk)
                     if size > self.max_upload_bytes:
