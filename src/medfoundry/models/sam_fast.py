@@ -1,12 +1,15 @@
-"""Faster CPU/GPU execution of SAM's ViT image encoders, same weights and same state-dict keys.
+"""Faster CPU/GPU execution of SAM-family models, same weights and same state-dict keys.
 
-- :class:`SdpaAttention` computes segment_anything's attention (with its decomposed relative-position bias)
-  through ``torch.nn.functional.scaled_dot_product_attention``, which fuses scaling, bias, softmax and the
-  value product (fused CPU/GPU kernels instead of a materialised float32 softmax).
+- :class:`SdpaAttention` computes segment_anything's ViT attention (with its decomposed relative-position
+  bias) through ``torch.nn.functional.scaled_dot_product_attention``, which fuses scaling, bias, softmax and
+  the value product (fused CPU/GPU kernels instead of a materialised float32 softmax).
 - :func:`accelerate_encoder` swaps those in and (``bf16=True``) keeps the encoder's weights in bfloat16,
   which CPUs with AVX512-BF16/AMX and all recent GPUs run natively. Embeddings are returned as float32.
+- :class:`SdpaDecoderAttention` and :func:`accelerate_decoder` do the same for the mask decoder's two-way
+  transformer, the part that runs for every further prompt.
 
-Measured by ``benchmarks/sam_vit_b_speed.py`` (results in ``benchmarks/results/sam_vit_b_speed.json``).
+Measured by ``benchmarks/sam_vit_b_speed.py`` and ``benchmarks/seg_kvasir.py --decoder-precision`` (results
+in ``benchmarks/results/``).
 """
 
 from __future__ import annotations
