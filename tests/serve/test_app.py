@@ -124,3 +124,34 @@ def test_bad_input_gets_typed_errors(client: TestClient, tmp_path: Path) -> None
     assert client.post(f"/api/images/{info['id']}/classify", json={"labels": ["only one"]}).status_code == 400
     assert client.post(f"/api/images/{info['id']}/segment", json={"box": [10, 10, 50, 50],
                                                                   "propagate": True}).status_code == 400
+
+
+def test_similar_cases_among_uploads_and_from_an_index(client: TestClient, tmp_path: Path) -> None:
+    from medfoundry.predict.contrastive import open_contrastive
+    from medfoundry.tasks.retrieval import build_index
+
+    polyp = client.post("/api/images", files={"file": ("p.png", _png_bytes(_polyp()), "image/png")}).json()
+    dark = np.zeros((160, 200, 3), np.uint8)
+    dark[60:100, 80:120] = 90
+    other = client.post("/api/images", files={"file": ("<b>dark</b>.png", _png_bytes(dark))}).json()
+    found = client.get(f"/api/images/{polyp['id']}/similar", params={"k": 10}).json()
+    assert found["source"] == "uploads" and polyp["id"] not in [c["id"] for c in found["cases"]]
+    assert other["id"] in [c["id"] for c in found["cases"]]
+    scores = [c["score"] for c in found["cases"]]
+    assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 + 1e-5 for s in scores)
+    assert client.get(f"/api/images/{polyp['id']}/similar", params={"k": 0}).status_code == 400
+
+    (tmp_path / "archive").mkdir()
+    Image.fromarray(_polyp()).save(tmp_path / "archive" / "same_polyp.png")
+    Image.fromarray(dark).save(tmp_path / "archive" / "dark.png")
+    build_index(open_contrastive("medfoundry-clip-tiny"), tmp_path / "archive", tmp_path / "index.npz", progress=False)
+    bench = Workbench(store=tmp_path / "store", index=tmp_path / "index.npz")
+    with TestClient(create_app(bench)) as indexed:
+        up = indexed.post("/api/images", files={"file": ("q.png", _png_bytes(_polyp()))}).json()
+        cases = indexed.get(f"/api/images/{up['id']}/similar", params={"k": 2}).json()
+    assert cases["source"] == "index" and cases["cases"][0]["name"] == "same_polyp.png"
+    assert cases["cases"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    from medfoundry.errors import InputContractError
+
+    with pytest.raises(InputContractError, match="built with"):
+        Workbench(store=tmp_path / "s2", index=tmp_path / "index.npz", contrastive_model="biomedclip")

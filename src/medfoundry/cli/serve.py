@@ -10,6 +10,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--demo", default="demo-output", help="folder written by `medfoundry demo`, shown at /demo")
+    p.add_argument("--index", default=None, help="retrieval index from `medfoundry index build` for similar cases "
+                                                "(default: search among the uploads)")
     p.add_argument("--store", default=None, help="folder for uploads (default: a private temporary folder)")
     p.add_argument("--max-upload-mb", type=float, default=512.0, help="refuse larger uploads")
     p.add_argument("--seg-model", default="medfoundry-sam-lite")
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise MedfoundryError("medfoundry serve needs its extra: pip install 'medfoundry[serve]'") from exc
     bench = Workbench(store=args.store, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
-                      contrastive_model=args.clip_model, segmentation_model=args.seg_model)
+                      contrastive_model=args.clip_model, segmentation_model=args.seg_model, index=args.index)
     app = create_app(bench, demo_dir=args.demo)
     print(f"medfoundry viewer on http://{args.host}:{args.port}/  (demo page: /demo/, API docs: /docs)")
     try:

@@ -8,6 +8,8 @@ Routes (JSON unless said otherwise):
 - ``GET /api/images/{id}/preview.png?slice=K``: the image (slice) through its display window, PNG.
 - ``POST /api/images/{id}/classify`` ``{labels: [...], slice?}`` → ``{probs: {label: p}}``.
 - ``POST /api/images/{id}/ground`` ``{text, slice?}`` → ``{overlay_png: base64}``.
+- ``GET /api/images/{id}/similar?k=5`` → ``{cases: [{name, score, ...}]}`` from the index given to
+  ``medfoundry serve --index`` (``medfoundry index build``), else among the uploads.
 - ``POST /api/images/{id}/segment`` ``{box?: [x0, y0, x1, y1], points?: [[x, y, label]], slice?, propagate?}``
   (pixels of the shown slice) → ``{mask_png, overlay_png, measurements}``.
 
@@ -112,6 +114,10 @@ def create_app(workbench: Workbench | None = None, demo_dir: str | Path | None =
         heat = bench.ground(image_id, req.text, req.slice)
         plane = bench.get(image_id).plane(req.slice)
         return {"overlay_png": _b64(overlay_heatmap(display_rgb(plane), heat))}
+
+    @app.get("/api/images/{image_id}/similar")
+    def similar(image_id: str, k: int = 5) -> dict:
+        return {"cases": bench.similar(image_id, k), "source": "index" if bench.index is not None else "uploads"}
 
     @app.post("/api/images/{image_id}/segment")
     def segment(image_id: str, req: SegmentRequest) -> dict:

@@ -44,6 +44,7 @@ class StoredImage:
     id: str
     filename: str
     image: MedImage
+    embedding: np.ndarray | None = None  # (D,) unit vector of the middle plane, filled by Workbench.similar
 
     def plane(self, slice_index: int | None) -> MedImage:
         """The 2D image to show or prompt: the given slice of a volume (default: the middle one)."""
@@ -72,11 +73,13 @@ class Workbench:
         max_upload_bytes: larger uploads are refused (:class:`UploadTooLargeError`) before they are read.
         max_images: uploads kept in memory; the oldest is evicted first.
         contrastive_model, segmentation_model: registry names of the models used.
+        index: a retrieval index (``medfoundry index build``) to search for similar cases; without one,
+            similar cases are searched among the uploads.
     """
 
     def __init__(self, store: str | Path | None = None, max_upload_bytes: int = 512 << 20, max_images: int = 32,
                  contrastive_model: str = "medfoundry-clip-tiny",
-                 segmentation_model: str = "medfoundry-sam-lite") -> None:
+                 segmentation_model: str = "medfoundry-sam-lite", index: str | Path | None = None) -> None:
         self._own_store = store is None
         self.store = Path(store) if store is not None else Path(tempfile.mkdtemp(prefix="medfoundry-serve-"))
         self.store.mkdir(parents=True, exist_ok=True)
@@ -86,6 +89,14 @@ class Workbench:
         self._images: OrderedDict[str, StoredImage] = OrderedDict()
         self._predictors: dict[str, Any] = {}
         self.lock = threading.RLock()
+        self.index = None
+        if index is not None:
+            from medfoundry.tasks.retrieval import RetrievalIndex
+
+            self.index = RetrievalIndex.load(index)
+            if self.index.model != contrastive_model:
+                raise InputContractError(f"{index} was built with {self.index.model}; the viewer embeds with "
+                                         f"{contrastive_model} (choose it with --clip-model)")
 
     # -- images ------------------------------------------------------------------------------------------
     def add_upload(self, stream: BinaryIO, filename: str) -> StoredImage:
@@ -170,6 +181,26 @@ class Workbench:
         plane = self.get(image_id).plane(slice_index)
         with self.lock:
             return self.predictor("contrastive").dense_similarity(plane, text.strip())
+
+    def similar(self, image_id: str, k: int = 5) -> list[dict[str, Any]]:
+        """The ``k`` most similar cases (cosine of the contrastive embeddings of the middle planes): from the
+        index when there is one, otherwise among the other uploads. Items are named by file name only."""
+        if not 1 <= k <= 100:
+            raise InputContractError(f"k must be between 1 and 100, got {k}")
+        query = self._embedding(self.get(image_id))
+        if self.index is not None:
+            hits = self.index.search(query, k, kind="image")
+            return [{"name": Path(h.item).name, "score": h.score, **{m: v for m, v in h.meta.items()
+                                                                   if m in ("label", "text")}} for h in hits]
+        others = [s for s in list(self._images.values()) if s.id != image_id]
+        scored = sorted(((float(self._embedding(s) @ query), s) for s in others), key=lambda t: -t[0])[:k]
+        return [{"name": s.filename, "id": s.id, "score": score} for score, s in scored]
+
+    def _embedding(self, stored: StoredImage) -> np.ndarray:
+        with self.lock:
+            if stored.embedding is None:
+                stored.embedding = self.predictor("contrastive").embed_images([stored.plane(None)])[0]
+            return stored.embedding
 
     def segment(self, image_id: str, box: list[float] | None, points: list[list[float]] | None = None,
                 slice_index: int | None = None, propagate: bool = False) -> tuple[np.ndarray, MedImage, MedImage]:
