@@ -125,7 +125,7 @@ def run_demo(out: Path, log=print) -> dict[str, Any]:
     report["models"] = [r.to_dict() for r in list_models()]
     (out / "demo.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "index.html").write_text(render(report), encoding="utf-8")
-    log(f"wrote {out / 'index.html'}")
+    log(f"wrote {out / 'index.html'} (also at /demo/ of `medfoundry serve --demo {out}`)")
     return report
 
 
