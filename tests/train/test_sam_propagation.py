@@ -137,3 +137,19 @@ def test_predict_next_refuses_bad_input() -> None:
     with pytest.raises(InputContractError, match="empty"):
         seg.predict_next(np.zeros((64, 64), bool))
 
+
+
+def test_volume_manifest_refuses_2d_images_and_mismatched_label_maps(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from medfoundry.train.sam_propagation import load_volume_objects
+
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "flat.png")
+    (tmp_path / "a.jsonl").write_text(json.dumps({"image": "flat.png", "mask": "flat.png"}))
+    with pytest.raises(InputContractError, match="volumes"):
+        load_volume_objects(tmp_path / "a.jsonl", 6.0, 0.0, 0)
+    _ellipsoids(tmp_path, depth=10)
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 8), np.int16), np.diag([1.0, 1.0, 5.0, 1.0])), tmp_path / "short.nii.gz")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"image": "ct.nii.gz", "mask": "short.nii.gz"}))
+    with pytest.raises(InputContractError, match="does not match"):
+        load_volume_objects(tmp_path / "b.jsonl", 6.0, 0.0, 0)
