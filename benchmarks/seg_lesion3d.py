@@ -2,8 +2,9 @@
 
 Key slice: the slice where the lesion is largest; the prompt is the tight box of the true mask there; the
 mask is propagated through the volume (medfoundry.tasks.volume: box hypotheses chosen by predicted IoU), and
-for comparison with the single previous box of earlier versions (``box_scales=(1.0,)``). Baseline: the
-ellipsoid inscribed in the true 3D bounding box. Patients 000009 and 000010 were never used in training;
+for comparison with the single previous box of earlier versions (``box_scales=(1.0,)``) and with every lesion
+slice prompted with its own true box (not a method: the upper bound of propagation). Baseline: the ellipsoid
+inscribed in the true 3D bounding box. Patients 000009 and 000010 were never used in training;
 000001 and 000002 were (reported separately, flagged).
 
     python benchmarks/seg_lesion3d.py --shared ../shared/data --out benchmarks/results/seg_lesion3d.json
@@ -44,12 +45,17 @@ def main() -> None:
         key = int(truth.sum(axis=(1, 2)).argmax())
         result = segment_volume(seg, volume, key, box=mask_box(truth[key]))
         single = segment_volume(seg, volume, key, box=mask_box(truth[key]), box_scales=(1.0,))
+        oracle = np.zeros_like(truth)  # upper bound of propagation: every lesion slice prompted with its true box
+        for z in np.nonzero(truth.any(axis=(1, 2)))[0]:
+            seg.set_image(volume.slice(int(z)))
+            oracle[z] = seg.predict(boxes=mask_box(truth[z])[None]).best()[0]
         head = segment_volume(seg, volume, key, box=mask_box(truth[key]), use_head=True) if args.propagation_head \
             else None
         m = measure(result.mask, volume)
         patient = path.stem.split("_")[2]
         cases.append({"case": path.stem, "patient": patient, "unseen": patient in UNSEEN, "key_slice": key,
                       "dice_3d": dice(result.mask, truth), "dice_3d_single_box": dice(single.mask, truth),
+                      "dice_3d_true_box_every_slice": dice(oracle, truth),
                       **({"dice_3d_propagation_head": dice(head.mask, truth)} if head is not None else {}),
                       "baseline_ellipsoid_dice_3d": dice(ellipsoid_in_box(truth), truth),
                       "slices_true": [int(np.nonzero(truth.any((1, 2)))[0][[0, -1]][i]) for i in (0, 1)],
@@ -63,6 +69,8 @@ def main() -> None:
         "unseen_cases": len(unseen),
         "dice_3d_mean_unseen": float(np.mean([c["dice_3d"] for c in unseen])),
         "dice_3d_single_box_mean_unseen": float(np.mean([c["dice_3d_single_box"] for c in unseen])),
+        "dice_3d_true_box_every_slice_mean_unseen (not a method: the upper bound of propagation)": float(
+            np.mean([c["dice_3d_true_box_every_slice"] for c in unseen])),
         **({"dice_3d_propagation_head_mean_unseen": float(np.mean([c["dice_3d_propagation_head"] for c in unseen]))}
            if args.propagation_head else {}),
         "baseline_ellipsoid_dice_3d_mean_unseen": float(np.mean([c["baseline_ellipsoid_dice_3d"] for c in unseen])),
