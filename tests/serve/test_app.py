@@ -155,3 +155,17 @@ def test_similar_cases_among_uploads_and_from_an_index(client: TestClient, tmp_p
 
     with pytest.raises(InputContractError, match="built with"):
         Workbench(store=tmp_path / "s2", index=tmp_path / "index.npz", contrastive_model="biomedclip")
+
+
+def test_oldest_uploads_are_evicted_with_their_files(tmp_path: Path) -> None:
+    bench = Workbench(store=tmp_path / "store", max_images=2)
+    with TestClient(create_app(bench)) as c:
+        ids = []
+        for i in range(3):
+            arr = np.full((32, 32), 40 * (i + 1), np.uint8)
+            ids.append(c.post("/api/images", files={"file": (f"{i}.png", _png_bytes(arr))}).json()["id"])
+        assert c.get(f"/api/images/{ids[0]}/preview.png").status_code == 404
+        assert all(c.get(f"/api/images/{i}/preview.png").status_code == 200 for i in ids[1:])
+    assert sorted(p.stem for p in (tmp_path / "store").iterdir()) == sorted(ids[1:])
+    bench.close()
+    assert (tmp_path / "store").is_dir()  # a store the caller gave is theirs: close() leaves it
