@@ -60,7 +60,6 @@ def segment_volume(
     max_growth: float = 1.6,
     max_intensity_z: float = 2.0,
     use_head: bool = False,
-    head_rules: bool = False,
     box_scales: tuple[float, ...] = (0.75, 0.9, 1.0),
     progress: bool = False,
 ) -> VolumeResult:
@@ -69,9 +68,8 @@ def segment_volume(
 
     Args:
         min_pixels: a slice mask smaller than this ends propagation in that direction.
-        max_growth, max_intensity_z: the stopping rules of box propagation.
+        max_growth, max_intensity_z: the stopping rules of box propagation (the head stops by itself).
         use_head: carry the mask with the model's propagation head (it must have one) instead of boxes.
-        head_rules: apply the growth and intensity rules to the head's masks too.
         box_scales: box propagation tries the previous box scaled by each factor about its centre (objects
             shrink away from the key slice, and a box-prompted model fills the box it is given) and keeps the
             mask with the highest predicted IoU. Each scale costs one more crop encoding per slice (about 60 ms
@@ -114,7 +112,7 @@ def segment_volume(
                 bar.advance(task)
                 if mask.sum() < min_pixels:
                     break
-                if not use_head or head_rules:
+                if not use_head:  # the head decides itself where the object ends
                     if mask.sum() > max_growth * prev.sum():
                         break
                     if abs(volume.array[z][mask].astype(np.float64).mean() - ref_mean) / ref_std > max_intensity_z:
