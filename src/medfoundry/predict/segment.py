@@ -268,8 +268,7 @@ class PromptSegmenter:
             x0, y0, x1, y1 = window
             s = np.array([size / (x1 - x0), size / (y1 - y0)], dtype=np.float32)
             origin = np.array([x0, y0], dtype=np.float32)
-            bx = None if box is None else torch.from_numpy(
-                np.concatenate([(box[:2] - origin) * s, (box[2:] - origin) * s])[None]).to(self.device)
+            bx = None if box is None else torch.from_numpy(_box_in_crop(box, window, size))[None].to(self.device)
             pts = None
             if points is not None:
                 pts = (torch.from_numpy((points - origin) * s)[None].to(self.device),
@@ -312,8 +311,7 @@ class PromptSegmenter:
         emb, _ = self._embedding(window)
         size = self.record.preprocess.image_size
         x0, y0, x1, y1 = window
-        s = np.array([size / (x1 - x0), size / (y1 - y0)] * 2, dtype=np.float32)
-        bx = torch.from_numpy(((box - np.array([x0, y0, x0, y0])) * s).astype(np.float32))[None].to(self.device)
+        bx = torch.from_numpy(_box_in_crop(box, window, size))[None].to(self.device)
         mi = torch.from_numpy(previous_mask_prompt(previous[y0:y1, x0:x1], 4 * emb.shape[-1]))[None].to(self.device)
         logits, iou = self.model.decode(emb, boxes=bx, mask_input=mi, head="propagation")
         return SegmentResult(_paste(logits, window, h, w)[None], iou.float().cpu().numpy(),
@@ -326,6 +324,14 @@ class PromptSegmenter:
         fmi = None if mi is None else mi.flip(-1)
         flog, fiou = self.model.decode(emb, points=fpts, boxes=fbx, mask_input=fmi, multimask=multimask)
         return (logits + flog.flip(-1)) / 2, (iou + fiou) / 2
+
+
+def _box_in_crop(box: np.ndarray, window: np.ndarray, size: int) -> np.ndarray:
+    """An XYXY box in image pixels → the same box in the model input made from ``window`` squashed to
+    ``size`` × ``size`` (float32, (4,))."""
+    x0, y0, x1, y1 = window
+    scale = np.array([size / (x1 - x0), size / (y1 - y0)] * 2, dtype=np.float32)
+    return ((np.asarray(box, np.float32) - np.array([x0, y0, x0, y0], np.float32)) * scale).astype(np.float32)
 
 
 def _paste(logits: torch.Tensor, window: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -40,6 +40,7 @@ from medfoundry.predict.boxes import crop_box, mask_box, previous_mask_prompt
 from medfoundry.train.distributed import load_resume_point, save_resume_point, start_run
 from medfoundry.train.sam import box_crop_record, dice_loss, finish_run, optimizer_step
 from medfoundry.train.seg_data import MIN_AREA, crop_resize
+from medfoundry.viz import display_rgb
 
 
 @dataclass
@@ -128,7 +129,7 @@ def load_volume_objects(path: str | Path, max_gap_mm: float, val_fraction: float
             labels = labels[:, ::-1]  # label map written with the other row direction
         if labels.shape != image.array.shape:
             raise InputContractError(f"{row['mask']}: label map {labels.shape} does not match {image.array.shape}")
-        slices = np.stack([_display_rgb(image, z) for z in range(image.array.shape[0])])
+        slices = np.stack([display_rgb(image.slice(z)) for z in range(image.array.shape[0])])
         max_gap = max(1, int(max_gap_mm // image.spacing[0]))
         values = row.get("labels") or [int(v) for v in np.unique(labels) if v]
         for value in values:
@@ -143,11 +144,6 @@ def load_volume_objects(path: str | Path, max_gap_mm: float, val_fraction: float
 
 def _resolve(manifest: Path, file: str) -> str:
     return file if Path(file).is_absolute() else str(manifest.parent / file)
-
-
-def _display_rgb(image, z: int) -> np.ndarray:
-    pixels = image.slice(z).to_display()
-    return np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 2 else pixels[..., :3]
 
 
 def _perturb(mask: np.ndarray, rng: random.Random) -> np.ndarray:
