@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,17 @@ def test_sam_training_runs_and_loads(tmp_path: Path, mode: str) -> None:
     seg = open_segmenter(f"local-dir:{folder}")
     seg.set_image(__import__("medfoundry").read_image(tmp_path / "img" / "0.png"))
     assert seg.predict(boxes=np.array([[10.0, 10.0, 50.0, 50.0]])).masks.shape == (1, 1, 64, 64)
+
+
+def test_sam_learning_rate_follows_steps_or_time_budget() -> None:
+    from medfoundry.train.sam import SamTrainConfig, learning_rate
+
+    cfg = SamTrainConfig(manifest="m", out="o", lr=1e-3, warmup_steps=10)
+    assert learning_rate(cfg, 4, 100, 0.0) == pytest.approx(1e-3 * 0.5 * 0.5 * (1 + math.cos(math.pi * 0.04)))
+    assert learning_rate(cfg, 50, 100, 0.0) == pytest.approx(5e-4)
+    # a time budget only counts when asked for: half the budget gone means half the cosine done
+    cfg.max_minutes = 2.0
+    assert learning_rate(cfg, 20, 1000, 60.0) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.02)))
+    cfg.time_schedule = True
+    assert learning_rate(cfg, 20, 1000, 60.0) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 20, 1000, 500.0) == pytest.approx(0.0)

@@ -75,6 +75,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--init", default=None, help="start from these weights (a file or checkpoint folder)")
     ps.add_argument("--epochs", type=int, default=40)
     ps.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    ps.add_argument("--time-schedule", action="store_true",
+                    help="with --max-minutes: decay the learning rate to 0 by the end of the time budget")
     ps.add_argument("--batch-size", type=int, default=32)
     ps.add_argument("--lr", type=float, default=1e-3)
     ps.add_argument("--backbone", default="resnet10t")
@@ -155,7 +157,8 @@ def run_sam(args: argparse.Namespace) -> int:
         manifest = str(folder_manifest(args.images, args.masks, Path(args.out) / "manifest.jsonl", seed=args.seed))
     cfg = SamTrainConfig(manifest=manifest, out=args.out, epochs=args.epochs, max_minutes=args.max_minutes,
                          batch_size=args.batch_size, lr=args.lr, mode=args.mode, seed=args.seed, device=args.device,
-                         workers=args.workers, init=args.init, steps_per_epoch=args.steps_per_epoch)
+                         workers=args.workers, init=args.init, steps_per_epoch=args.steps_per_epoch,
+                         time_schedule=args.time_schedule)
     cfg.arch["backbone"] = args.backbone
     if args.pool_mix:
         cfg.pool_mix = tuple(int(v) for v in args.pool_mix.split(","))

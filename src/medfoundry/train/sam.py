@@ -55,6 +55,17 @@ class SamTrainConfig:
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     init: str | None = None
     pool_mix: tuple[int, ...] = ()
+    time_schedule: bool = False  # with max_minutes: the cosine schedule ends when the time budget does
+
+
+def learning_rate(cfg: SamTrainConfig, step: int, total_steps: int, elapsed_s: float) -> float:
+    """Linear warm-up, then cosine decay to 0 over ``total_steps``, or over ``max_minutes`` of training time
+    (whichever ends first) when ``time_schedule`` is set, so a time-boxed run still anneals."""
+    progress = step / total_steps
+    if cfg.time_schedule and cfg.max_minutes:
+        progress = max(progress, elapsed_s / (cfg.max_minutes * 60))
+    warm = min(1.0, (step + 1) / cfg.warmup_steps)
+    return cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 class BoxCropDataset(torch.utils.data.Dataset):
@@ -208,7 +219,7 @@ def train_sam(cfg: SamTrainConfig) -> Path:
         worker_init_fn=lambda w: random.seed(cfg.seed * 100 + w + time.time_ns() % 1000))
     gen = torch.Generator().manual_seed(cfg.seed)
     use_amp = ctx.device.type == "cuda"
-    started = time.time()
+    started = time.time() - sum(e["seconds"] for e in history)  # a resumed run keeps its time budget
     best = -1.0
     frozen_encoder = cfg.mode != "full"
     for epoch in range(start_epoch, cfg.epochs):
@@ -218,7 +229,7 @@ def train_sam(cfg: SamTrainConfig) -> Path:
         t0, losses = time.time(), []
         for s, batch in enumerate(loader):
             step = epoch * steps + s
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / total))
+            lr = learning_rate(cfg, step, total, time.time() - started)
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y, boxes = (batch[k].to(ctx.device, non_blocking=True) for k in ("image", "mask", "box"))
