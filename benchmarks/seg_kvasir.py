@@ -34,8 +34,10 @@ def main() -> None:
     ap.add_argument("--embed-pool", type=int, default=1, help="2: decode on the pooled 32×32 embedding (faster)")
     ap.add_argument("--fast-prompts", action="store_true",
                     help="as `segment --fast-prompts`: --embed-pool 2 and a bf16 decoder where the CPU has bf16")
-    ap.add_argument("--decoder-precision", choices=["reference", "fp32", "bf16"], default="reference",
-                    help="reference: segment_anything's decoder modules; fp32/bf16: fused attention (bf16 weights)")
+    ap.add_argument("--decoder-precision", choices=["reference", "default", "fp32", "bf16"], default="default",
+                    help="reference: segment_anything's whole decoder for every prompt; default: the predictor's "
+                         "(its modules, image side prepared once per crop); fp32/bf16: also fused attention "
+                         "(bf16 weights)")
     ap.add_argument("--text", default=None, help='prompt with text instead of the box (e.g. "a colon polyp"): '
                                                  "medfoundry-clip-tiny's grounding map proposes the box")
     args = ap.parse_args()
@@ -47,7 +49,9 @@ def main() -> None:
 
         args.embed_pool, args.decoder_precision = 2, "bf16" if native_bf16() else "fp32"
     seg = open_segmenter(args.model, args.weights, tta=args.tta, embed_pool=args.embed_pool)
-    if args.decoder_precision != "reference":
+    if args.decoder_precision == "reference":  # segment_anything's decoder, all of it for every prompt
+        seg.prepare_embeddings = False
+    elif args.decoder_precision != "default":
         seg.set_decoder_precision(args.decoder_precision)
     clip = None
     if args.text:

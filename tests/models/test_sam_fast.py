@@ -46,8 +46,9 @@ def test_bf16_segmenter_is_close_to_fp32() -> None:
     image = MedImage(array=arr, spacing=(1.0, 1.0), photometric="RGB")
     fp32 = load_segmenter(record, model.state_dict())
     bf16 = load_segmenter(record, model.state_dict()).set_precision("bf16")
-    emb32 = fp32._embedding(None)[0] if fp32.set_image(image) is None else None
-    emb16 = bf16._embedding(None)[0] if bf16.set_image(image) is None else None
+    fp32.set_image(image)
+    bf16.set_image(image)
+    emb32, emb16 = fp32._embedding(None)[0].embedding, bf16._embedding(None)[0].embedding
     cos = torch.nn.functional.cosine_similarity(emb32.flatten(), emb16.flatten(), dim=0)
     assert emb16.dtype == torch.float32 and cos > 0.999
     with pytest.raises(Exception, match="fp32"):
@@ -114,3 +115,13 @@ def test_fused_decoder_equals_segment_anything_and_bf16_stays_close() -> None:
     assert logits16.dtype == torch.float32
     cos = torch.nn.functional.cosine_similarity(logits16.flatten(), ref_logits.flatten(), dim=0)
     assert cos > 0.999
+
+
+@pytest.mark.parametrize("queries,keys", [(4096, 7), (7, 4096), (20, 20), (300, 16)])
+def test_attention_equals_sdpa_for_every_shape(queries: int, keys: int) -> None:
+    from medfoundry.models.sam_fast import attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 8, queries, 16), torch.randn(2, 8, keys, 16), torch.randn(2, 8, keys, 16)
+    torch.testing.assert_close(attention(q, k, v), torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                               atol=1e-5, rtol=1e-5)

@@ -246,7 +246,8 @@ class SamModel(nn.Module):
         multimask: bool = False,
         head: str = "prompt",
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode prompts on one image embedding (1, 256, g, g).
+        """Decode prompts on one image embedding (1, 256, g, g), a tensor or a
+        :class:`~medfoundry.models.sam_prepared.PreparedEmbedding` (faster from the second prompt on).
 
         Args:
             points: (coords (B, N, 2) XY in input pixels, labels (B, N): 1 foreground, 0 background).
@@ -257,9 +258,18 @@ class SamModel(nn.Module):
         Returns:
             low-resolution mask logits (B, K, 4g, 4g) and predicted IoU (B, K); K = 3 if multimask else 1.
         """
+        from medfoundry.models.sam_prepared import PreparedEmbedding, decode_prepared
+
         prompt_encoder, mask_decoder = self._heads(head)
         sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         dtype = mask_decoder.iou_token.weight.dtype  # bfloat16 after sam_fast.accelerate_decoder(bf16=True)
+        if isinstance(embedding, PreparedEmbedding):
+            if mask_input is None:  # the image side of the decoder is computed once per image
+                logits, iou = decode_prepared(mask_decoder, embedding.parts(prompt_encoder, mask_decoder),
+                                              sparse.to(dtype))
+                sl = slice(1, None) if multimask else slice(0, 1)
+                return logits[:, sl].float(), iou[:, sl].float()
+            embedding = embedding.embedding
         logits, iou = mask_decoder(
             image_embeddings=embedding.to(dtype),
             image_pe=prompt_encoder.get_dense_pe().to(dtype),

@@ -71,6 +71,20 @@ def accelerate_encoder(encoder: nn.Module, bf16: bool = False) -> nn.Module:
     return _Bf16Encoder(encoder) if bf16 else encoder
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / √c) v for (B, heads, N, c) tensors.
+
+    Many queries on a few keys (the decoder's image→token attention: 4096 image tokens on ~7 prompt tokens)
+    run keys-first: scores (B, heads, keys, queries) with the softmax over the short keys axis, which CPU
+    kernels vectorise along the long queries axis (0.16–0.2 ms against 1.1–1.3 ms for the fused kernel, whose
+    softmax runs along rows of 7; same arithmetic). Everything else goes to ``scaled_dot_product_attention``.
+    """
+    if k.shape[-2] <= 16 < q.shape[-2]:
+        scores = (k * q.shape[-1] ** -0.5) @ q.transpose(-1, -2)  # (B, heads, keys, queries)
+        return torch.softmax(scores, dim=-2).transpose(-1, -2) @ v
+    return F.scaled_dot_product_attention(q, k, v)  # scale: head_dim ** -0.5, as segment_anything's
+
+
 class SdpaDecoderAttention(nn.Module):
     """segment_anything's two-way-transformer ``Attention`` (same parameters: ``q_proj``, ``k_proj``,
     ``v_proj``, ``out_proj``, with its internal downsampling) through ``scaled_dot_product_attention``;
@@ -87,8 +101,7 @@ class SdpaDecoderAttention(nn.Module):
         q = self.q_proj(q).view(b, nq, heads, -1).transpose(1, 2)
         k = self.k_proj(k).view(b, nk, heads, -1).transpose(1, 2)
         v = self.v_proj(v).view(b, nk, heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)  # scale: head_dim ** -0.5, as segment_anything's
-        return self.out_proj(out.transpose(1, 2).reshape(b, nq, -1))
+        return self.out_proj(attention(q, k, v).transpose(1, 2).reshape(b, nq, -1))
 
 
 def accelerate_decoder(decoder: nn.Module, bf16: bool = False) -> nn.Module:

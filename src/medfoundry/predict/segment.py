@@ -95,12 +95,14 @@ class PromptSegmenter:
         self.max_pixels = max_pixels
         self.crop = float(getattr(model.config, "prompt_crop", 0.0))
         self.tta = tta
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.prepare_embeddings = True  # False: every prompt runs segment_anything's whole decoder (reference)
+        self._cache: OrderedDict[str, Any] = OrderedDict()  # embeddings (PreparedEmbedding for SamModel)
         self._cache_size = cache_size
         self.image: MedImage | None = None
         self.precision = "fp32"
         self._hash = ""
         self._unit: np.ndarray | None = None
+        self._info: Any = None  # the whole image's preprocessing info, for its cached embedding
 
     def set_precision(self, precision: str) -> PromptSegmenter:
         """``fp32`` (default: the reference modules) or ``bf16``: the image encoder runs in bfloat16 with fused
@@ -152,20 +154,26 @@ class PromptSegmenter:
         self.image = image
         self._hash = hashlib.sha1(np.ascontiguousarray(image.array).tobytes()).hexdigest()
         self._unit = None
+        self._info = None
         if self.crop <= 0:
             self._embedding(None)
 
-    def _embedding(self, window: np.ndarray | None, flip: bool = False) -> tuple[torch.Tensor, Any]:
+    def _embedding(self, window: np.ndarray | None, flip: bool = False) -> tuple[Any, Any]:
         """The (1, 256, g, g) embedding of the whole image or of a crop window (mirrored left-right with
-        ``flip``), from cache when possible."""
+        ``flip``), from cache when possible; for PyTorch SAM models a
+        :class:`~medfoundry.models.sam_prepared.PreparedEmbedding`, so that further prompts on it skip the
+        decoder's prompt-independent work. Also returns the whole image's preprocessing info (None for crops)."""
+        from medfoundry.models.sam import SamModel
+        from medfoundry.models.sam_prepared import PreparedEmbedding
+
         pool = getattr(self.model.config, "embed_pool", 1)
         key = (f"{self.record.name}:{self.precision}:{pool}:{self._hash}:{None if window is None else window.tolist()}"
                f":{flip}")
+        info = pixels = None
         if window is None:
-            pixels, info = preprocess(self.image, self.record.preprocess)
-        else:
-            pixels, info = self._crop_pixels(window), None
-            pixels = pixels.flip(-1) if flip else pixels
+            if self._info is None or key not in self._cache:
+                pixels, self._info = preprocess(self.image, self.record.preprocess)
+            info = self._info
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key], info
@@ -173,15 +181,19 @@ class PromptSegmenter:
         if disk is not None and disk.is_file():
             emb = torch.load(disk, map_location=self.device, weights_only=True)
         else:
+            if pixels is None:
+                pixels = self._crop_pixels(window)
+                pixels = pixels.flip(-1) if flip else pixels
             with torch.inference_mode():
                 emb = self.model.embed(pixels[None].to(self.device))
             if disk is not None:
                 disk.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(emb.cpu(), disk)
-        self._cache[key] = emb
+        prepare = self.prepare_embeddings and isinstance(self.model, SamModel)
+        self._cache[key] = PreparedEmbedding(emb) if prepare else emb
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return emb, info
+        return self._cache[key], info
 
     def _crop_pixels(self, window: np.ndarray) -> torch.Tensor:
         """Crop (window XYXY, ints) of the image, squashed to the model's input and normalised."""
