@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="average with the mirrored crop")
     ap.add_argument("--embed-pool", type=int, default=1, help="2: decode on the pooled 32×32 embedding (faster)")
     ap.add_argument("--fast-prompts", action="store_true",
-                    help="as `segment --fast-prompts`: --embed-pool 2 and a bf16 decoder where the CPU has bf16")
+                    help="as `segment --fast-prompts`: a fused bf16 decoder where the CPU has native bf16")
     ap.add_argument("--decoder-precision", choices=["reference", "default", "fp32", "bf16"], default="default",
                     help="reference: segment_anything's whole decoder for every prompt; default: the predictor's "
                          "(its modules, image side prepared once per crop); fp32/bf16: also fused attention "
@@ -47,7 +47,7 @@ def main() -> None:
     if args.fast_prompts:
         from medfoundry.models.sam_fast import native_bf16
 
-        args.embed_pool, args.decoder_precision = 2, "bf16" if native_bf16() else "fp32"
+        args.decoder_precision = "bf16" if native_bf16() else "fp32"
     seg = open_segmenter(args.model, args.weights, tta=args.tta, embed_pool=args.embed_pool)
     if args.decoder_precision == "reference":  # segment_anything's decoder, all of it for every prompt
         seg.prepare_embeddings = False

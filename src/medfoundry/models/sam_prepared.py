@@ -55,7 +55,7 @@ def prepare_image_parts(prompt_encoder: nn.Module, decoder: nn.Module, embedding
     if embedding.ndim != 4 or embedding.shape[0] != 1:
         raise ValueError(f"expected one image embedding (1, C, h, w), got {tuple(embedding.shape)}")
     dtype = decoder.iou_token.weight.dtype
-    _, c, h, w = embedding.shape
+    h, w = embedding.shape[-2:]
     pe = prompt_encoder.get_dense_pe()
     if pe.shape[-2:] != (h, w):
         raise ValueError(f"embedding grid {(h, w)} does not match the prompt encoder's {tuple(pe.shape[-2:])}")
