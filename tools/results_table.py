@@ -10,7 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "eval"
 SHOW = {"auroc": "AUROC", "balanced_accuracy": "bal. acc.", "map": "mAP", "recall@1": "R@1", "recall@10": "R@10",
-        "precision@10": "P@10", "dice": "Dice", "nsd": "NSD@2", "hd95": "HD95"}
+        "precision@10": "P@10", "dice": "Dice", "nsd": "NSD@2", "hd95": "HD95", "bleu": "BLEU-4", "rouge_l": "ROUGE-L",
+        "cider": "CIDEr"}
 
 
 def main() -> None:

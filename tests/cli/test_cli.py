@@ -129,3 +129,21 @@ def test_segment_fast_prompts_agrees_with_the_default(capsys, tmp_path: Path) ->
     a, b, c = (np.asarray(Image.open(tmp_path / n)) > 0 for n in ("a.png", "b.png", "c.png"))
     assert a.any() and (a & b).sum() / (a | b).sum() > 0.95  # same grid, bfloat16 decoder
     assert (a & c).sum() / (a | c).sum() > 0.8  # coarser grid
+
+
+def test_report_from_a_text_bank(capsys, tmp_path: Path) -> None:
+    from PIL import Image
+
+    (tmp_path / "reports.csv").write_text("text\nNo acute cardiopulmonary process.\n"
+                                          "Large right pleural effusion. Mild cardiomegaly.\n")
+    Image.fromarray(np.full((64, 64), 120, dtype=np.uint8)).save(tmp_path / "cxr.png")
+    bank = tmp_path / "bank.npz"
+    assert main(["index", "build", "--texts", str(tmp_path / "reports.csv"), "--sentences", "--index", str(bank)]) == 0
+    assert main(["report", str(tmp_path / "cxr.png"), "--bank", str(bank), "-k", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.split("\n", 1)[1])  # after the index build line
+    sentences = {"No acute cardiopulmonary process.", "Large right pleural effusion.", "Mild cardiomegaly."}
+    assert len(out["sources"]) == 2 and {s["text"] for s in out["sources"]} <= sentences
+    assert out["report"] == " ".join(s["text"] for s in out["sources"])
+    assert main(["report", str(tmp_path / "cxr.png"), "--bank", str(tmp_path / "none.npz")]) == 2
+    assert main(["report", str(tmp_path / "cxr.png"), "--bank", str(bank), "-k", "0"]) == 2
+    assert main(["index", "build", "--index", str(tmp_path / "x.npz")]) == 2  # neither folder nor texts

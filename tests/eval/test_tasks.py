@@ -17,6 +17,8 @@ from medfoundry.cli.main import main
 from medfoundry.eval.specs import SpecError, load_spec
 from medfoundry.eval.tasks.classification import control_region, truth_region
 from medfoundry.eval.tasks.retrieval import query_metric
+from medfoundry.eval.text_metrics import text_metric
+from medfoundry.tasks.report import most_frequent_text
 
 RNG = np.random.default_rng(1)
 
@@ -190,3 +192,28 @@ def test_a_subgroup_with_one_class_is_reported_as_undefined(tmp_path: Path) -> N
     values = res["subgroups"]["site"]["values"]
     assert values["only-normal"]["value"] is None and values["mixed"]["value"] is not None
     assert res["subgroups"]["site"]["largest_gap"] is None  # one defined value: no gap
+
+
+def test_report_generation_scores_retrieved_reports_beside_the_constant_report(tmp_path: Path) -> None:
+    table = _images(tmp_path)
+    res = _run(tmp_path, "report", f"task: report-generation\ndataset:\n  csv: {table}\n  filter: {{split: val}}\n"
+                                   f"  train_filter: {{split: train}}\nmetrics: [bleu, rouge_l, cider]")
+    assert res["config"]["cases"] == 8 and res["bank_size"] == 2  # the bank holds the two distinct texts
+    bank = {"chest x-ray with pneumonia.", "normal chest x-ray."}
+    assert all(c["generated"] in bank for c in res["per_case"])
+    assert "most frequent" in res["baseline_name"] and set(res["baseline"]) == {"bleu", "rouge_l", "cider"}
+    # texts in this toy set are the bank's, so each retrieved report is right or exactly the other one
+    right = sum(c["generated"].rstrip(".") == c["reference"] for c in res["per_case"])
+    assert res["exact_matches"] == right
+    gens, refs = [c["generated"] for c in res["per_case"]], [c["reference"] for c in res["per_case"]]
+    assert res["metrics"]["rouge_l"]["value"] == pytest.approx(text_metric("rouge_l", gens, refs))
+    assert res["baseline"]["rouge_l"] == pytest.approx(text_metric("rouge_l", [
+        most_frequent_text(["normal chest x-ray", "chest x-ray with pneumonia"] * 4)] * 8, refs))
+
+
+def test_report_generation_spec_needs_a_bank(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntask: report-generation\ndataset: {csv: a.csv}\nmetrics: [bleu, dice]\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(bad)
+    assert "train_filter" in str(info.value) and "dice" in str(info.value)

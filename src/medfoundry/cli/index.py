@@ -15,11 +15,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="build and search an image/text retrieval index")
     isub = p.add_subparsers(dest="index_command", metavar="ACTION")
     isub.required = True
-    pb = isub.add_parser("build", help="embed every image under FOLDER (incremental) into the index")
-    pb.add_argument("folder")
+    pb = isub.add_parser("build", help="embed every image under FOLDER (incremental) and any --texts into the index")
+    pb.add_argument("folder", nargs="?", default=None, help="image archive (optional with --texts)")
     add_model_flags(pb, required=False)
     pb.add_argument("--index", default="medfoundry-index.npz", help="index file (.npz), updated atomically")
     pb.add_argument("--texts", default=None, help="CSV with a 'text' column (e.g. reports) to index too")
+    pb.add_argument("--sentences", action="store_true",
+                    help="index each sentence of the texts (a sentence bank for `medfoundry report -k 3`)")
     pb.add_argument("--no-recursive", action="store_true")
     pb.set_defaults(func=run_build)
     ps = isub.add_parser("search", help="search the index by text or by image")
@@ -48,6 +50,12 @@ def run_build(args: argparse.Namespace) -> int:
         if not rows or "text" not in rows[0]:
             raise InputContractError(f"{args.texts} needs a 'text' column")
         texts = [r["text"] for r in rows if r["text"].strip()]
+        if args.sentences:
+            from medfoundry.tasks.report import split_sentences
+
+            texts = [s for t in texts for s in split_sentences(t)]
+    if args.folder is None and not texts:
+        raise InputContractError("give an image FOLDER, --texts CSV, or both")
     predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights)
     index, added, skipped = build_index(predictor, args.folder, args.index, texts=texts,
                                         recursive=not args.no_recursive)

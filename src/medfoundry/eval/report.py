@@ -151,6 +151,21 @@ def _retrieval_examples(report: dict[str, Any], k: int = 3) -> str:
     return "<h3>Example queries (query, then top 5)</h3><table>" + "".join(rows) + "</table>"
 
 
+def _report_examples(report: dict[str, Any], k: int = 4) -> str:
+    """A few test images with the report retrieved for them and the one written for them."""
+    from medfoundry.io import read_image
+    from medfoundry.viz import display_rgb, thumbnail
+
+    esc = html.escape
+    cases = report["per_case"]
+    rows = [f"<tr><td><img src='{_array_png(thumbnail(display_rgb(read_image(c['image'])), 128))}'><br>"
+            f"{esc(str(c['id']))}</td><td style='max-width:28em'>{esc(c['generated'])}<br>"
+            f"<small>similarity {c['similarity']:.3f}</small></td><td style='max-width:28em'>{esc(c['reference'])}</td>"
+            "</tr>" for c in cases[:: max(1, len(cases) // k)][:k]]
+    return ("<h3>Examples</h3><table><tr><th>image</th><th>retrieved report</th><th>written report</th></tr>"
+            + "".join(rows) + "</table>")
+
+
 def _mask_of_truth(section: dict[str, Any]) -> str:
     def fmt(m):
         return f"{m['value']:.4f} [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]"
@@ -167,6 +182,10 @@ def _mask_of_truth(section: dict[str, Any]) -> str:
 def _case_rows(report: dict[str, Any]) -> str:
     esc = html.escape
     cases = report["per_case"][:500]
+    if "generated" in cases[0]:
+        return "<tr><th>case</th><th>similarity</th><th>retrieved</th><th>written</th></tr>" + "".join(
+            f"<tr><td>{esc(str(c['id']))}</td><td>{c['similarity']:.3f}</td><td>{esc(c['generated'][:300])}</td>"
+            f"<td>{esc(c['reference'][:300])}</td></tr>" for c in cases)
     if "probs" in cases[0]:
         return "".join(f"<tr><td>{esc(str(c['id']))}</td><td>{esc(c['label'])}</td>"
                        f"<td>{esc(str(c['probs']))}</td></tr>" for c in cases)
@@ -189,6 +208,8 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         pictures += "".join(f"<img src='{src}'>" for src in _curves(report))
     elif report["task"] == "retrieval":
         pictures += _retrieval_examples(report)
+    elif report["task"] == "report-generation":
+        pictures += _report_examples(report)
     else:
         pictures += "".join(f"<figure><img src='{src}'><figcaption>{esc(cap)}</figcaption></figure>"
                             for cap, src in _overlays(report, path.parent))

@@ -13,7 +13,8 @@ Example::
 Tasks (see :mod:`medfoundry.eval.tasks`): ``zero-shot-classification``, ``linear-probe`` (fit on the rows of
 ``dataset.train_filter``, measured on ``dataset.filter``), ``retrieval`` (``mode`` image-to-image by label,
 text-to-image or image-to-text by pair/patient), ``segmentation-2d`` and ``segmentation-3d`` (box on the key
-slice, propagated). ``mask_of_truth: true`` adds the occlusion test to classification specs.
+slice, propagated), ``report-generation`` (reports retrieved from the texts of ``dataset.train_filter`` rows,
+scored by BLEU/ROUGE-L/CIDEr). ``mask_of_truth: true`` adds the occlusion test to classification specs.
 
 ``${NAME}`` is replaced from the environment (``MEDFOUNDRY_EVAL_DATA`` defaults to ``eval-data``).
 Every problem found (unknown keys, missing files, masks of another shape, unknown labels, no cases) is

@@ -117,9 +117,10 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     return sorted(p for p in walker if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
 
 
-def build_index(predictor: Any, folder: str | Path, path: str | Path, *, texts: list[str] | None = None,
+def build_index(predictor: Any, folder: str | Path | None, path: str | Path, *, texts: list[str] | None = None,
                 recursive: bool = True, progress: bool = True, batch: int = 64) -> tuple[RetrievalIndex, int, int]:
-    """Add the images under ``folder`` (and ``texts``) to the index at ``path`` (created if absent).
+    """Add the images under ``folder`` (None: texts only) and ``texts`` to the index at ``path`` (created if
+    absent).
 
     Unreadable files are skipped and counted. Returns (index, added, skipped). The file is rewritten once, at
     the end, atomically.
@@ -135,7 +136,8 @@ def build_index(predictor: Any, folder: str | Path, path: str | Path, *, texts: 
     else:
         index = RetrievalIndex(predictor.record.name, predictor.embed_texts(["x"]).shape[1], sha)
     known = {(it["item"], it.get("fingerprint")) for it in index.items if it["kind"] == "image"}
-    todo = [p for p in list_images(folder, recursive) if (str(p.resolve()), _fingerprint(p)) not in known]
+    listed = list_images(folder, recursive) if folder is not None else []
+    todo = [p for p in listed if (str(p.resolve()), _fingerprint(p)) not in known]
     added = skipped = 0
     from rich.progress import track
 

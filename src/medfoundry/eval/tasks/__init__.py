@@ -6,7 +6,7 @@ module (imported only when a benchmark runs) provides ``predict`` and ``summaris
 - ``summarise(spec, results) -> Summary``: for each metric a statistic over case indices (so the bootstrap can
   resample cases or patients) and its no-model baseline.
 
-New tasks (report generation with the text metrics of :mod:`medfoundry.eval.text_metrics`) register here.
+``report-generation`` scores retrieved reports with the text metrics of :mod:`medfoundry.eval.text_metrics`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from medfoundry.eval.metrics import CLASSIFICATION_METRICS, SEGMENTATION_METRICS
+from medfoundry.eval.text_metrics import TEXT_METRICS
 
 RETRIEVAL_METRIC = re.compile(r"^(recall|precision)@([1-9][0-9]*)$|^map$")
 RETRIEVAL_MODES = ("image-to-image", "text-to-image", "image-to-text")
@@ -88,6 +89,11 @@ def _retrieval_columns(spec) -> list[str]:
     return [ds.image, ds.label] if spec.mode == "image-to-image" else [ds.image, ds.text]
 
 
+def _report_check(data: dict, ds: dict) -> list[str]:
+    return [] if ds.get("train_filter") else ["report-generation needs dataset.train_filter (the rows whose "
+                                              "texts form the report bank)"]
+
+
 def _segmentation_columns(spec) -> list[str]:
     ds = spec.dataset
     return [ds.image, ds.mask] + ([ds.mask_value] if ds.mask_value else [])
@@ -101,6 +107,8 @@ TASKS: dict[str, EvalTask] = {
                              CLASSIFICATION_METRICS.__contains__, _classification_columns, _classification_check),
     "retrieval": EvalTask("retrieval", "medfoundry.eval.tasks.retrieval",
                           lambda m: bool(RETRIEVAL_METRIC.match(m)), _retrieval_columns, _retrieval_check),
+    "report-generation": EvalTask("report-generation", "medfoundry.eval.tasks.report", TEXT_METRICS.__contains__,
+                                  lambda spec: [spec.dataset.image, spec.dataset.text], _report_check),
     "segmentation-2d": EvalTask("segmentation-2d", "medfoundry.eval.tasks.segmentation",
                                 SEGMENTATION_METRICS.__contains__, _segmentation_columns),
     "segmentation-3d": EvalTask("segmentation-3d", "medfoundry.eval.tasks.segmentation",
