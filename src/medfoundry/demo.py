@@ -1,8 +1,9 @@
 """The main job on real sample images with the embedded default models, written to one HTML page.
 
 Sections: the images read (any format), zero-shot labels and a grounding heatmap (medfoundry-clip-tiny),
-prompted masks with measurements in 2D and 3D (medfoundry-sam-lite), and a similar-case search over a small
-gallery. Every picture is a PNG beside ``index.html``; every number is also in ``demo.json``.
+prompted masks with measurements in 2D and 3D (medfoundry-sam-lite), a similar-case search over a small
+gallery, and reports (a draft from those measurements; for chest X-rays a retrieved clinical note when the
+shared data is present). Every picture is a PNG beside ``index.html``; every number is also in ``demo.json``.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def run_demo(out: Path, log=print) -> dict[str, Any]:
     for i, name in enumerate(names):
         entry = {"name": name, "kind": {k: round(float(v), 3) for k, v in zip(KIND_LABELS, kinds.probs[i],
                                                                               strict=True)}}
-        if kinds.top(i)[0] == "chest x-ray":
+        image = images[name][1]
+        if kinds.top(i)[0] == "chest x-ray" and not image.is_volume and image.modality in ("CR", "DX", "OT", ""):
+            # a header that says CT or MR (or a volume) overrules the zero-shot image type
             cxr = zero_shot_classify(clip, [planes[i]], ["normal", "pneumonia"])
             entry["finding"] = {k: round(float(v), 3) for k, v in zip(cxr.labels, cxr.probs[0], strict=True)}
             heat = clip.dense_similarity(planes[i], "pneumonia")
@@ -122,11 +125,62 @@ def run_demo(out: Path, log=print) -> dict[str, Any]:
         order = [j for j in np.argsort(-sims[i]) if j != i][:3]
         report["search"].append({"query": name, "neighbours": [{"name": names[j], "cosine": round(float(sims[i, j]),
                                                                                                   3)} for j in order]})
+    report["reports"] = _reports(report, clip, dict(zip(names, planes, strict=True)), root, log)
     report["models"] = [r.to_dict() for r in list_models()]
     (out / "demo.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "index.html").write_text(render(report), encoding="utf-8")
     log(f"wrote {out / 'index.html'} (also at /demo/ of `medfoundry serve --demo {out}`)")
     return report
+
+
+def _draft(zero_shot: dict[str, Any], seg: dict[str, Any] | None, modality: str) -> str:
+    """A findings draft assembled only from this page's measured outputs, each sentence naming its source."""
+    kind, p = max(zero_shot["kind"].items(), key=lambda kv: kv[1])
+    lines = [f"Modality in the file: {modality}."] if modality not in ("", "OT") else []
+    lines.append(f"Image type: {kind} (zero-shot {p:.2f}).")
+    if "finding" in zero_shot:
+        label, q = max(zero_shot["finding"].items(), key=lambda kv: kv[1])
+        lines.append(f"Zero-shot finding: {label} ({q:.2f}; medfoundry-clip-tiny, not a diagnosis).")
+    if seg is not None:
+        unit = "mm" if seg["spacing_known"] else "px"
+        if seg["volume_ml"] is not None:
+            size = f"volume {seg['volume_ml']:.2f} mL"
+        else:
+            size = f"area {seg['area_mm2']:.0f} mm²" if seg["spacing_known"] else f"area {seg['pixels']} px"
+        lines.append(f"Prompted lesion: {size}, long axis {seg['long_axis_mm']:.1f} {unit}, short axis "
+                     f"{seg['short_axis_mm']:.1f} {unit} (medfoundry-sam-lite).")
+    return " ".join(lines)
+
+
+def _reports(report: dict[str, Any], clip: Any, planes: dict[str, MedImage], root: Path | None, log
+             ) -> list[dict[str, Any]]:
+    """Per image: the measured-findings draft and, for chest X-rays when the shared data is present, the clinical
+    note retrieved from the notes of the COVID-19 collection's training patients (`medfoundry report`)."""
+    bank = None
+    if root is not None and (root / "covid_cxr_clinical_notes").is_dir():
+        import random
+
+        from medfoundry.tasks.report import build_report_bank
+        from medfoundry.train.shared_pairs import _covid_notes
+
+        notes = [r["text"] for r in _covid_notes(root, random.Random(0)) if r["split"] == "train"]
+        bank = build_report_bank(clip, notes)
+    segs = {s["name"]: s for s in report["segmentation"]}
+    summaries = {s["name"]: s["summary"] for s in report["samples"] if "summary" in s}
+    out = []
+    for z in report["zero_shot"]:
+        modality = summaries[z["name"]]["modality"]
+        entry = {"name": z["name"], "draft": _draft(z, segs.get(z["name"]), modality)}
+        if bank is not None and "finding" in z:  # 2D radiographs only: the bank holds chest X-ray notes
+            from medfoundry.tasks.report import generate_report
+
+            retrieved = generate_report(clip, planes[z["name"]], bank)
+            entry["retrieved"] = retrieved.text
+            entry["similarity"] = round(retrieved.sources[0].score, 3)
+            entry["bank"] = f"{len(bank)} clinical notes of the training patients (covid_cxr_clinical_notes)"
+        out.append(entry)
+        log(f"report {z['name']:14s} {entry['draft'][:70]}{' + retrieved note' if 'retrieved' in entry else ''}")
+    return out
 
 
 def render(report: dict[str, Any]) -> str:
@@ -164,6 +218,14 @@ def render(report: dict[str, Any]) -> str:
     for q in report["search"]:
         nn = ", ".join(f"{esc(n['name'])} ({n['cosine']:.2f})" for n in q["neighbours"])
         parts.append(f"<tr><td>{esc(q['query'])}</td><td>{nn}</td></tr>")
+    parts.append("</table><h2>Reports</h2><p><small>Drafts assembled from the measurements above; for chest "
+                 "X-rays, the nearest clinical note of a report bank (retrieval, when the shared data is present or "
+                 "with <code>medfoundry report --bank</code>). Research output, not for diagnosis.</small></p>"
+                 "<table><tr><th>image</th><th>draft from measurements</th><th>retrieved report</th></tr>")
+    for r in report.get("reports", []):
+        retrieved = (f"{esc(r['retrieved'])}<br><small>similarity {r['similarity']:.3f}; bank: {esc(r['bank'])}"
+                     "</small>" if "retrieved" in r else "")
+        parts.append(f"<tr><td>{esc(r['name'])}</td><td>{esc(r['draft'])}</td><td>{retrieved}</td></tr>")
     parts.append("</table><h2>Registered models</h2><table><tr><th>name</th><th>family</th><th>tasks</th>"
                  "<th>license</th><th>commercial</th></tr>")
     for m in report["models"]:

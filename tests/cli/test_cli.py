@@ -87,6 +87,20 @@ def test_demo_writes_a_page(capsys, tmp_path: Path) -> None:
     page = (tmp_path / "demo" / "index.html").read_text()
     assert code == 0 and "ct-small" in page and "sam-vit-b" in page
     assert (tmp_path / "demo" / "ct-small.png").is_file()
+    data = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    reports = {r["name"]: r for r in data["reports"]}
+    assert set(reports) == {z["name"] for z in data["zero_shot"]} and "<h2>Reports</h2>" in page
+    assert reports["ct-small"]["draft"].startswith("Modality in the file: CT.")
+    for seg in data["segmentation"]:  # each measured mask is in its image's draft
+        assert f"long axis {seg['long_axis_mm']:.1f}" in reports[seg["name"]]["draft"]
+    # a CXR finding only where the header does not say CT/MR, and notes only for those
+    assert "finding" not in next(z for z in data["zero_shot"] if z["name"] == "mr-small")
+    assert all("finding" in next(z for z in data["zero_shot"] if z["name"] == r["name"])
+               for r in data["reports"] if "retrieved" in r)
+    from medfoundry.samples import shared_data_dir
+
+    if shared_data_dir() is not None:  # the CR radiograph gets a note from the COVID collection's training notes
+        assert reports["cxr-dicom"]["retrieved"] and 0 < reports["cxr-dicom"]["similarity"] <= 1
     assert run(capsys, "demo", "--out", str(tmp_path / "demo"))[0] == 2  # exists: refused without --overwrite
 
 
