@@ -149,12 +149,34 @@ def test_similar_cases_among_uploads_and_from_an_index(client: TestClient, tmp_p
     with TestClient(create_app(bench)) as indexed:
         up = indexed.post("/api/images", files={"file": ("q.png", _png_bytes(_polyp()))}).json()
         cases = indexed.get(f"/api/images/{up['id']}/similar", params={"k": 2}).json()
+        no_bank = indexed.get(f"/api/images/{up['id']}/report")
+    assert no_bank.status_code == 400 and "report bank" in no_bank.json()["detail"]
     assert cases["source"] == "index" and cases["cases"][0]["name"] == "same_polyp.png"
     assert cases["cases"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     from medfoundry.errors import InputContractError
 
     with pytest.raises(InputContractError, match="built with"):
         Workbench(store=tmp_path / "s2", index=tmp_path / "index.npz", contrastive_model="biomedclip")
+
+
+def test_report_from_the_texts_of_the_index(tmp_path: Path) -> None:
+    from medfoundry.io import MedImage
+    from medfoundry.predict.contrastive import open_contrastive
+    from medfoundry.tasks.report import generate_report
+    from medfoundry.tasks.retrieval import build_index
+
+    notes = ["A pedunculated polyp in the sigmoid colon.", "Normal colonic mucosa.", "A small sessile polyp."]
+    clip = open_contrastive("medfoundry-clip-tiny")
+    build_index(clip, None, tmp_path / "bank.npz", texts=notes, progress=False)
+    bench = Workbench(store=tmp_path / "store", index=tmp_path / "bank.npz")
+    with TestClient(create_app(bench)) as app:
+        up = app.post("/api/images", files={"file": ("q.png", _png_bytes(_polyp()))}).json()
+        got = app.get(f"/api/images/{up['id']}/report", params={"k": 2}).json()
+        assert app.get(f"/api/images/{up['id']}/report", params={"k": 0}).status_code == 400
+    expected = generate_report(clip, MedImage(array=_polyp(), spacing=(1.0, 1.0), photometric="RGB"),
+                               bench.index, k=2).as_dict()
+    assert got["report"] == expected["report"] and [s["text"] for s in got["sources"]] == [
+        s["text"] for s in expected["sources"]] and all(s["text"] in notes for s in got["sources"])
 
 
 def test_oldest_uploads_are_evicted_with_their_files(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--demo", default="demo-output", help="folder written by `medfoundry demo`, shown at /demo")
     p.add_argument("--index", default=None, help="retrieval index from `medfoundry index build` for similar cases "
-                                                "(default: search among the uploads)")
+                                                "(default: search among the uploads); its texts (--texts) are the "
+                                                "report bank")
     p.add_argument("--store", default=None, help="folder for uploads (default: a private temporary folder)")
     p.add_argument("--max-upload-mb", type=float, default=512.0, help="refuse larger uploads")
     p.add_argument("--seg-model", default="medfoundry-sam-lite")

@@ -10,6 +10,8 @@ Routes (JSON unless said otherwise):
 - ``POST /api/images/{id}/ground`` ``{text, slice?}`` → ``{overlay_png: base64}``.
 - ``GET /api/images/{id}/similar?k=5`` → ``{cases: [{name, score, ...}]}`` from the index given to
   ``medfoundry serve --index`` (``medfoundry index build``), else among the uploads.
+- ``GET /api/images/{id}/report?k=1&slice=K`` → ``{report, sources: [{text, similarity}]}``: report by
+  retrieval from the texts of the ``--index`` (``medfoundry index build --texts reports.csv``).
 - ``POST /api/images/{id}/segment`` ``{box?: [x0, y0, x1, y1], points?: [[x, y, label]], slice?, propagate?}``
   (pixels of the shown slice) → ``{mask_png, overlay_png, measurements}``.
 
@@ -118,6 +120,10 @@ def create_app(workbench: Workbench | None = None, demo_dir: str | Path | None =
     @app.get("/api/images/{image_id}/similar")
     def similar(image_id: str, k: int = 5) -> dict:
         return {"cases": bench.similar(image_id, k), "source": "index" if bench.index is not None else "uploads"}
+
+    @app.get("/api/images/{image_id}/report")
+    def report(image_id: str, k: int = 1, slice: int | None = None) -> dict:
+        return bench.report(image_id, k, slice)
 
     @app.post("/api/images/{image_id}/segment")
     def segment(image_id: str, req: SegmentRequest) -> dict:

@@ -74,7 +74,7 @@ class Workbench:
         max_images: uploads kept in memory; the oldest is evicted first.
         contrastive_model, segmentation_model: registry names of the models used.
         index: a retrieval index (``medfoundry index build``) to search for similar cases; without one,
-            similar cases are searched among the uploads.
+            similar cases are searched among the uploads. Its texts, if any, are the report bank.
     """
 
     def __init__(self, store: str | Path | None = None, max_upload_bytes: int = 512 << 20, max_images: int = 32,
@@ -195,6 +195,20 @@ class Workbench:
         others = [s for s in list(self._images.values()) if s.id != image_id]
         scored = sorted(((float(self._embedding(s) @ query), s) for s in others), key=lambda t: -t[0])[:k]
         return [{"name": s.filename, "id": s.id, "score": score} for score, s in scored]
+
+    def report(self, image_id: str, k: int = 1, slice_index: int | None = None) -> dict[str, Any]:
+        """A report by retrieval from the texts of the index (``medfoundry index build --texts``):
+        ``{report, sources: [{text, similarity}]}``."""
+        from medfoundry.tasks.report import generate_report
+
+        if not 1 <= k <= 20:
+            raise InputContractError(f"k must be between 1 and 20, got {k}")
+        if self.index is None or not any(item["kind"] == "text" for item in self.index.items):
+            raise InputContractError("no report bank: start the viewer with --index built with "
+                                     "`medfoundry index build --texts reports.csv`")
+        plane = self.get(image_id).plane(slice_index)
+        with self.lock:
+            return generate_report(self.predictor("contrastive"), plane, self.index, k=k).as_dict()
 
     def _embedding(self, stored: StoredImage) -> np.ndarray:
         with self.lock:
