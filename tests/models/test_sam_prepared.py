@@ -84,3 +84,33 @@ def test_subpixel_upscaling_equals_the_transposed_convolutions(model) -> None:
         got = upscaled_masks(upscaling, keys, (16, 12), hyper, subpixel=True)
     assert got.shape == ref.shape == (2, 4, 64, 48)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_positional_encoding_is_shared_and_parts_can_be_released(model) -> None:
+    from medfoundry.models.sam_prepared import dense_positional_encoding
+
+    a, b = PreparedEmbedding(torch.randn(1, 256, 64, 64)), PreparedEmbedding(torch.randn(1, 256, 64, 64))
+    pa, pb = a.parts(model.prompt_encoder, model.mask_decoder), b.parts(model.prompt_encoder, model.mask_decoder)
+    assert pa.pe is pb.pe is dense_positional_encoding(model.prompt_encoder, torch.float32)
+    torch.testing.assert_close(pa.pe, model.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2))
+    a.release()
+    assert not a._parts and a.parts(model.prompt_encoder, model.mask_decoder).keys.shape == (1, 4096, 256)
+
+
+def test_segmenter_keeps_prepared_parts_for_the_last_few_crops_only() -> None:
+    import numpy as np
+
+    from medfoundry.io import MedImage
+    from medfoundry.predict.segment import open_segmenter
+
+    seg = open_segmenter("medfoundry-sam-lite")
+    rng = np.random.default_rng(0)
+    seg.set_image(MedImage(array=rng.integers(0, 255, (200, 240, 3), dtype=np.uint8), spacing=(1.0, 1.0),
+                           photometric="RGB"))
+    boxes = [np.array([[10.0 + 5 * i, 10.0, 120.0 + 5 * i, 130.0]]) for i in range(7)]
+    first = seg.predict(boxes=boxes[0]).masks
+    for box in boxes[1:]:
+        seg.predict(boxes=box)
+    prepared = [e for e in seg._cache.values() if e._parts]
+    assert len(seg._cache) == 7 and len(prepared) == 4
+    assert np.array_equal(seg.predict(boxes=boxes[0]).masks, first)  # released parts are rebuilt, same mask

@@ -56,12 +56,12 @@ def prepare_image_parts(prompt_encoder: nn.Module, decoder: nn.Module, embedding
         raise ValueError(f"expected one image embedding (1, C, h, w), got {tuple(embedding.shape)}")
     dtype = decoder.iou_token.weight.dtype
     h, w = embedding.shape[-2:]
-    pe = prompt_encoder.get_dense_pe()
-    if pe.shape[-2:] != (h, w):
-        raise ValueError(f"embedding grid {(h, w)} does not match the prompt encoder's {tuple(pe.shape[-2:])}")
+    pe = dense_positional_encoding(prompt_encoder, dtype)
+    if pe.shape[1] != h * w:
+        raise ValueError(f"embedding grid {(h, w)} does not match the prompt encoder's "
+                         f"{tuple(prompt_encoder.image_embedding_size)}")
     no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
     keys = (embedding + no_mask).to(dtype).flatten(2).transpose(1, 2).contiguous()
-    pe = pe.to(dtype).flatten(2).transpose(1, 2).contiguous()
     block = decoder.transformer.layers[0]
     t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
     keys_pe = keys + pe
@@ -69,6 +69,19 @@ def prepare_image_parts(prompt_encoder: nn.Module, decoder: nn.Module, embedding
         keys=keys, pe=pe,
         k0=_heads(t2i.k_proj(keys_pe), t2i.num_heads), v0=_heads(t2i.v_proj(keys), t2i.num_heads),
         q0=_heads(i2t.q_proj(keys_pe), i2t.num_heads), grid=(h, w))
+
+
+def dense_positional_encoding(prompt_encoder: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The prompt encoder's dense positional encoding as (1, h·w, C) in ``dtype``, computed once per encoder,
+    grid, dtype and device and shared by every prepared image (recomputed if its frequencies change)."""
+    gaussian = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    key = (dtype, gaussian.device, tuple(prompt_encoder.image_embedding_size), gaussian._version,
+           gaussian.data_ptr())
+    cache = prompt_encoder.__dict__.setdefault("_medfoundry_dense_pe", {})
+    if key not in cache:
+        cache.clear()
+        cache[key] = prompt_encoder.get_dense_pe().to(dtype).flatten(2).transpose(1, 2).contiguous()
+    return cache[key]
 
 
 class PreparedEmbedding:
@@ -85,6 +98,10 @@ class PreparedEmbedding:
     @property
     def shape(self) -> torch.Size:
         return self.embedding.shape
+
+    def release(self) -> None:
+        """Drop the prepared parts (about 2.5× the embedding's memory); they are rebuilt when needed."""
+        self._parts.clear()
 
     def parts(self, prompt_encoder: nn.Module, decoder: nn.Module) -> DecoderImageParts:
         key = (id(decoder), decoder.iou_token.weight.dtype)

@@ -97,6 +97,7 @@ class PromptSegmenter:
         self.tta = tta
         self.prepare_embeddings = True  # False: every prompt runs segment_anything's whole decoder (reference)
         self._cache: OrderedDict[str, Any] = OrderedDict()  # embeddings (PreparedEmbedding for SamModel)
+        self._recent: OrderedDict[str, Any] = OrderedDict()  # the last few used, which keep prepared parts
         self._cache_size = cache_size
         self.image: MedImage | None = None
         self.precision = "fp32"
@@ -122,6 +123,7 @@ class PromptSegmenter:
             raise InputContractError("a bf16 segmenter cannot go back to fp32: load the model again")
         self.precision = precision
         self._cache.clear()
+        self._recent.clear()
         return self
 
     def set_decoder_precision(self, precision: str) -> PromptSegmenter:
@@ -176,7 +178,7 @@ class PromptSegmenter:
             info = self._info
         if key in self._cache:
             self._cache.move_to_end(key)
-            return self._cache[key], info
+            return self._hot(key), info
         disk = self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.pt" if self.cache_dir else None
         if disk is not None and disk.is_file():
             emb = torch.load(disk, map_location=self.device, weights_only=True)
@@ -193,7 +195,22 @@ class PromptSegmenter:
         self._cache[key] = PreparedEmbedding(emb) if prepare else emb
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return self._cache[key], info
+        return self._hot(key), info
+
+    def _hot(self, key: str) -> Any:
+        """The cached embedding under ``key``, marked as in use: only the few embeddings used last keep their
+        prepared decoder parts (interactive prompts return to the same one or two crops), which bounds their
+        memory whatever the cache size."""
+        from medfoundry.models.sam_prepared import PreparedEmbedding
+
+        entry = self._cache[key]
+        self._recent[key] = entry
+        self._recent.move_to_end(key)
+        while len(self._recent) > 4:
+            _, old = self._recent.popitem(last=False)
+            if isinstance(old, PreparedEmbedding):
+                old.release()
+        return entry
 
     def _crop_pixels(self, window: np.ndarray) -> torch.Tensor:
         """Crop (window XYXY, ints) of the image, squashed to the model's input and normalised."""
