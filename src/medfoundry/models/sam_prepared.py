@@ -7,7 +7,7 @@ the "no mask" embedding, and in the first two-way block the image-side projectio
 end of that block. With no mask input, those are fixed per image, so a :class:`PreparedEmbedding` computes
 them once (contiguous, token-major) and :func:`decode_prepared` runs the rest. Same weights, same arithmetic
 (tests compare with segment_anything's decoder to float32 rounding); it pays off from the second prompt on the
-same image, which is what interactive clicking and box hypotheses do.
+same image (interactive clicks; several boxes on one whole-image embedding).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def decode_prepared(decoder: nn.Module, parts: DecoderImageParts, sparse: torch.
     queries = block.norm1(queries)
     t2i = block.cross_attn_token_to_image
     q = _heads(t2i.q_proj(queries + query_pe), t2i.num_heads)
-    attn = F.scaled_dot_product_attention(q, parts.k0.expand(b, -1, -1, -1), parts.v0.expand(b, -1, -1, -1))
+    attn = attention(q, parts.k0.expand(b, -1, -1, -1), parts.v0.expand(b, -1, -1, -1))
     queries = block.norm2(queries + t2i.out_proj(_merge(attn)))
     queries = block.norm3(queries + block.mlp(queries))
     i2t = block.cross_attn_image_to_token

@@ -192,18 +192,18 @@ class PromptSegmenter:
                 disk.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(emb.cpu(), disk)
         prepare = self.prepare_embeddings and isinstance(self.model, SamModel)
-        self._cache[key] = PreparedEmbedding(emb) if prepare else emb
-        if len(self._cache) > self._cache_size:
+        entry = self._cache[key] = PreparedEmbedding(emb) if prepare else emb
+        while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return self._hot(key), info
+        return self._hot(key, entry), info
 
-    def _hot(self, key: str) -> Any:
+    def _hot(self, key: str, entry: Any = None) -> Any:
         """The cached embedding under ``key``, marked as in use: only the few embeddings used last keep their
         prepared decoder parts (interactive prompts return to the same one or two crops), which bounds their
         memory whatever the cache size."""
         from medfoundry.models.sam_prepared import PreparedEmbedding
 
-        entry = self._cache[key]
+        entry = self._cache[key] if entry is None else entry
         self._recent[key] = entry
         self._recent.move_to_end(key)
         while len(self._recent) > 4:
