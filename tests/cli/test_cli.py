@@ -143,6 +143,9 @@ def test_segment_fast_prompts_agrees_with_the_default(capsys, tmp_path: Path) ->
     a, b, c = (np.asarray(Image.open(tmp_path / n)) > 0 for n in ("a.png", "b.png", "c.png"))
     assert a.any() and (a & b).sum() / (a | b).sum() > 0.95  # same grid, bfloat16 decoder
     assert (a & c).sum() / (a | c).sum() > 0.8  # coarser grid
+    assert main(["segment", str(tmp_path / "img.png"), "--box", "35,25,115,95", "--out", str(tmp_path / "d.png"),
+                 "--onnx", str(tmp_path), "--fast-prompts"]) == 2  # ONNX runs as exported
+    assert not (tmp_path / "d.png").exists()
 
 
 def test_report_from_a_text_bank(capsys, tmp_path: Path) -> None:

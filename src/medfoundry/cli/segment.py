@@ -90,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     from medfoundry.predict.segment import open_segmenter
     from medfoundry.tasks.measure import measure
 
+    if args.onnx is not None and (args.fast_prompts or args.embed_pool != 1 or args.precision != "fp32"):
+        raise InputContractError("--fast-prompts, --embed-pool and --precision apply to PyTorch models; "
+                                 "an ONNX export runs as it was exported")
     segmenter = open_segmenter(args.model or DEFAULT_MODEL, args.weights, onnx=args.onnx, tta=args.tta,
                                **({"precision": args.precision, "embed_pool": args.embed_pool}
                                   if args.onnx is None else {}))
