@@ -41,3 +41,23 @@ def agrees_with_sam_predictor():
             assert union == 0 or (mine & theirs).sum() / union >= min_iou, f"box {box}"
 
     return check
+
+
+@pytest.fixture
+def disc_manifest(tmp_path: Path) -> Path:
+    """A training manifest of 6 synthetic 64×64 images, each with one bright disc and its mask (2 for validation)."""
+    import numpy as np
+    from PIL import Image
+
+    from medfoundry.train.seg_data import folder_manifest
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "msk").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    for i in range(6):
+        cy, cx, r = rng.integers(20, 44), rng.integers(20, 44), rng.integers(8, 15)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        Image.fromarray(np.where(disc, 200, 50).astype(np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        Image.fromarray(disc.astype(np.uint8) * 255).save(tmp_path / "msk" / f"{i}.png")
+    return folder_manifest(tmp_path / "img", tmp_path / "msk", tmp_path / "m.jsonl", val_fraction=0.34)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from medfoundry.io import MedImage
 
@@ -64,20 +63,10 @@ def test_prepared_decode_on_cuda_equals_the_reference_decoder() -> None:
     torch.testing.assert_close(iou, ref_iou, atol=1e-3, rtol=1e-3)
 
 
-def test_sam_training_step_on_cuda(tmp_path: Path) -> None:
+def test_sam_training_step_on_cuda(tmp_path: Path, disc_manifest: Path) -> None:
     from medfoundry.train.sam import SamTrainConfig, train_sam
-    from medfoundry.train.seg_data import folder_manifest
 
-    (tmp_path / "img").mkdir()
-    (tmp_path / "msk").mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:64, 0:64]
-    for i in range(6):
-        cy, cx, r = rng.integers(20, 44), rng.integers(20, 44), rng.integers(8, 15)
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
-        Image.fromarray(np.where(disc, 200, 50).astype(np.uint8)).save(tmp_path / "img" / f"{i}.png")
-        Image.fromarray(disc.astype(np.uint8) * 255).save(tmp_path / "msk" / f"{i}.png")
-    manifest = folder_manifest(tmp_path / "img", tmp_path / "msk", tmp_path / "m.jsonl", val_fraction=0.34)
+    manifest = disc_manifest
     cfg = SamTrainConfig(manifest=str(manifest), out=str(tmp_path / "run"), epochs=2, batch_size=2,
                          steps_per_epoch=3, device="cuda", warmup_steps=1, pool_mix=(2, 1))
     cfg.arch.update(image_size=64, backbone="resnet10t")

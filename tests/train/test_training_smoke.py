@@ -61,22 +61,12 @@ def test_clip_training_runs_resumes_and_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["full", "decoder", "lora", "pool-mix"])
-def test_sam_training_runs_and_loads(tmp_path: Path, mode: str) -> None:
+def test_sam_training_runs_and_loads(tmp_path: Path, disc_manifest: Path, mode: str) -> None:
     pytest.importorskip("segment_anything")
     from medfoundry.predict.segment import open_segmenter
     from medfoundry.train.sam import SamTrainConfig, train_sam
-    from medfoundry.train.seg_data import folder_manifest
 
-    (tmp_path / "img").mkdir()
-    (tmp_path / "msk").mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:64, 0:64]
-    for i in range(6):
-        cy, cx, r = rng.integers(20, 44), rng.integers(20, 44), rng.integers(8, 15)
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
-        Image.fromarray(np.where(disc, 200, 50).astype(np.uint8)).save(tmp_path / "img" / f"{i}.png")
-        Image.fromarray(disc.astype(np.uint8) * 255).save(tmp_path / "msk" / f"{i}.png")
-    manifest = folder_manifest(tmp_path / "img", tmp_path / "msk", tmp_path / "m.jsonl", val_fraction=0.34)
+    manifest = disc_manifest
     cfg = SamTrainConfig(manifest=str(manifest), out=str(tmp_path / "run"), epochs=1, batch_size=2,
                          steps_per_epoch=2, device="cpu", warmup_steps=1, mode="full" if mode == "pool-mix" else mode,
                          pool_mix=(2, 1) if mode == "pool-mix" else ())
