@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from medfoundry.errors import InputContractError
 from medfoundry.io.image import MedImage
 from medfoundry.tasks.retrieval import Hit, RetrievalIndex
@@ -48,10 +50,7 @@ def build_report_bank(predictor: Any, texts: Sequence[str], sentences: bool = Fa
     if not units:
         raise InputContractError("a report bank needs at least one non-empty text")
     sha = next((w.sha256 for w in predictor.record.weights if w.sha256), None)
-    embeddings = [predictor.embed_texts(units[i : i + batch]) for i in range(0, len(units), batch)]
-    import numpy as np
-
-    emb = np.concatenate(embeddings)
+    emb = np.concatenate([predictor.embed_texts(units[i : i + batch]) for i in range(0, len(units), batch)])
     bank = RetrievalIndex(predictor.record.name, emb.shape[1], sha)
     bank.add(emb, [{"kind": "text", "item": u} for u in units])
     return bank
