@@ -4,7 +4,9 @@ contrastive model finds closest to this image.
 This is the retrieval family of report generators (CXR-RePaiR, Endo et al. 2021): it writes nothing new, so
 every sentence it returns was written by a radiologist for some image, and each comes with the similarity that
 chose it. The bank is a :class:`~medfoundry.tasks.retrieval.RetrievalIndex` holding texts, built with the same
-contrastive model (``medfoundry index build --texts reports.csv``, or :func:`build_report_bank`).
+contrastive model (``medfoundry index build --texts reports.csv``, or :func:`build_report_bank`). A sentence
+bank (``sentences=True``, ``k`` of 3–5) covers more combinations of findings than a report bank but can join
+sentences that contradict each other ("consolidation" beside "no acute process"): read the sources.
 Measured by the ``report-generation`` benchmark task (BLEU, ROUGE-L, CIDEr against the written report, beside
 the constant "most frequent report of the bank").
 """
