@@ -44,6 +44,9 @@ def test_build_search_and_increment(archive: Path, predictor, tmp_path: Path) ->
     Image.fromarray(np.zeros((48, 48), np.uint8)).save(archive / "img5.png")
     index, added, _ = build_index(predictor, archive, path, progress=False)
     assert added == 1 and len(index) == 8
+    index, added, _ = build_index(predictor, None, path, texts=["normal chest x-ray", "a new report", "a new report"],
+                                  progress=False)  # texts only; known and repeated texts are not added again
+    assert added == 1 and len(index) == 9
 
 
 def test_interrupted_build_keeps_previous_index(archive: Path, predictor, tmp_path: Path, monkeypatch) -> None:

@@ -43,16 +43,20 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
 
 
-def build_report_bank(predictor: Any, texts: Sequence[str], sentences: bool = False,
-                      batch: int = 256) -> RetrievalIndex:
+def build_report_bank(predictor: Any, texts: Sequence[str], sentences: bool = False, batch: int = 256,
+                      progress: bool = False) -> RetrievalIndex:
     """An in-memory bank of the unique ``texts`` (or of their unique sentences) embedded by ``predictor``'s text
-    tower. Save it with ``.save(path)`` to reuse it."""
+    tower, ``batch`` texts at a time (with a progress bar if asked). Save it with ``.save(path)`` to reuse it."""
+    from rich.progress import track
+
     units = [s for t in texts for s in (split_sentences(t) if sentences else [t.strip()]) if s]
     units = list(dict.fromkeys(units))
     if not units:
         raise InputContractError("a report bank needs at least one non-empty text")
     sha = next((w.sha256 for w in predictor.record.weights if w.sha256), None)
-    emb = np.concatenate([predictor.embed_texts(units[i : i + batch]) for i in range(0, len(units), batch)])
+    chunks = [units[i : i + batch] for i in range(0, len(units), batch)]
+    emb = np.concatenate([predictor.embed_texts(c) for c in track(chunks, description="report bank",
+                                                                   disable=not progress or len(chunks) < 2)])
     bank = RetrievalIndex(predictor.record.name, emb.shape[1], sha)
     bank.add(emb, [{"kind": "text", "item": u} for u in units])
     return bank

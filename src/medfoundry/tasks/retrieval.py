@@ -161,10 +161,12 @@ def build_index(predictor: Any, folder: str | Path | None, path: str | Path, *, 
             index.add(predictor.embed_images(images), items)
             added += len(images)
     if texts:
-        new = [t for t in dict.fromkeys(texts) if {"kind": "text", "item": t} not in index.items]
-        if new:
-            index.add(predictor.embed_texts(new), [{"kind": "text", "item": t} for t in new])
-            added += len(new)
+        known_texts = {it["item"] for it in index.items if it["kind"] == "text"}
+        new = [t for t in dict.fromkeys(texts) if t not in known_texts]
+        text_chunks = [new[i : i + 4 * batch] for i in range(0, len(new), 4 * batch)]
+        for chunk in track(text_chunks, description="indexing texts", disable=not progress or len(text_chunks) < 2):
+            index.add(predictor.embed_texts(chunk), [{"kind": "text", "item": t} for t in chunk])
+            added += len(chunk)
     index.save(path)
     return index, added, skipped
 
