@@ -211,6 +211,21 @@ def test_report_generation_scores_retrieved_reports_beside_the_constant_report(t
         most_frequent_text(["normal chest x-ray", "chest x-ray with pneumonia"] * 4)] * 8, refs))
 
 
+def test_omit_texts_keeps_metrics_and_drops_every_case_text(tmp_path: Path) -> None:
+    table = _images(tmp_path)
+    spec = tmp_path / "r.yaml"
+    spec.write_text(f"name: r\ntask: report-generation\ndataset:\n  csv: {table}\n  filter: {{split: val}}\n"
+                    f"  train_filter: {{split: train}}\nmetrics: [rouge_l]\nbootstrap: 30\n")
+    runs = {}
+    for name, extra in (("full", []), ("omitted", ["--omit-texts"])):
+        assert main(["eval", "--model", "medfoundry-clip-tiny", "--benchmark", str(spec), "--out",
+                     str(tmp_path / name), *extra]) == 0
+        runs[name] = json.loads((tmp_path / name / "results.json").read_text())
+    assert runs["omitted"]["metrics"] == runs["full"]["metrics"] and runs["omitted"]["texts_omitted"]
+    published = (tmp_path / "omitted" / "results.json").read_text() + (tmp_path / "omitted" / "report.html").read_text()
+    assert "chest x-ray" not in published and "chest x-ray" in (tmp_path / "full" / "results.json").read_text()
+
+
 def test_report_generation_spec_needs_a_bank(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ntask: report-generation\ndataset: {csv: a.csv}\nmetrics: [bleu, dice]\n")

@@ -16,6 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--benchmark", default=None, help="spec YAML or built-in name (`medfoundry eval list`)")
     p.add_argument("--json", action="store_true", help="for `distance`: print JSON")
     p.add_argument("--out", default=None, help="run folder (default: eval-runs/<benchmark>__<model>)")
+    p.add_argument("--omit-texts", action="store_true",
+                   help="leave case texts (notes, reports) out of results.json and report.html, e.g. to publish "
+                        "results on data whose texts may not be copied")
     p.add_argument("--shared", default=None, help="for `prepare`: the shared data folder")
     p.set_defaults(func=run)
 
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.benchmark)
     out = args.out or f"eval-runs/{spec.name}__{args.model.replace(':', '_').replace('/', '_')}"
-    report = run_benchmark(spec, args.model, out, weights=args.weights, progress=sys.stderr.isatty())
+    report = run_benchmark(spec, args.model, out, weights=args.weights, progress=sys.stderr.isatty(),
+                           omit_texts=args.omit_texts)
     for name, m in report["metrics"].items():
         base = report["baseline"].get(name)
         print(f"{name:18s} {m['value']:.4f}  [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]  baseline "

@@ -134,7 +134,7 @@ def _retrieval_examples(report: dict[str, Any], k: int = 3) -> str:
     for case in cases[:: max(1, len(cases) // k)][:k]:
         cells = []
         if mode == "text-to-image":
-            cells.append(f"<td style='max-width:18em'>{esc(case.get('text', '')[:200])}</td>")
+            cells.append(f"<td style='max-width:18em'>{esc(case.get('text', '(text omitted)')[:200])}</td>")
         else:
             cells.append(f"<td><img src='{_array_png(thumbnail(display_rgb(read_image(case['image'])), 96))}'>"
                          f"<br>{esc(str(case.get('label', case['id'])))}</td>")
@@ -159,9 +159,9 @@ def _report_examples(report: dict[str, Any], k: int = 4) -> str:
     esc = html.escape
     cases = report["per_case"]
     rows = [f"<tr><td><img src='{_array_png(thumbnail(display_rgb(read_image(c['image'])), 128))}'><br>"
-            f"{esc(str(c['id']))}</td><td style='max-width:28em'>{esc(c['generated'])}<br>"
-            f"<small>similarity {c['similarity']:.3f}</small></td><td style='max-width:28em'>{esc(c['reference'])}</td>"
-            "</tr>" for c in cases[:: max(1, len(cases) // k)][:k]]
+            f"{esc(str(c['id']))}</td><td style='max-width:28em'>{esc(c.get('generated', '(text omitted)'))}<br>"
+            f"<small>similarity {c['similarity']:.3f}</small></td><td style='max-width:28em'>"
+            f"{esc(c.get('reference', '(text omitted)'))}</td></tr>" for c in cases[:: max(1, len(cases) // k)][:k]]
     return ("<h3>Examples</h3><table><tr><th>image</th><th>retrieved report</th><th>written report</th></tr>"
             + "".join(rows) + "</table>")
 
@@ -182,10 +182,11 @@ def _mask_of_truth(section: dict[str, Any]) -> str:
 def _case_rows(report: dict[str, Any]) -> str:
     esc = html.escape
     cases = report["per_case"][:500]
-    if "generated" in cases[0]:
+    if report["task"] == "report-generation":
         return "<tr><th>case</th><th>similarity</th><th>retrieved</th><th>written</th></tr>" + "".join(
-            f"<tr><td>{esc(str(c['id']))}</td><td>{c['similarity']:.3f}</td><td>{esc(c['generated'][:300])}</td>"
-            f"<td>{esc(c['reference'][:300])}</td></tr>" for c in cases)
+            f"<tr><td>{esc(str(c['id']))}</td><td>{c['similarity']:.3f}</td>"
+            f"<td>{esc(c.get('generated', '(omitted)')[:300])}</td><td>{esc(c.get('reference', '(omitted)')[:300])}"
+            "</td></tr>" for c in cases)
     if "probs" in cases[0]:
         return "".join(f"<tr><td>{esc(str(c['id']))}</td><td>{esc(c['label'])}</td>"
                        f"<td>{esc(str(c['probs']))}</td></tr>" for c in cases)

@@ -59,10 +59,17 @@ def _summarise(spec: BenchmarkSpec, summary) -> tuple[dict, dict, dict]:
     return metrics, baseline, subgroups
 
 
+CASE_TEXT_KEYS = ("text", "reference", "generated")
+
+
 def run_benchmark(spec: BenchmarkSpec, model: str, out: str | Path, weights: str | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, omit_texts: bool = False) -> dict[str, Any]:
     """Run ``spec`` with ``model``; writes ``out/results.json``, ``out/cases.jsonl`` (the resumable per-case
-    cache), ``out/report.html`` and, for segmentation, ``out/predictions/``. Returns the results dict."""
+    cache), ``out/report.html`` and, for segmentation, ``out/predictions/``. Returns the results dict.
+
+    ``omit_texts`` leaves the cases' texts (reports, notes, generated reports) out of ``results.json`` and
+    ``report.html`` — for publishing results on data whose texts may not be redistributed; the metrics are the
+    same."""
     from medfoundry.eval.report import write_report
 
     cases = load_cases(spec)  # every data problem is reported here, before any model work
@@ -85,7 +92,9 @@ def run_benchmark(spec: BenchmarkSpec, model: str, out: str | Path, weights: str
                    "cases": len(summary.per_case)},
         "dataset_keys": {"image": spec.dataset.image_key, "mask": spec.dataset.mask_key},
         "metrics": metrics, "baseline": baseline, "baseline_name": summary.baseline_name, "subgroups": subgroups,
-        **summary.extra, "per_case": summary.per_case,
+        **summary.extra, "texts_omitted": omit_texts,
+        "per_case": [{k: v for k, v in c.items() if k not in CASE_TEXT_KEYS} for c in summary.per_case]
+        if omit_texts else summary.per_case,
     }
     (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
     write_report(report, out / "report.html")
