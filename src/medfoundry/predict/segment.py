@@ -106,8 +106,9 @@ class PromptSegmenter:
         self._info: Any = None  # the whole image's preprocessing info, for its cached embedding
 
     def set_precision(self, precision: str) -> PromptSegmenter:
-        """``fp32`` (default: the reference modules) or ``bf16``: the image encoder runs in bfloat16 with fused
-        attention (:mod:`medfoundry.models.sam_fast`); prompts are still decoded in float32. Measure the
+        """``fp32`` (default; ViT encoders use fused attention, equal to segment_anything's to ~1e-6) or
+        ``bf16``: the image encoder runs in bfloat16 with fused attention (:mod:`medfoundry.models.sam_fast`);
+        prompts are still decoded in float32. Measure the
         agreement with fp32 for your model (benchmarks/sam_vit_b_speed.py does for SAM ViT-B)."""
         if precision not in ("fp32", "bf16"):
             raise InputContractError(f"unknown precision {precision!r}: use fp32 or bf16")
@@ -388,6 +389,9 @@ def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwa
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise WeightsError(f"{record.name}: weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    from medfoundry.models.sam_fast import accelerate_encoder
+
+    accelerate_encoder(model.image_encoder)  # ViT blocks: fused attention, float32, same result to ~1e-6
     return PromptSegmenter(model.float(), record, device=device, **kwargs)
 
 
