@@ -46,6 +46,42 @@ class DistributedContext:
         if self.world_size > 1:
             torch.distributed.barrier()
 
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Mean of each gradient over the ranks (what DDP does, for loops that call model methods other than
+        ``forward``); nothing on one rank."""
+        if self.world_size == 1:
+            return
+        for p in params:
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.world_size
+
+    def from_main(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank (so decisions that depend on a clock agree)."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        torch.distributed.broadcast(t, 0)
+        return float(t.item())
+
+    def sync_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm statistics) on every rank."""
+        if self.world_size > 1:
+            for b in module.buffers():
+                torch.distributed.broadcast(b, 0)
+
+    def check_in_sync(self, module: torch.nn.Module) -> None:
+        """Raise if the parameters differ between ranks (a desynchronised run); log that they agree."""
+        if self.world_size == 1:
+            return
+        total = torch.stack([p.detach().double().abs().sum() for p in module.parameters()]).sum().reshape(1)
+        gathered = [torch.zeros_like(total) for _ in range(self.world_size)]
+        torch.distributed.all_gather(gathered, total.to(self.device))
+        values = [float(g.item()) for g in gathered]
+        if max(values) - min(values) > 1e-9 * max(abs(v) for v in values):
+            raise RuntimeError(f"ranks disagree on the parameters: {values}")
+        self.log(f"parameters identical on all {self.world_size} ranks")
+
     def log(self, message: str) -> None:
         if self.is_main:
             print(message, flush=True)

@@ -6,7 +6,9 @@ Each step samples objects, jitters their ground-truth boxes (MedSAM-style noise)
 second, corrective pass with a click sampled from the error region and the first pass's mask as input
 (SAM's interactive training). Loss: BCE + soft Dice on the masks, MSE of the IoU head. Modes: ``full``,
 ``decoder`` (encoders frozen, MedSAM-style decoder tuning) and ``lora`` (peft adapters on the encoder).
-Resumable from ``out/last.pt``; validation Dice each epoch.
+Resumable from ``out/last.pt``; validation Dice each epoch. Runs under ``torchrun`` (gradients averaged over
+the ranks, BatchNorm statistics taken from rank 0 each epoch, each rank drawing its own samples; rank 0 logs and
+writes the outputs).
 """
 
 from __future__ import annotations
@@ -140,10 +142,14 @@ def _click_from_error(pred: torch.Tensor, target: torch.Tensor, gen: torch.Gener
     return torch.tensor(coords, dtype=torch.float32, device=dev), torch.tensor(labels, device=dev)
 
 
-def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
-    """Backward, clip the gradient norm to 1, step; returns the loss value."""
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter],
+                   ctx: Any = None) -> float:
+    """Backward, average the gradients over the ranks (under torchrun), clip the gradient norm to 1, step;
+    returns the loss value."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if ctx is not None:
+        ctx.average_gradients(params)
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     return float(loss.detach())
@@ -207,17 +213,19 @@ def train_sam(cfg: SamTrainConfig) -> Path:
     _apply_mode(model, cfg.mode)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.steps_per_epoch or max(1, len(train) // cfg.batch_size)
+    # under torchrun each rank draws its own samples and an epoch is shared out between the ranks
+    steps = max(1, (cfg.steps_per_epoch or max(1, len(train) // cfg.batch_size)) // ctx.world_size)
     total = steps * cfg.epochs
     ckpt = out / "last.pt"
     start_epoch, history = load_resume_point(ckpt, model, opt)
     if start_epoch:
         ctx.log(f"resumed from {ckpt} at epoch {start_epoch}")
+    random.seed(cfg.seed + 1000 * ctx.rank)
     loader = torch.utils.data.DataLoader(
         BoxCropDataset(train, cfg, steps * cfg.batch_size), batch_size=cfg.batch_size, num_workers=cfg.workers,
         drop_last=True, persistent_workers=cfg.workers > 0,
-        worker_init_fn=lambda w: random.seed(cfg.seed * 100 + w + time.time_ns() % 1000))
-    gen = torch.Generator().manual_seed(cfg.seed)
+        worker_init_fn=lambda w: random.seed(cfg.seed * 100 + w + 1000 * ctx.rank + time.time_ns() % 1000))
+    gen = torch.Generator().manual_seed(cfg.seed + 1000 * ctx.rank)
     use_amp = ctx.device.type == "cuda"
     started = time.time() - sum(e["seconds"] for e in history)  # a resumed run keeps its time budget
     best = -1.0
@@ -230,6 +238,8 @@ def train_sam(cfg: SamTrainConfig) -> Path:
         for s, batch in enumerate(loader):
             step = epoch * steps + s
             lr = learning_rate(cfg, step, total, time.time() - started)
+            if cfg.time_schedule:  # rank 0's clock for every rank
+                lr = ctx.from_main(lr)
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y, boxes = (batch[k].to(ctx.device, non_blocking=True) for k in ("image", "mask", "box"))
@@ -255,7 +265,8 @@ def train_sam(cfg: SamTrainConfig) -> Path:
                                                masks=logits[:half].detach())
                     up2 = F.interpolate(logits2.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
                     loss = loss + 0.5 * (F.binary_cross_entropy_with_logits(up2, y[:half]) + dice_loss(up2, y[:half]))
-            losses.append(optimizer_step(opt, loss, params))
+            losses.append(optimizer_step(opt, loss, params, ctx))
+        ctx.sync_buffers(model)
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
         if val:
             if cfg.pool_mix:
@@ -268,17 +279,21 @@ def train_sam(cfg: SamTrainConfig) -> Path:
                 model.set_embed_pool(cfg.pool_mix[0])
         history.append(entry)
         ctx.log(json.dumps(entry))
-        save_resume_point(ckpt, model.state_dict(), opt, epoch + 1, history)
+        if ctx.is_main:
+            save_resume_point(ckpt, model.state_dict(), opt, epoch + 1, history)
         if val and entry["val_dice"] > best:
             best = entry["val_dice"]
-        if cfg.max_minutes is not None and (time.time() - started) / 60 > cfg.max_minutes:
+        if cfg.max_minutes is not None and ctx.from_main((time.time() - started) / 60) > cfg.max_minutes:
             ctx.log(f"stopping after {epoch + 1} epochs: time budget of {cfg.max_minutes} min reached")
             break
+    ctx.check_in_sync(model)
     if cfg.mode == "lora":
         merge_lora(model)
     record = box_crop_record("medfoundry-sam-lite", dict(cfg.arch), cfg.mean, cfg.std, f"manifest {cfg.manifest}",
                              ["CT", "endoscopy"])
-    return finish_run(out, model.state_dict(), record, history, cfg)
+    folder = finish_run(out, model.state_dict(), record, history, cfg) if ctx.is_main else out / "model"
+    ctx.barrier()
+    return folder
 
 
 def box_crop_record(name: str, arch: dict[str, Any], mean: Any, std: Any, training_data: str,

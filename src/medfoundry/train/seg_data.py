@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from medfoundry.errors import InputContractError
+from medfoundry.files import atomic_output
 from medfoundry.io import read_image
 
 MIN_AREA = 64
@@ -115,7 +116,8 @@ def folder_manifest(images: str | Path, masks: str | Path, out: str | Path, val_
     rows = [{"image": str(p.resolve()), "mask": str(m.resolve()), "split": "val" if p.stem in val else "train",
              "source": images.name} for p, m in pairs]
     out = Path(out)
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with atomic_output(out, overwrite=True) as tmp:  # torchrun ranks may write it at the same time
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
 
 
