@@ -291,9 +291,7 @@ def train_sam(cfg: SamTrainConfig) -> Path:
         merge_lora(model)
     record = box_crop_record("medfoundry-sam-lite", dict(cfg.arch), cfg.mean, cfg.std, f"manifest {cfg.manifest}",
                              ["CT", "endoscopy"])
-    folder = finish_run(out, model.state_dict(), record, history, cfg) if ctx.is_main else out / "model"
-    ctx.barrier()
-    return folder
+    return finish_run(out, model.state_dict(), record, history, cfg, ctx)
 
 
 def box_crop_record(name: str, arch: dict[str, Any], mean: Any, std: Any, training_data: str,
@@ -311,11 +309,17 @@ def box_crop_record(name: str, arch: dict[str, Any], mean: Any, std: Any, traini
     })
 
 
-def finish_run(out: Path, state: dict[str, torch.Tensor], record: Any, history: list[dict], cfg: Any) -> Path:
-    """Write the model folder ``out/model`` (weights + record), ``history.json`` and ``train_config.json``."""
+def finish_run(out: Path, state: dict[str, torch.Tensor], record: Any, history: list[dict], cfg: Any,
+               ctx: Any = None) -> Path:
+    """Write the model folder ``out/model`` (weights + record), ``history.json`` and ``train_config.json``
+    (under torchrun: rank 0 writes, every rank returns once it is written)."""
     from medfoundry.registry.loading import save_checkpoint
 
-    folder = save_checkpoint(state, record, out / "model", overwrite=True)
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    folder = out / "model"
+    if ctx is None or ctx.is_main:
+        folder = save_checkpoint(state, record, folder, overwrite=True)
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    if ctx is not None:
+        ctx.barrier()
     return folder

@@ -270,13 +270,15 @@ def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:
     model.propagation.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.steps_per_epoch * cfg.epochs
+    steps = max(1, cfg.steps_per_epoch // ctx.world_size)  # under torchrun an epoch is shared out
+    total = steps * cfg.epochs
     ckpt = out / "last.pt"
     start_epoch, history = load_resume_point(ckpt, model, opt)
     if start_epoch:
         ctx.log(f"resumed from {ckpt} at epoch {start_epoch}")
+    random.seed(cfg.seed + 1000 * ctx.rank)  # each rank draws its own samples
     loader = torch.utils.data.DataLoader(
-        PropagationDataset(objects["train"], cfg, cfg.steps_per_epoch * cfg.batch_size),
+        PropagationDataset(objects["train"], cfg, steps * cfg.batch_size),
         batch_size=cfg.batch_size, drop_last=True)
     started = time.time()
     if start_epoch == 0 and objects["val"]:
@@ -286,7 +288,7 @@ def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:
         model.eval()  # frozen encoder keeps its BatchNorm statistics; the head has no dropout or norm stats
         t0, losses = time.time(), []
         for s, batch in enumerate(loader):
-            step = epoch * cfg.steps_per_epoch + s
+            step = epoch * steps + s
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / total))
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -295,16 +297,18 @@ def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:
                 true_iou = _iou_per_item(up > 0, y > 0.5)
             loss = (F.binary_cross_entropy_with_logits(up, y) + dice_loss(up, y)
                     + F.mse_loss(iou.float()[:, 0], true_iou))
-            losses.append(optimizer_step(opt, loss, params))
+            losses.append(optimizer_step(opt, loss, params, ctx))
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
         if objects["val"]:
             entry.update(evaluate_propagation(model, objects["val"], cfg, ctx.device))
         history.append(entry)
         ctx.log(json.dumps(entry))
-        save_resume_point(ckpt, model.state_dict(), opt, epoch + 1, history)
-        if cfg.max_minutes is not None and (time.time() - started) / 60 > cfg.max_minutes:
+        if ctx.is_main:
+            save_resume_point(ckpt, model.state_dict(), opt, epoch + 1, history)
+        if cfg.max_minutes is not None and ctx.from_main((time.time() - started) / 60) > cfg.max_minutes:
             ctx.log(f"stopping after {epoch + 1} epochs: time budget of {cfg.max_minutes} min reached")
             break
+    ctx.check_in_sync(model)
     training = f"{cfg.init} + propagation head trained on {cfg.volumes}"
     if base is not None:
         record = dataclasses.replace(base, arch_config={**cfg.arch, "propagation": True}, training_data=training,
@@ -312,7 +316,7 @@ def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:
     else:
         record = box_crop_record("sam-propagation", {**cfg.arch, "propagation": True}, cfg.mean, cfg.std, training,
                                  ["CT"])
-    return finish_run(out, model.state_dict(), record, history, cfg)
+    return finish_run(out, model.state_dict(), record, history, cfg, ctx)
 
 def _iou_per_item(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     inter = (pred & y).sum((1, 2, 3)).float()
