@@ -161,9 +161,9 @@ def _reports(report: dict[str, Any], clip: Any, planes: dict[str, MedImage], roo
         import random
 
         from medfoundry.tasks.report import build_report_bank
-        from medfoundry.train.shared_pairs import _covid_notes
+        from medfoundry.train.shared_pairs import covid_note_rows
 
-        notes = [r["text"] for r in _covid_notes(root, random.Random(0)) if r["split"] == "train"]
+        notes = [r["text"] for r in covid_note_rows(root, random.Random(0)) if r["split"] == "train"]
         bank = build_report_bank(clip, notes)
     segs = {s["name"]: s for s in report["segmentation"]}
     summaries = {s["name"]: s["summary"] for s in report["samples"] if "summary" in s}

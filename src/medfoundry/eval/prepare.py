@@ -26,10 +26,10 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 def _covid(root: Path, out: Path) -> Path:
-    from medfoundry.train.shared_pairs import _covid_notes
+    from medfoundry.train.shared_pairs import covid_note_rows
 
     folder = root / "covid_cxr_clinical_notes"
-    split = {r["image"]: r["split"] for r in _covid_notes(root, random.Random(0))}
+    split = {r["image"]: r["split"] for r in covid_note_rows(root, random.Random(0))}
     with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
         records = list(csv.DictReader(fh))
     rows = []

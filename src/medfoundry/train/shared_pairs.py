@@ -64,7 +64,9 @@ def _pneumonia(root: Path, out: Path, rng: random.Random) -> list[dict]:
     return rows
 
 
-def _covid_notes(root: Path, rng: random.Random) -> list[dict]:
+def covid_note_rows(root: Path, rng: random.Random) -> list[dict]:
+    """The COVID-19 chest X-ray collection as image–note rows (label, patient group, split by patient: 1 in 7
+    patients validation, seed 7)."""
     folder = root / "covid_cxr_clinical_notes"
     with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
         records = list(csv.DictReader(fh))
@@ -147,7 +149,7 @@ def build_shared_pairs(shared_root: str | Path, out: str | Path, seed: int = 0) 
     """Write ``out/pairs.csv`` (+ PNGs for derived images) from the shared data folder; returns the CSV path."""
     root, out = Path(shared_root).resolve(), Path(out).resolve()
     rng = random.Random(seed)
-    rows = (_pneumonia(root, out, rng) + _covid_notes(root, rng) + _kvasir(root, rng) + _ct_organs(root, out, rng)
+    rows = (_pneumonia(root, out, rng) + covid_note_rows(root, rng) + _kvasir(root, rng) + _ct_organs(root, out, rng)
             + _ct_lesions(root, out, rng))
     out.mkdir(parents=True, exist_ok=True)
     for r in rows:  # relative to the CSV, so the folder pair (data, pairs) can move together
