@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from medfoundry.errors import InputContractError
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="report generation by retrieval from a bank of reports (CXR-RePaiR-style)")
@@ -27,8 +25,6 @@ def run(args: argparse.Namespace) -> int:
     from medfoundry.tasks.report import generate_report
     from medfoundry.tasks.retrieval import RetrievalIndex
 
-    if args.k < 1:
-        raise InputContractError(f"-k must be at least 1, got {args.k}")
     bank = RetrievalIndex.load(args.bank)
     predictor = open_contrastive(bank.model, args.weights)
     report = generate_report(predictor, _images([args.image], args.slice_index)[0], bank, k=args.k)
