@@ -19,11 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from medfoundry.errors import InputContractError
 from medfoundry.io.image import MedImage
-from medfoundry.tasks.retrieval import Hit, RetrievalIndex
+from medfoundry.tasks.retrieval import Hit, RetrievalIndex, add_texts
 
 
 @dataclass
@@ -47,18 +45,12 @@ def build_report_bank(predictor: Any, texts: Sequence[str], sentences: bool = Fa
                       progress: bool = False) -> RetrievalIndex:
     """An in-memory bank of the unique ``texts`` (or of their unique sentences) embedded by ``predictor``'s text
     tower, ``batch`` texts at a time (with a progress bar if asked). Save it with ``.save(path)`` to reuse it."""
-    from rich.progress import track
-
     units = [s for t in texts for s in (split_sentences(t) if sentences else [t.strip()]) if s]
-    units = list(dict.fromkeys(units))
     if not units:
         raise InputContractError("a report bank needs at least one non-empty text")
     sha = next((w.sha256 for w in predictor.record.weights if w.sha256), None)
-    chunks = [units[i : i + batch] for i in range(0, len(units), batch)]
-    emb = np.concatenate([predictor.embed_texts(c) for c in track(chunks, description="report bank",
-                                                                   disable=not progress or len(chunks) < 2)])
-    bank = RetrievalIndex(predictor.record.name, emb.shape[1], sha)
-    bank.add(emb, [{"kind": "text", "item": u} for u in units])
+    bank = RetrievalIndex(predictor.record.name, predictor.embed_texts(units[:1]).shape[1], sha)
+    add_texts(bank, predictor, units, batch=batch, progress=progress)
     return bank
 
 

@@ -161,14 +161,23 @@ def build_index(predictor: Any, folder: str | Path | None, path: str | Path, *, 
             index.add(predictor.embed_images(images), items)
             added += len(images)
     if texts:
-        known_texts = {it["item"] for it in index.items if it["kind"] == "text"}
-        new = [t for t in dict.fromkeys(texts) if t not in known_texts]
-        text_chunks = [new[i : i + 4 * batch] for i in range(0, len(new), 4 * batch)]
-        for chunk in track(text_chunks, description="indexing texts", disable=not progress or len(text_chunks) < 2):
-            index.add(predictor.embed_texts(chunk), [{"kind": "text", "item": t} for t in chunk])
-            added += len(chunk)
+        added += add_texts(index, predictor, texts, batch=4 * batch, progress=progress)
     index.save(path)
     return index, added, skipped
+
+
+def add_texts(index: RetrievalIndex, predictor: Any, texts: list[str], batch: int = 256,
+              progress: bool = False) -> int:
+    """Embed the ``texts`` not yet in ``index`` (each once), ``batch`` at a time, and add them; returns how many
+    were added."""
+    from rich.progress import track
+
+    known = {it["item"] for it in index.items if it["kind"] == "text"}
+    new = [t for t in dict.fromkeys(texts) if t not in known]
+    chunks = [new[i : i + batch] for i in range(0, len(new), batch)]
+    for chunk in track(chunks, description="indexing texts", disable=not progress or len(chunks) < 2):
+        index.add(predictor.embed_texts(chunk), [{"kind": "text", "item": t} for t in chunk])
+    return len(new)
 
 
 def default_index_path() -> Path:
