@@ -30,7 +30,9 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--out", default="benchmarks/results/seg_kvasir.json")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--tta", action="store_true", help="average with the mirrored crop")
+    ap.add_argument("--tta", nargs="?", const="logits", default="none", choices=["embedding", "logits"],
+                    help="as `segment --tta`: embedding = mirrored encoding averaged into the embedding; "
+                         "logits = every prompt decoded on both, masks averaged")
     ap.add_argument("--embed-pool", type=int, default=1, help="2: decode on the pooled 32×32 embedding (faster)")
     ap.add_argument("--fast-prompts", action="store_true",
                     help="as `segment --fast-prompts`: a fused bf16 decoder where the CPU has native bf16")

@@ -117,12 +117,46 @@ def test_embedding_is_cached_in_memory_and_on_disk(tiny_sam, tmp_path: Path, mon
     np.testing.assert_array_equal(first.masks, again.masks)
 
 
-def test_embedded_segmenter_loads_and_segments_a_bright_blob() -> None:
+def test_embedding_tta_averages_the_mirrored_encoding(tiny_sam, monkeypatch) -> None:
+    record = _record({"encoder": "vit_test", "image_size": 256})
+    seg = load_segmenter(record, tiny_sam.state_dict(), tta="embedding")
+    calls = []
+    original = seg.model.embed
+    monkeypatch.setattr(seg.model, "embed", lambda x: calls.append(1) or original(x))
+    square = _rgb_image(160, 160)  # no padding: mirroring the image mirrors the model input
+    mirrored = MedImage(array=square.array[:, ::-1].copy(), spacing=square.spacing, photometric="RGB")
+
+    def embedding(image: MedImage) -> torch.Tensor:
+        seg.set_image(image)
+        return seg._embedding(None)[0].embedding
+
+    a, b = embedding(square), embedding(mirrored)
+    assert len(calls) == 4  # each image encoded as is and mirrored
+    torch.testing.assert_close(a, b.flip(-1), atol=1e-5, rtol=1e-5)  # the average is mirror-symmetric
+    plain = load_segmenter(record, tiny_sam.state_dict())
+    plain.set_image(square)
+    assert not torch.allclose(plain._embedding(None)[0].embedding, a, atol=1e-3)
+    calls.clear()
+    seg.predict(boxes=np.array([[50.0, 35.0, 135.0, 110.0]]))
+    seg.predict(boxes=np.array([[40.0, 30.0, 120.0, 100.0]]))
+    assert not calls  # prompts reuse the averaged embedding
+
+
+def test_tta_modes_checked(tiny_sam) -> None:
+    record = _record({"encoder": "vit_test", "image_size": 256})
+    with pytest.raises(InputContractError, match="unknown test-time"):
+        load_segmenter(record, tiny_sam.state_dict(), tta="flip")
+    with pytest.raises(InputContractError, match="box-crop models"):
+        load_segmenter(record, tiny_sam.state_dict(), tta="logits")
+
+
+@pytest.mark.parametrize("tta", ["none", "embedding", "logits"])
+def test_embedded_segmenter_loads_and_segments_a_bright_blob(tta: str) -> None:
     from medfoundry.predict.segment import open_segmenter
 
     record = get_record("medfoundry-sam-lite")
     assert record.embedded and record.weights[0].sha256
-    seg = open_segmenter("medfoundry-sam-lite")
+    seg = open_segmenter("medfoundry-sam-lite", tta=tta)
     image = _rgb_image()
     seg.set_image(image)
     mask = seg.predict(boxes=np.array([[55.0, 35.0, 125.0, 105.0]])).best()[0]

@@ -40,7 +40,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--propagation-head", action="store_true",
                    help="with --propagate: carry the mask with the model's trained propagation head "
                         "(`train sam-propagation`) instead of box hypotheses")
-    p.add_argument("--tta", action="store_true", help="average with the mirrored input (slower, a little better)")
+    p.add_argument("--tta", nargs="?", const="logits", default="none", choices=["embedding", "logits"],
+                   help="test-time mirroring: `embedding` averages the mirrored encoding into the embedding (encoding "
+                        "twice, prompts cost the same); `logits` (the default of a bare --tta) decodes every prompt "
+                        "on both and averages the masks (prompts cost twice as much)")
     p.add_argument("--onnx", default=None, help="run the encoder/decoder exported by `models export-onnx` here")
     p.add_argument("--fast-prompts", action="store_true",
                    help="run the mask decoder fused and in bfloat16 where the CPU (or GPU) has native bfloat16 "

@@ -29,6 +29,12 @@ from medfoundry.registry.records import ModelRecord
 #: Largest image (in pixels) a segmenter accepts; larger inputs are refused rather than resampled silently.
 DEFAULT_MAX_PIXELS = 64_000_000
 
+#: Test-time augmentation modes: ``none``; ``embedding``: the image (or crop) is encoded as is and mirrored
+#: left-right, the mirrored embedding is flipped back and the two are averaged, so each prompt still runs the
+#: decoder once (twice the encoding, no extra cost per prompt); ``logits``: every prompt is decoded on both
+#: embeddings and the mask logits are averaged (twice the encoding and twice the cost per prompt).
+TTA_MODES = ("none", "embedding", "logits")
+
 
 @dataclass
 class SegmentResult:
@@ -87,13 +93,18 @@ class PromptSegmenter:
     """Holds one SAM-family model; ``set_image`` once, ``predict`` per prompt."""
 
     def __init__(self, model: Any, record: ModelRecord, device: str = "cpu", cache_dir: str | Path | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int = 16, tta: bool = False) -> None:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int = 16, tta: str = "none") -> None:
+        if tta not in TTA_MODES:
+            raise InputContractError(f"unknown test-time augmentation {tta!r}: use one of {', '.join(TTA_MODES)}")
         self.model = model.eval().to(device)
         self.record = record
         self.device = torch.device(device)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.max_pixels = max_pixels
         self.crop = float(getattr(model.config, "prompt_crop", 0.0))
+        if tta == "logits" and self.crop <= 0:
+            raise InputContractError(f"{record.name}: logits test-time augmentation applies to box-crop models; "
+                                     "use tta='embedding'")
         self.tta = tta
         self.prepare_embeddings = True  # False: every prompt runs segment_anything's whole decoder (reference)
         self._cache: OrderedDict[str, Any] = OrderedDict()  # embeddings (PreparedEmbedding for SamModel)
@@ -170,8 +181,9 @@ class PromptSegmenter:
         from medfoundry.models.sam_prepared import PreparedEmbedding
 
         pool = getattr(self.model.config, "embed_pool", 1)
+        mirror_avg = self.tta == "embedding"
         key = (f"{self.record.name}:{self.precision}:{pool}:{self._hash}:{None if window is None else window.tolist()}"
-               f":{flip}")
+               f":{flip}:{mirror_avg}")
         info = pixels = None
         if window is None:
             if self._info is None or key not in self._cache:
@@ -189,6 +201,8 @@ class PromptSegmenter:
                 pixels = pixels.flip(-1) if flip else pixels
             with torch.inference_mode():
                 emb = self.model.embed(pixels[None].to(self.device))
+                if mirror_avg:  # mirrored encoding, flipped back onto the image's grid, averaged in
+                    emb = (emb + self.model.embed(pixels.flip(-1)[None].to(self.device)).flip(-1)) / 2
             if disk is not None:
                 disk.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(emb.cpu(), disk)
@@ -305,7 +319,7 @@ class PromptSegmenter:
                        torch.from_numpy(point_labels)[None].to(self.device))
             mi = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32)[None]
             logits, iou = self.model.decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
-            if self.tta:  # average with the left-right mirrored crop
+            if self.tta == "logits":  # average with the decoding of the left-right mirrored crop
                 logits, iou = self._mirrored(window, logits, iou, bx, pts, mi, multimask, size)
             all_masks.append(_paste(logits, window, h, w))
             all_iou.append(iou[0].float().cpu().numpy())
