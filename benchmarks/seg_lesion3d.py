@@ -36,8 +36,10 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/seg_lesion3d.json")
     ap.add_argument("--propagation-head", action="store_true",
                     help="also propagate with the model's trained head (`train sam-propagation`)")
+    ap.add_argument("--tta", default="none", choices=["none", "embedding", "logits"],
+                    help="test-time mirroring of every slice (as `segment --tta`)")
     args = ap.parse_args()
-    seg = open_segmenter(args.model, args.weights)
+    seg = open_segmenter(args.model, args.weights, tta=args.tta)
     cases = []
     for path in sorted((Path(args.shared) / "deeplesion_ct_lesion_3d" / "volumes").glob("*.npz")):
         volume = read_image(path, key="imgs")
@@ -66,6 +68,7 @@ def main() -> None:
     summary = {
         "benchmark": "DeepLesion CT lesions, box on the key slice only, propagated in 3D",
         "model": seg.record.name,
+        "tta": args.tta,
         "unseen_cases": len(unseen),
         "dice_3d_mean_unseen": float(np.mean([c["dice_3d"] for c in unseen])),
         "dice_3d_single_box_mean_unseen": float(np.mean([c["dice_3d_single_box"] for c in unseen])),

@@ -136,13 +136,16 @@ def test_segment_fast_prompts_agrees_with_the_default(capsys, tmp_path: Path) ->
     arr = np.random.default_rng(0).integers(0, 60, (120, 140, 3), dtype=np.uint8)
     arr[30:90, 40:110] = (230, 120, 110)
     Image.fromarray(arr).save(tmp_path / "img.png")
-    for name, extra in (("a.png", []), ("b.png", ["--fast-prompts"]), ("c.png", ["--fast-prompts", "--embed-pool",
-                                                                                  "2"])):
+    runs = (("a.png", []), ("b.png", ["--fast-prompts"]), ("c.png", ["--fast-prompts", "--embed-pool", "2"]),
+            ("e.png", ["--fast-prompts", "--tta", "embedding"]), ("f.png", ["--tta"]))
+    for name, extra in runs:
         assert main(["segment", str(tmp_path / "img.png"), "--box", "35,25,115,95", "--out", str(tmp_path / name),
                      *extra]) == 0
-    a, b, c = (np.asarray(Image.open(tmp_path / n)) > 0 for n in ("a.png", "b.png", "c.png"))
+    a, b, c, e, f = (np.asarray(Image.open(tmp_path / n)) > 0 for n in ("a.png", "b.png", "c.png", "e.png", "f.png"))
     assert a.any() and (a & b).sum() / (a | b).sum() > 0.95  # same grid, bfloat16 decoder
     assert (a & c).sum() / (a | c).sum() > 0.8  # coarser grid
+    for mirrored in (e, f):  # test-time mirroring (embedding / logits)
+        assert (a & mirrored).sum() / (a | mirrored).sum() > 0.9
     assert main(["segment", str(tmp_path / "img.png"), "--box", "35,25,115,95", "--out", str(tmp_path / "d.png"),
                  "--onnx", str(tmp_path), "--fast-prompts"]) == 2  # ONNX runs as exported
     assert not (tmp_path / "d.png").exists()
