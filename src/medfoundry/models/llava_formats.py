@@ -35,6 +35,20 @@ _DROP = {"architectures", "model_type", "transformers_version", "_name_or_path"}
 _CLIP_TEXT_SIDE = ("text_model.", "visual_projection.", "text_projection.", "logit_scale")
 
 
+#: The oldest transformers whose Llava processor expands ``<image>`` itself (``num_additional_image_tokens``).
+MIN_TRANSFORMERS = "4.47"
+
+
+def require_transformers() -> None:
+    """Raise :class:`WeightsError` when the installed transformers is too old for the conversational path."""
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__) < Version(MIN_TRANSFORMERS):
+        raise WeightsError(f"conversational models need transformers>={MIN_TRANSFORMERS} (installed: "
+                           f"{transformers.__version__}): pip install -U transformers")
+
+
 def read_config(folder: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a checkpoint folder."""
     path = Path(folder) / "config.json"
@@ -134,6 +148,7 @@ def convert_original_llava(source: str | Path, out: str | Path, vision_tower: st
         LlavaProcessor,
     )
 
+    require_transformers()
     source, out, tower = Path(source), Path(out), Path(vision_tower)
     if out.exists() and not overwrite:
         raise OutputExistsError(out)

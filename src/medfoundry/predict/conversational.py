@@ -149,11 +149,18 @@ def load_chat(record: ModelRecord, weights: Any, device: str = "cpu", *, trust_r
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from medfoundry.models.llava_formats import CHAT_FILE, convert_original_llava, is_original_llava, read_config
+    from medfoundry.models.llava_formats import (
+        CHAT_FILE,
+        convert_original_llava,
+        is_original_llava,
+        read_config,
+        require_transformers,
+    )
 
     if record.arch not in ("llava", "hf_vlm"):
         raise RegistryError(f"{record.name}: architecture {record.arch!r} is registered but medfoundry cannot run "
                             "it yet")
+    require_transformers()
     if isinstance(weights, dict) or not Path(weights).is_dir():
         raise WeightsError(f"{record.name}: conversational models load from a checkpoint folder, got {weights!r}")
     folder = Path(weights)
@@ -173,10 +180,15 @@ def load_chat(record: ModelRecord, weights: Any, device: str = "cpu", *, trust_r
             convert_original_llava(folder, converted, tower, overwrite=True)
         folder = converted
     extras = json.loads((folder / CHAT_FILE).read_text()) if (folder / CHAT_FILE).is_file() else {}
+    import transformers
+    from packaging.version import Version
+
+    # the checkpoint's own precision (a 7B model stored in bfloat16 stays 14 GB instead of 28 GB in float32)
+    dtype_key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     kwargs = {"local_files_only": True, "trust_remote_code": bool(remote and trust_remote_code)}
     try:
         processor = AutoProcessor.from_pretrained(str(folder), **kwargs)
-        model = AutoModelForImageTextToText.from_pretrained(str(folder), **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(str(folder), **kwargs, **{dtype_key: "auto"})
     except (OSError, ValueError, KeyError) as exc:
         raise WeightsError(f"{record.name}: {folder} is not a vision-language checkpoint transformers can load "
                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from exc
