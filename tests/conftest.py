@@ -61,3 +61,12 @@ def disc_manifest(tmp_path: Path) -> Path:
         Image.fromarray(np.where(disc, 200, 50).astype(np.uint8)).save(tmp_path / "img" / f"{i}.png")
         Image.fromarray(disc.astype(np.uint8) * 255).save(tmp_path / "msk" / f"{i}.png")
     return folder_manifest(tmp_path / "img", tmp_path / "msk", tmp_path / "m.jsonl", val_fraction=0.34)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory):
+    """(model, processor, hf_folder, clip_tower_folder, root) of a tiny transformers Llava (tests/tiny_llava.py)."""
+    pytest.importorskip("transformers")
+    from tiny_llava import build_reference
+
+    return build_reference(tmp_path_factory.mktemp("llava"))
