@@ -191,3 +191,31 @@ def test_oldest_uploads_are_evicted_with_their_files(tmp_path: Path) -> None:
     assert sorted(p.stem for p in (tmp_path / "store").iterdir()) == sorted(ids[1:])
     bench.close()
     assert (tmp_path / "store").is_dir()  # a store the caller gave is theirs: close() leaves it
+
+
+def test_ask_a_conversational_model(tiny_llava, tmp_path: Path) -> None:
+    from medfoundry.io import MedImage
+    from medfoundry.predict.conversational import load_chat
+    from medfoundry.registry.loading import write_checkpoint_record
+    from tiny_llava import record
+
+    folder = Path(tiny_llava[2])
+    write_checkpoint_record(record(), tmp_path / "chat")  # a record folder pointing at the tiny Llava's weights
+    bench = Workbench(store=tmp_path / "store", chat_model=f"local-dir:{tmp_path / 'chat'}",
+                      chat_weights=f"local-dir:{folder}")
+    with TestClient(create_app(bench)) as app:
+        up = app.post("/api/images", files={"file": ("q.png", _png_bytes(_polyp()))}).json()
+        got = app.post(f"/api/images/{up['id']}/ask", json={"question": "is there a lesion ?",
+                                                            "max_new_tokens": 5}).json()
+        assert app.post(f"/api/images/{up['id']}/ask", json={"question": " "}).status_code == 400
+        assert app.post(f"/api/images/{up['id']}/ask", json={"question": "x", "max_new_tokens": 0}).status_code == 400
+    expected = load_chat(record(), folder).ask(MedImage(array=_polyp(), spacing=(1.0, 1.0), photometric="RGB"),
+                                               "is there a lesion ?", max_new_tokens=5)
+    assert got["answer"] == expected.text and got["model"] == "tiny-llava"
+    bench.close()
+    without = Workbench(store=tmp_path / "store2")
+    with TestClient(create_app(without)) as app:
+        up = app.post("/api/images", files={"file": ("q.png", _png_bytes(_polyp()))}).json()
+        response = app.post(f"/api/images/{up['id']}/ask", json={"question": "is there a lesion ?"})
+        assert response.status_code == 400 and "--chat-model" in response.json()["detail"]
+    without.close()

@@ -17,6 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=512.0, help="refuse larger uploads")
     p.add_argument("--seg-model", default="medfoundry-sam-lite")
     p.add_argument("--clip-model", default="medfoundry-clip-tiny")
+    p.add_argument("--chat-model", default=None,
+                   help="conversational model for questions about an image (e.g. llava-med; none by default)")
+    p.add_argument("--chat-weights", default=None, help="weights folder for --chat-model")
     p.set_defaults(func=run)
 
 
@@ -30,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise MedfoundryError("medfoundry serve needs its extra: pip install 'medfoundry[serve]'") from exc
     bench = Workbench(store=args.store, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
-                      contrastive_model=args.clip_model, segmentation_model=args.seg_model, index=args.index)
+                      contrastive_model=args.clip_model, segmentation_model=args.seg_model, index=args.index,
+                      chat_model=args.chat_model, chat_weights=args.chat_weights)
     app = create_app(bench, demo_dir=args.demo)
     print(f"medfoundry viewer on http://{args.host}:{args.port}/  (demo page: /demo/, API docs: /docs)")
     try:

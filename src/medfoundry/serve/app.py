@@ -12,6 +12,8 @@ Routes (JSON unless said otherwise):
   ``medfoundry serve --index`` (``medfoundry index build``), else among the uploads.
 - ``GET /api/images/{id}/report?k=1&slice=K`` → ``{report, sources: [{text, similarity}]}``: report by
   retrieval from the texts of the ``--index`` (``medfoundry index build --texts reports.csv``).
+- ``POST /api/images/{id}/ask`` ``{question, slice?, max_new_tokens?}`` → ``{answer, model, new_tokens, seconds}``
+  from the conversational model given to ``medfoundry serve --chat-model`` (LLaVA-Med ...).
 - ``POST /api/images/{id}/segment`` ``{box?: [x0, y0, x1, y1], points?: [[x, y, label]], slice?, propagate?}``
   (pixels of the shown slice) → ``{mask_png, overlay_png, measurements}``.
 
@@ -69,6 +71,11 @@ def create_app(workbench: Workbench | None = None, demo_dir: str | Path | None =
         text: str = Field(..., max_length=500)
         slice: int | None = None
 
+    class AskRequest(BaseModel):
+        question: str = Field(..., max_length=2000)
+        slice: int | None = None
+        max_new_tokens: int = 128
+
     class SegmentRequest(BaseModel):
         box: list[float] | None = Field(None, min_length=4, max_length=4)
         points: list[list[float]] | None = Field(None, max_length=64)
@@ -124,6 +131,10 @@ def create_app(workbench: Workbench | None = None, demo_dir: str | Path | None =
     @app.get("/api/images/{image_id}/report")
     def report(image_id: str, k: int = 1, slice: int | None = None) -> dict:
         return bench.report(image_id, k, slice)
+
+    @app.post("/api/images/{image_id}/ask")
+    def ask(image_id: str, req: AskRequest) -> dict:
+        return bench.ask(image_id, req.question, req.slice, req.max_new_tokens)
 
     @app.post("/api/images/{image_id}/segment")
     def segment(image_id: str, req: SegmentRequest) -> dict:

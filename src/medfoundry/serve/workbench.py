@@ -73,19 +73,23 @@ class Workbench:
         max_upload_bytes: larger uploads are refused (:class:`UploadTooLargeError`) before they are read.
         max_images: uploads kept in memory; the oldest is evicted first.
         contrastive_model, segmentation_model: registry names of the models used.
+        chat_model: registry name (or ``local-dir:PATH``) of a conversational model for questions about an image
+            (none by default: the published ones are large downloads); ``chat_weights`` overrides its weights.
         index: a retrieval index (``medfoundry index build``) to search for similar cases; without one,
             similar cases are searched among the uploads. Its texts, if any, are the report bank.
     """
 
     def __init__(self, store: str | Path | None = None, max_upload_bytes: int = 512 << 20, max_images: int = 32,
                  contrastive_model: str = "medfoundry-clip-tiny",
-                 segmentation_model: str = "medfoundry-sam-lite", index: str | Path | None = None) -> None:
+                 segmentation_model: str = "medfoundry-sam-lite", index: str | Path | None = None,
+                 chat_model: str | None = None, chat_weights: str | None = None) -> None:
         self._own_store = store is None
         self.store = Path(store) if store is not None else Path(tempfile.mkdtemp(prefix="medfoundry-serve-"))
         self.store.mkdir(parents=True, exist_ok=True)
         self.max_upload_bytes = max_upload_bytes
         self.max_images = max_images
-        self.model_names = {"contrastive": contrastive_model, "segmentation": segmentation_model}
+        self.model_names = {"contrastive": contrastive_model, "segmentation": segmentation_model, "chat": chat_model}
+        self.chat_weights = chat_weights
         self._images: OrderedDict[str, StoredImage] = OrderedDict()
         self._predictors: dict[str, Any] = {}
         self.lock = threading.RLock()
@@ -147,7 +151,7 @@ class Workbench:
 
     # -- predictors --------------------------------------------------------------------------------------
     def predictor(self, kind: str) -> Any:
-        """The loaded predictor of ``kind`` (``contrastive`` or ``segmentation``), loading it on first use."""
+        """The loaded predictor of ``kind`` (``contrastive``, ``segmentation`` or ``chat``), loaded on first use."""
         with self.lock:
             if kind not in self._predictors:
                 if kind == "contrastive":
@@ -158,6 +162,12 @@ class Workbench:
                     from medfoundry.predict.segment import open_segmenter
 
                     self._predictors[kind] = open_segmenter(self.model_names[kind])
+                elif kind == "chat":
+                    from medfoundry.predict.conversational import open_chat
+
+                    if self.model_names["chat"] is None:
+                        raise InputContractError("no conversational model: start the viewer with --chat-model NAME")
+                    self._predictors[kind] = open_chat(self.model_names["chat"], self.chat_weights)
                 else:
                     raise InputContractError(f"unknown predictor kind {kind!r}")
             return self._predictors[kind]
@@ -209,6 +219,18 @@ class Workbench:
         plane = self.get(image_id).plane(slice_index)
         with self.lock:
             return generate_report(self.predictor("contrastive"), plane, self.index, k=k).as_dict()
+
+    def ask(self, image_id: str, question: str, slice_index: int | None = None,
+            max_new_tokens: int = 128) -> dict[str, Any]:
+        """A conversational model's answer about the image (slice): ``{answer, model, new_tokens, seconds}``."""
+        if not 1 <= max_new_tokens <= 1024:
+            raise InputContractError(f"max_new_tokens must be between 1 and 1024, got {max_new_tokens}")
+        plane = self.get(image_id).plane(slice_index)
+        with self.lock:
+            chat = self.predictor("chat")
+            answer = chat.ask(plane, question, max_new_tokens=max_new_tokens)
+        return {"answer": answer.text, "model": chat.record.name, "new_tokens": answer.new_tokens,
+                "seconds": round(answer.seconds, 3)}
 
     def _embedding(self, stored: StoredImage) -> np.ndarray:
         with self.lock:
