@@ -232,3 +232,52 @@ def test_report_generation_spec_needs_a_bank(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_spec(bad)
     assert "train_filter" in str(info.value) and "dice" in str(info.value)
+
+
+def test_vqa_answers_are_parsed_by_their_first_words() -> None:
+    from medfoundry.eval.tasks.vqa import parse_answer, vqa_metric
+
+    allowed = ["yes", "no", "no finding"]
+    assert parse_answer("Yes, there is a consolidation.", allowed) == "yes"
+    assert parse_answer("NO.", allowed) == "no"
+    assert parse_answer("No finding", allowed) == "no finding"  # the longer answer first
+    assert parse_answer("The lungs are clear; no.", allowed) is None
+    assert parse_answer("", allowed) is None
+    pred, want = ["yes", None, "no", "yes"], ["yes", "yes", "no", "no"]
+    assert vqa_metric("accuracy", pred, want) == 0.5
+    assert vqa_metric("balanced_accuracy", pred, want) == pytest.approx((0.5 + 0.5) / 2)
+    assert vqa_metric("answer_rate", pred, want) == 0.75
+
+
+def test_vqa_closed_runs_a_conversational_model_beside_the_majority_answer(tmp_path: Path, tiny_llava) -> None:
+    from medfoundry.eval.tasks.vqa import parse_answer, vqa_metric
+    from medfoundry.registry.loading import write_checkpoint_record
+    from tiny_llava import record
+
+    table = _images(tmp_path)
+    write_checkpoint_record(record(), tmp_path / "chat")
+    spec = tmp_path / "vqa.yaml"
+    spec.write_text(f"name: vqa\ntask: vqa-closed\ndataset:\n  csv: {table}\n  filter: {{split: val}}\n"
+                    "question: is there a lesion ?\nanswers: {pneumonia: 'yes', normal: 'no'}\n"
+                    "metrics: [accuracy, balanced_accuracy, answer_rate]\nbootstrap: 30\n")
+    out = tmp_path / "run"
+    assert main(["eval", "--model", f"local-dir:{tmp_path / 'chat'}", "--weights", f"local-dir:{tiny_llava[2]}",
+                 "--benchmark", str(spec), "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    cases = res["per_case"]
+    assert len(cases) == 8 and all(c["expected"] == {"pneumonia": "yes", "normal": "no"}[c["label"]] for c in cases)
+    assert all(c["parsed"] == parse_answer(c["answer"], ["no", "yes"]) for c in cases)
+    parsed, expected = [c["parsed"] for c in cases], [c["expected"] for c in cases]
+    for name in ("accuracy", "balanced_accuracy", "answer_rate"):
+        assert res["metrics"][name]["value"] == pytest.approx(vqa_metric(name, parsed, expected))
+    assert res["baseline"]["accuracy"] == 0.5 and res["baseline"]["balanced_accuracy"] == 0.5  # 4 and 4
+    assert "expected \\ answered" in (out / "report.html").read_text()
+
+
+def test_vqa_spec_problems_are_listed(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntask: vqa-closed\ndataset: {csv: a.csv}\nanswers: {a: 'yes'}\nmetrics: [accuracy, bleu]\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(bad)
+    assert "question" in str(info.value) and "at least two answers" in str(info.value) and "bleu" in str(info.value)
+    assert load_spec("pneumonia-vqa").labels == ["pneumonia", "normal"]

@@ -179,6 +179,19 @@ def _mask_of_truth(section: dict[str, Any]) -> str:
             f"<tr><td>mean hidden area fraction</td><td>{section['mean_region_fraction']:.3f}</td></tr></table>")
 
 
+def _answer_table(report: dict[str, Any]) -> str:
+    """Expected answer × parsed answer counts (a confusion table; "none" = the answer started otherwise)."""
+    esc = html.escape
+    cases = report["per_case"]
+    expected = sorted({c["expected"] for c in cases})
+    parsed = expected + (["none"] if any(c["parsed"] is None for c in cases) else [])
+    count = {(e, a): sum(1 for c in cases if c["expected"] == e and (c["parsed"] or "none") == a)
+             for e in expected for a in parsed}
+    return ("<table><tr><th>expected \\ answered</th>" + "".join(f"<th>{esc(a)}</th>" for a in parsed) + "</tr>"
+            + "".join(f"<tr><th>{esc(e)}</th>" + "".join(f"<td>{count[e, a]}</td>" for a in parsed) + "</tr>"
+                      for e in expected) + "</table>")
+
+
 def _case_rows(report: dict[str, Any]) -> str:
     esc = html.escape
     cases = report["per_case"][:500]
@@ -187,6 +200,10 @@ def _case_rows(report: dict[str, Any]) -> str:
             f"<tr><td>{esc(str(c['id']))}</td><td>{c['similarity']:.3f}</td>"
             f"<td>{esc(c.get('generated', '(omitted)')[:300])}</td><td>{esc(c.get('reference', '(omitted)')[:300])}"
             "</td></tr>" for c in cases)
+    if report["task"] == "vqa-closed":
+        return "<tr><th>case</th><th>label</th><th>expected</th><th>parsed</th><th>answer</th></tr>" + "".join(
+            f"<tr><td>{esc(str(c['id']))}</td><td>{esc(c['label'])}</td><td>{esc(c['expected'])}</td>"
+            f"<td>{esc(str(c['parsed']))}</td><td>{esc(c['answer'][:300])}</td></tr>" for c in cases)
     if "probs" in cases[0]:
         return "".join(f"<tr><td>{esc(str(c['id']))}</td><td>{esc(c['label'])}</td>"
                        f"<td>{esc(str(c['probs']))}</td></tr>" for c in cases)
@@ -211,6 +228,8 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         pictures += _retrieval_examples(report)
     elif report["task"] == "report-generation":
         pictures += _report_examples(report)
+    elif report["task"] == "vqa-closed":
+        pictures += _answer_table(report)
     else:
         pictures += "".join(f"<figure><img src='{src}'><figcaption>{esc(cap)}</figcaption></figure>"
                             for cap, src in _overlays(report, path.parent))

@@ -14,7 +14,8 @@ Tasks (see :mod:`medfoundry.eval.tasks`): ``zero-shot-classification``, ``linear
 ``dataset.train_filter``, measured on ``dataset.filter``), ``retrieval`` (``mode`` image-to-image by label,
 text-to-image or image-to-text by pair/patient), ``segmentation-2d`` and ``segmentation-3d`` (box on the key
 slice, propagated), ``report-generation`` (reports retrieved from the texts of ``dataset.train_filter`` rows,
-scored by BLEU/ROUGE-L/CIDEr). ``mask_of_truth: true`` adds the occlusion test to classification specs.
+scored by BLEU/ROUGE-L/CIDEr), ``vqa-closed`` (``question`` asked of every case, its answer's first word
+compared with ``answers[label]``). ``mask_of_truth: true`` adds the occlusion test to classification specs.
 
 ``${NAME}`` is replaced from the environment (``MEDFOUNDRY_EVAL_DATA`` defaults to ``eval-data``).
 Every problem found (unknown keys, missing files, masks of another shape, unknown labels, no cases) is
@@ -74,6 +75,8 @@ class BenchmarkSpec:
     positive: str | None = None
     mode: str = "image-to-image"  # retrieval: image-to-image, text-to-image or image-to-text
     mask_of_truth: bool = False  # classification: occlude the annotated region vs an equal area elsewhere
+    question: str = ""  # vqa-closed: asked of every case
+    answers: dict[str, str] = field(default_factory=dict)  # vqa-closed: label → the answer it expects
     description: str = ""
     source: str = ""
 
@@ -123,6 +126,8 @@ def load_spec(path_or_name: str | Path) -> BenchmarkSpec:
     if problems:
         raise SpecError(str(path), problems)
     ds = {k: _expand(v) if isinstance(v, str) else v for k, v in ds.items()}
+    if task == "vqa-closed" and not data.get("labels"):
+        data = {**data, "labels": list(data["answers"])}  # rows with other labels are refused by load_cases
     source = f"builtin:{path_or_name}" if builtin else str(path)
     return BenchmarkSpec(**{**data, "dataset": DatasetSpec(**ds)}, source=source)
 

@@ -6,7 +6,8 @@ module (imported only when a benchmark runs) provides ``predict`` and ``summaris
 - ``summarise(spec, results) -> Summary``: for each metric a statistic over case indices (so the bootstrap can
   resample cases or patients) and its no-model baseline.
 
-``report-generation`` scores retrieved reports with the text metrics of :mod:`medfoundry.eval.text_metrics`.
+``report-generation`` scores retrieved reports with the text metrics of :mod:`medfoundry.eval.text_metrics`;
+``vqa-closed`` asks a conversational model one closed question per case (:mod:`medfoundry.eval.tasks.vqa`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from medfoundry.eval.metrics import CLASSIFICATION_METRICS, SEGMENTATION_METRICS
 from medfoundry.eval.text_metrics import TEXT_METRICS
 
+VQA_METRICS = ("accuracy", "balanced_accuracy", "answer_rate")  # see medfoundry.eval.tasks.vqa
 RETRIEVAL_METRIC = re.compile(r"^(recall|precision)@([1-9][0-9]*)$|^map$")
 RETRIEVAL_MODES = ("image-to-image", "text-to-image", "image-to-text")
 
@@ -94,6 +96,16 @@ def _report_check(data: dict, ds: dict) -> list[str]:
                                               "texts form the report bank)"]
 
 
+def _vqa_check(data: dict, ds: dict) -> list[str]:
+    problems = [] if str(data.get("question", "")).strip() else ["vqa-closed needs a question"]
+    answers = data.get("answers")
+    if not isinstance(answers, dict) or len(set(map(str, (answers or {}).values()))) < 2:
+        problems.append("vqa-closed needs answers: a mapping label → expected answer with at least two answers")
+    if data.get("labels") and isinstance(answers, dict) and set(data["labels"]) != set(answers):
+        problems.append("labels and the keys of answers differ")
+    return problems
+
+
 def _segmentation_columns(spec) -> list[str]:
     ds = spec.dataset
     return [ds.image, ds.mask] + ([ds.mask_value] if ds.mask_value else [])
@@ -109,6 +121,8 @@ TASKS: dict[str, EvalTask] = {
                           lambda m: bool(RETRIEVAL_METRIC.match(m)), _retrieval_columns, _retrieval_check),
     "report-generation": EvalTask("report-generation", "medfoundry.eval.tasks.report", TEXT_METRICS.__contains__,
                                   lambda spec: [spec.dataset.image, spec.dataset.text], _report_check),
+    "vqa-closed": EvalTask("vqa-closed", "medfoundry.eval.tasks.vqa", VQA_METRICS.__contains__,
+                           lambda spec: [spec.dataset.image, spec.dataset.label], _vqa_check),
     "segmentation-2d": EvalTask("segmentation-2d", "medfoundry.eval.tasks.segmentation",
                                 SEGMENTATION_METRICS.__contains__, _segmentation_columns),
     "segmentation-3d": EvalTask("segmentation-3d", "medfoundry.eval.tasks.segmentation",
