@@ -180,7 +180,8 @@ def convert_original_llava(source: str | Path, out: str | Path, vision_tower: st
     with torch.device("meta"):
         wanted = set(LlavaForConditionalGeneration(config).state_dict())
     prefixes = _target_prefixes(wanted)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # beside out: one rename at the end
     try:
         weight_map: dict[str, str] = {}
         has_tower = False

@@ -129,13 +129,15 @@ class VisualChat:
 
 
 def _converted_folder(source: Path, tower: Path) -> Path:
-    """Where the transformers copy of an original-LLaVA folder lives (keyed by both folders' configs)."""
+    """Where the transformers copy of an original-LLaVA folder lives (keyed by both folders: their paths, configs
+    and the names and sizes of their files, so replaced weights are converted again)."""
     from medfoundry.registry.sources import cache_dir
 
     key = hashlib.sha256()
     for folder in (source, tower):
         key.update(str(folder.resolve()).encode())
         key.update((folder / "config.json").read_bytes() if (folder / "config.json").is_file() else b"")
+        key.update(str(sorted((f.name, f.stat().st_size) for f in folder.iterdir() if f.is_file())).encode())
     return cache_dir() / "converted" / key.hexdigest()[:16]
 
 
@@ -176,7 +178,6 @@ def load_chat(record: ModelRecord, weights: Any, device: str = "cpu", *, trust_r
         tower = Path(resolve(spec if ":" in spec or Path(spec).exists() else f"hf-hub:{spec}"))
         converted = _converted_folder(folder, tower)
         if not (converted / CHAT_FILE).is_file():
-            converted.parent.mkdir(parents=True, exist_ok=True)
             convert_original_llava(folder, converted, tower, overwrite=True)
         folder = converted
     extras = json.loads((folder / CHAT_FILE).read_text()) if (folder / CHAT_FILE).is_file() else {}
