@@ -122,7 +122,7 @@ def test_ask_command(reference, tmp_path: Path, capsys) -> None:
     write_checkpoint_record(record(), folder)  # a self-describing folder: the record travels with it
     Image.fromarray(np.full((30, 40), 90, np.uint8)).save(tmp_path / "x.png")
     assert main(["ask", str(tmp_path / "x.png"), "is there a lesion ?", "--model", f"local-dir:{folder}",
-                 "--weights", f"local-dir:{folder}", "--max-new-tokens", "4", "--json"]) == 0
+                 "--max-new-tokens", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == "tiny-llava" and out["new_tokens"] <= 4 and "<image>" in out["prompt"]
     assert main(["ask", str(tmp_path / "x.png"), "is there a lesion ?", "--model", "medfoundry-sam-lite"]) == 2
