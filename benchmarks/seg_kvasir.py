@@ -19,7 +19,7 @@ import numpy as np
 from medfoundry.eval.baselines import dice, ellipse_in_box
 from medfoundry.io import read_image
 from medfoundry.predict.boxes import mask_box
-from medfoundry.predict.segment import open_segmenter
+from medfoundry.predict.segment import TTA_MODES, open_segmenter
 from medfoundry.train.seg_data import shared_manifest
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--out", default="benchmarks/results/seg_kvasir.json")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--tta", nargs="?", const="logits", default="none", choices=["embedding", "logits"],
+    ap.add_argument("--tta", nargs="?", const="logits", default="none", choices=TTA_MODES[1:],
                     help="as `segment --tta`: embedding = mirrored encoding averaged into the embedding; "
                          "logits = every prompt decoded on both, masks averaged")
     ap.add_argument("--embed-pool", type=int, default=1, help="2: decode on the pooled 32×32 embedding (faster)")

@@ -21,7 +21,7 @@ import numpy as np
 from medfoundry.eval.baselines import dice, ellipsoid_in_box
 from medfoundry.io import read_image
 from medfoundry.predict.boxes import mask_box
-from medfoundry.predict.segment import open_segmenter
+from medfoundry.predict.segment import TTA_MODES, open_segmenter
 from medfoundry.tasks.measure import measure
 from medfoundry.tasks.volume import segment_volume
 
@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/seg_lesion3d.json")
     ap.add_argument("--propagation-head", action="store_true",
                     help="also propagate with the model's trained head (`train sam-propagation`)")
-    ap.add_argument("--tta", default="none", choices=["none", "embedding", "logits"],
+    ap.add_argument("--tta", default="none", choices=TTA_MODES,
                     help="test-time mirroring of every slice (as `segment --tta`)")
     args = ap.parse_args()
     seg = open_segmenter(args.model, args.weights, tta=args.tta)

@@ -43,14 +43,13 @@ class ChatAnswer:
     seconds: float
 
 
-def display_rgb(image: MedImage, contract: Any) -> Any:
-    """A 2D image as an 8-bit RGB ``PIL.Image`` through the contract's intensity handling (window for CT/MR)."""
+def picture_rgb(image: MedImage, contract: Any) -> Any:
+    """A 2D image as an 8-bit RGB ``PIL.Image`` through the contract's intensity handling (window for CT/MR);
+    volumes are refused by :func:`~medfoundry.predict.preprocess.to_unit_range`."""
     from PIL import Image
 
     from medfoundry.predict.preprocess import to_unit_range
 
-    if image.is_volume:
-        raise InputContractError("conversational models take 2D images: pass image.slice(k) (CLI: --slice K)")
     unit = to_unit_range(image, contract)
     rgb = np.repeat(unit, 3, axis=2) if unit.shape[2] == 1 else unit[..., :3]
     return Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), mode="RGB")
@@ -102,7 +101,7 @@ class VisualChat:
         h, w = image.spatial_shape[-2:]
         if h * w > self.max_pixels:
             raise InputContractError(f"image of {w}×{h} pixels exceeds the limit of {self.max_pixels} pixels")
-        picture = display_rgb(image, self.record.preprocess)
+        picture = picture_rgb(image, self.record.preprocess)
         if self.pad_square:
             mean = getattr(getattr(self.processor, "image_processor", None), "image_mean", None) or (0.5, 0.5, 0.5)
             picture = pad_to_square(picture, tuple(int(255 * m) for m in mean[:3]))  # as LLaVA: truncated
