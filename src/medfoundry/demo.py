@@ -160,8 +160,8 @@ def _reports(report: dict[str, Any], clip: Any, planes: dict[str, MedImage], roo
     if root is not None and (root / "covid_cxr_clinical_notes").is_dir():
         import random
 
+        from medfoundry.datasets.pairs import covid_note_rows
         from medfoundry.tasks.report import build_report_bank
-        from medfoundry.train.shared_pairs import covid_note_rows
 
         notes = [r["text"] for r in covid_note_rows(root, random.Random(0)) if r["split"] == "train"]
         bank = build_report_bank(clip, notes)
