@@ -165,6 +165,7 @@ def summarise(spec, results: list[dict]) -> Summary:
         summary.extra["raw_pixel_baseline"] = {
             "description": f"logistic regression on raw 32×32 pixels fit on {results[0]['train_cases']} labelled "
                            f"rows ({spec.dataset.train_filter}) that the model never uses: a supervised reference",
+            "train_cases": results[0]["train_cases"],
             **{m: {"value": stat(m, pixel)(np.arange(len(y))),
                    "ci95": bootstrap_ci(stat(m, pixel), len(y), groups, spec.bootstrap, spec.seed)}
                for m in spec.metrics}}
