@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from medfoundry.errors import ImageReadError
+from medfoundry.errors import ImageReadError, InputContractError
 from medfoundry.io.image import MedImage
+from medfoundry.io.limits import DEFAULT_MAX_FILE_BYTES, max_file_bytes
 
-#: Files larger than this are refused before reading (bytes); override with MEDFOUNDRY_MAX_FILE_BYTES.
-DEFAULT_MAX_FILE_BYTES = 4 * 2**30
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "detect_format", "read_image"]
+
 
 NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img", ".mnc", ".mgh", ".mgz", ".par")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def _max_bytes() -> int:
-    value = os.environ.get("MEDFOUNDRY_MAX_FILE_BYTES")
-    return int(value) if value and value.isdigit() else DEFAULT_MAX_FILE_BYTES
+    return max_file_bytes()
 
 
 def detect_format(path: Path) -> str:
@@ -66,6 +65,15 @@ def read_image(path: str | Path, *, series_uid: str | None = None, key: str | No
         if size > _max_bytes():
             raise ImageReadError(path, f"file is {size / 2**30:.1f} GiB, over the {_max_bytes() / 2**30:.1f} GiB "
                                        "limit (set MEDFOUNDRY_MAX_FILE_BYTES to raise it)")
+    try:
+        return _read(path, series_uid, key)
+    except InputContractError as exc:  # e.g. a header's geometry no MedImage can hold
+        raise ImageReadError(path, str(exc)) from exc
+    except OSError as exc:  # permission denied, a file that vanished while being read ...
+        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _read(path: Path, series_uid: str | None, key: str | None) -> MedImage:
     fmt = detect_format(path)
     if fmt == "dicom-series":
         from medfoundry.io.dicom import read_dicom_series
