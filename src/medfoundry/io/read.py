@@ -20,7 +20,8 @@ def _max_bytes() -> int:
 
 
 def detect_format(path: Path) -> str:
-    """``"dicom-series"``, ``"dicom"``, ``"nifti"``, ``"numpy"`` or ``"raster"`` from suffix and magic bytes."""
+    """``"dicom-series"``, ``"dicom"``, ``"nifti"``, ``"numpy"``, ``"zip"`` or ``"raster"`` from suffix and magic
+    bytes."""
     if path.is_dir():
         return "dicom-series"
     name = path.name.lower()
@@ -32,6 +33,8 @@ def detect_format(path: Path) -> str:
         return "raster"
     with open(path, "rb") as fh:
         head = fh.read(132)
+    if name.endswith(".zip") or head[:4] == b"PK\x03\x04":
+        return "zip"
     if head[128:132] == b"DICM" or name.endswith((".dcm", ".dicom", ".ima")):
         return "dicom"
     if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff" or head[:4] in (b"II*\x00", b"MM\x00*"):
@@ -47,8 +50,10 @@ def read_image(path: str | Path, *, series_uid: str | None = None, key: str | No
     Args:
         path: a DICOM file (single or multi-frame), a folder holding one DICOM series, a NIfTI file (or
             Analyze/MINC/MGH/PAR-REC through nibabel),
-            a PNG/JPEG/BMP/TIFF file, or a NumPy ``.npy``/``.npz`` file.
-        series_uid: for a folder with several DICOM series, which one to read.
+            a PNG/JPEG/BMP/TIFF file, a NumPy ``.npy``/``.npz`` file, or a ``.zip`` of a DICOM series or of one
+            such file (see :mod:`medfoundry.io.archive`). Declared sizes are checked against the limits of
+            :mod:`medfoundry.io.limits` before anything is decoded or decompressed.
+        series_uid: for a folder (or zip) with several DICOM series, which one to read.
         key: for an ``.npz`` with several arrays, which one to read.
 
     Raises:
@@ -79,6 +84,10 @@ def _read(path: Path, series_uid: str | None, key: str | None) -> MedImage:
         from medfoundry.io.dicom import read_dicom_series
 
         return read_dicom_series(path, series_uid=series_uid)
+    if fmt == "zip":
+        from medfoundry.io.archive import read_zip
+
+        return read_zip(path, series_uid=series_uid)
     if fmt == "dicom":
         from medfoundry.io.dicom import read_dicom_file
 
