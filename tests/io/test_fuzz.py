@@ -265,6 +265,35 @@ def test_deflated_dicom_bomb_is_refused(tmp_path: Path, monkeypatch) -> None:
         read_image(path)
 
 
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory) -> bytes:
+    from pydicom.data import get_testdata_file
+
+    from medfoundry.io.slide import write_pyramid
+
+    rgb = read_image(get_testdata_file("SC_rgb_dcmtk_+eb+cr.dcm")).to_display()
+    path = write_pyramid(tmp_path_factory.mktemp("slide") / "slide.tif", np.ascontiguousarray(rgb[:96, :96]),
+                         levels=2, tile=32, mpp=0.5)
+    return path.read_bytes()
+
+
+@settings(FUZZ, max_examples=30)
+@given(mutation=st.sampled_from(sorted(fuzz.MUTATIONS)), seed=st.integers(0, 2**32 - 1),
+       suffix=st.sampled_from([".tif", ".svs", ".ndpi", ".png"]))
+def test_mutated_slides_raise_only_typed_errors(tmp_path_factory, pyramid: bytes, mutation: str, seed: int,
+                                                suffix: str) -> None:
+    from medfoundry.io.slide import open_slide
+
+    path = tmp_path_factory.mktemp("s") / f"case{suffix}"
+    path.write_bytes(fuzz.MUTATIONS[mutation](pyramid, random.Random(seed)))
+    try:
+        with open_slide(path) as slide:
+            assert slide.thumbnail(48).ndim == 3
+            assert slide.read_region((0, 0), slide.level_count - 1, (16, 16)).shape == (16, 16, 3)
+    except MedfoundryError:
+        pass
+
+
 # -- other entry points --------------------------------------------------------------------------------------
 @settings(FUZZ, max_examples=80)
 @given(lines=st.lists(st.one_of(st.text(max_size=80), st.from_regex(r'\{"image": ?"[a-z.]{1,8}".{0,40}\}'),
