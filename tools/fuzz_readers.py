@@ -161,8 +161,9 @@ def worker(batch_file: str) -> None:
             print(json.dumps({"i": case["i"], "direct": direct, "detail": detail, "server": server,
                               "server_detail": sdetail, "read_s": t1 - t0, "upload_s": t2 - t1,
                               "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
-            if "hang" in (direct, server):
-                os._exit(3)  # a timed-out call may still run in a thread: start a fresh worker
+            if "hang" in (direct, server) or (server.startswith("untyped:") and "http-" not in server
+                                              and "preview-" not in server):
+                os._exit(3)  # a timed-out call may still run, or the test client broke: start a fresh worker
     bench.close()
     shutil.rmtree(base, ignore_errors=True)
 
@@ -303,6 +304,9 @@ def write_results(args, files, cases, results, peaks, wall, shared_present) -> N
         "time_s": round(wall, 1),
         "read_seconds_mean": round(sum(read_s) / max(len(read_s), 1), 4),
         "read_seconds_max": round(max(read_s, default=0.0), 3),
+        "slowest_read": max(((r.get("read_s", 0.0), c["label"], c["mutation"]) for c, r in zip(cases, results,
+                                                                                              strict=True)),
+                            default=None),
         "per_case_timeout_s": args.timeout,
         "peak_rss_mib": round(max(peaks, default=0) / 1024, 1),
         "worker_address_space_limit_gib": args.rlimit_gib,
