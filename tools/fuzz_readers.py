@@ -11,6 +11,13 @@ Outcome classes: ``success``, ``typed:<Error>`` (4xx JSON for the server), ``unt
 crash for the server) and ``hang`` (over ``--timeout`` seconds, or a worker that stops answering).
 
     nice -n 10 python tools/fuzz_readers.py --cases 6000 --out benchmarks/results/fuzz_readers.json
+
+Baseline (``benchmarks/results/fuzz_readers_baseline.json``): the same cases against the readers before issue 21,
+with this harness's ``io/fuzz.py`` added to that tree::
+
+    git archive 2578831 src | tar -x -C BASE && cp src/medfoundry/io/fuzz.py BASE/src/medfoundry/io/
+    nice -n 10 python tools/fuzz_readers.py --cases 6000 --src BASE/src --label "readers of commit 2578831 \
+        (before issue 21), same harness" --out benchmarks/results/fuzz_readers_baseline.json
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import os
 import platform
 import queue
 import random
+import re
 import resource
 import shutil
 import subprocess
@@ -73,6 +81,11 @@ def _write_seg(series: Path, folder: Path) -> Path | None:
         return write_dicom_seg(mask, series, folder / "CT5N_seg.dcm", overwrite=True)
     except ImportError:
         return None
+
+
+def scrub(text: str) -> str:
+    """A detail without the worker's temporary folder (the results name cases by label, not by machine path)."""
+    return re.sub(r"\S*mf-fuzz-[^/\s]+/[^/\s]+/", "", text)
 
 
 # -- worker: runs cases, one JSON line each ------------------------------------------------------------------
@@ -158,8 +171,8 @@ def worker(batch_file: str) -> None:
             server, sdetail = _upload(client, name, data, spec["timeout"]) if data is not None else ("skipped", "")
             t2 = time.perf_counter()
             shutil.rmtree(tmp, ignore_errors=True)
-            print(json.dumps({"i": case["i"], "direct": direct, "detail": detail, "server": server,
-                              "server_detail": sdetail, "read_s": t1 - t0, "upload_s": t2 - t1,
+            print(json.dumps({"i": case["i"], "direct": direct, "detail": scrub(detail), "server": server,
+                              "server_detail": scrub(sdetail), "read_s": t1 - t0, "upload_s": t2 - t1,
                               "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
             if "hang" in (direct, server) or (server.startswith("untyped:") and "http-" not in server
                                               and "preview-" not in server):
