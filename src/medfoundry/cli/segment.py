@@ -150,10 +150,10 @@ def segment_one(segmenter, image: MedImage, boxes: list, points: list, slice_ind
 
 
 def run(args: argparse.Namespace) -> int:
+    prompt_jobs = read_prompts(args.prompts) if args.prompts else None  # before any model work
     from medfoundry.predict.segment import open_segmenter
     from medfoundry.tasks.measure import measure
 
-    prompt_jobs = read_prompts(args.prompts) if args.prompts else None
     if args.onnx is not None and (args.fast_prompts or args.embed_pool != 1 or args.precision != "fp32"):
         raise InputContractError("--fast-prompts, --embed-pool and --precision apply to PyTorch models; "
                                  "an ONNX export runs as it was exported")
