@@ -31,3 +31,16 @@ def test_info_and_convert_on_mutated_files(tmp_path: Path, capsys) -> None:
         err = capsys.readouterr().err
         assert "Traceback" not in err
     assert 0 in codes and 2 in codes
+
+
+def test_valid_prompts_file_still_segments(tmp_path: Path) -> None:
+    import json
+
+    from pydicom.data import get_testdata_file
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"image": get_testdata_file("CT_small.dcm"), "boxes": [[30, 30, 90, 90]]}) + "\n\n")
+    assert main(["segment", "--prompts", str(prompts), "--out-dir", str(tmp_path / "masks")]) == 0
+    assert (tmp_path / "masks" / "CT_small_mask.nii.gz").is_file()
+    prompts.write_text('{"image": "a.png", "boxes": [[1, 2, 3]]}\n')
+    assert main(["segment", "--prompts", str(prompts), "--out-dir", str(tmp_path / "masks")]) == 2
