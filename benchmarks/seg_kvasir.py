@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medfoundry.datasets.segmentation import shared_manifest
 from medfoundry.eval.baselines import dice, ellipse_in_box
 from medfoundry.io import read_image
 from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import TTA_MODES, open_segmenter
-from medfoundry.train.seg_data import shared_manifest
 
 
 def main() -> None:

@@ -26,7 +26,8 @@ def test_splits_are_deterministic_and_order_free() -> None:
 def test_shared_splits_match_the_published_models(shared_data: Path, tmp_path: Path) -> None:
     from medfoundry.datasets.pairs import build_shared_pairs
 
-    rows = list(csv.DictReader(open(build_shared_pairs(shared_data, tmp_path), newline="", encoding="utf-8")))
+    with open(build_shared_pairs(shared_data, tmp_path), newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
     count = {}
     for r in rows:
         count.setdefault((r["source"], r["split"]), set()).add(r["image"])

@@ -101,7 +101,7 @@ def test_label_set_prompts_are_ensembled_per_class(checkpoint: Path, images: lis
     result = zero_shot_classify(predictor, images, ["CT", "MR"], prompts=prompts)
     manual = (predictor.embed_images(images) @ protos.T) * predictor.logit_scale
     np.testing.assert_allclose(result.probs.argmax(1), manual.argmax(1))
-    with pytest.raises(InputContractError, match="no label set 'plane'.*modality"):
+    with pytest.raises(InputContractError, match=r"no label set 'plane'.*modality"):
         label_set(predictor, "plane")
 
 

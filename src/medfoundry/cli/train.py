@@ -187,7 +187,7 @@ def run_clip(args: argparse.Namespace) -> int:
 
 
 def run_sam_manifest(args: argparse.Namespace) -> int:
-    from medfoundry.train.seg_data import shared_manifest
+    from medfoundry.datasets.segmentation import shared_manifest
 
     path = shared_manifest(args.shared, args.out)
     print(f"wrote {path} ({len(path.read_text().splitlines())} objects)")

@@ -110,7 +110,7 @@ def prepare_shared(shared_root: str | Path, out: str | Path) -> list[Path]:
     ``kvasir.csv``, ``covid.csv``, ``lesion3d.csv``, ``organs3d.csv``, ``medpix.csv``, ``modality.csv``); returns
     their paths."""
     from medfoundry.datasets.pairs import _pneumonia
-    from medfoundry.train.seg_data import shared_manifest
+    from medfoundry.datasets.segmentation import shared_manifest
 
     root, out = Path(shared_root).resolve(), Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
