@@ -46,7 +46,8 @@ def read_image(path: str | Path, *, series_uid: str | None = None, key: str | No
     """Read a medical image from ``path`` into a :class:`MedImage`.
 
     Args:
-        path: a DICOM file (single or multi-frame), a folder holding one DICOM series, a NIfTI file (or
+        path: a DICOM file (single or multi-frame), a folder holding one DICOM series, a DICOMweb series
+            address, a NIfTI file (or
             Analyze/MINC/MGH/PAR-REC through nibabel),
             a PNG/JPEG/BMP/TIFF file, or a NumPy ``.npy``/``.npz`` file.
         series_uid: for a folder with several DICOM series, which one to read.
@@ -55,7 +56,14 @@ def read_image(path: str | Path, *, series_uid: str | None = None, key: str | No
     Raises:
         ImageReadError: the path does not exist, is empty, too large, corrupt, truncated, or cannot be decoded;
             the message names the file and the reason.
+
+    A ``dicomweb+http(s)://…/studies/<UID>/series/<UID>`` address is retrieved over DICOMweb into a local cache
+    and read like a series folder (:mod:`medfoundry.io.dicomweb`).
     """
+    if isinstance(path, str) and path.startswith(("dicomweb+http://", "dicomweb+https://")):
+        from medfoundry.io.dicomweb import read_dicomweb
+
+        return read_dicomweb(path)
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "no such file or folder")
