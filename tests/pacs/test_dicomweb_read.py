@@ -64,6 +64,8 @@ def test_search_filters(orthanc, uploaded) -> None:
     assert int(good["NumberOfSeriesRelatedInstances"]) == 6
     assert parse_address(good["address"]).series == good["SeriesInstanceUID"]
     assert search(orthanc.url, patient="PACS-A", modality="MR") == []
+    assert len(search(orthanc.url, patient="PACS-A", study_date="20040101-20040131")) == 3  # CT_small: 20040119
+    assert search(orthanc.url, patient="PACS-A", study_date="20100101-20101231") == []
     assert len(search("dicomweb+" + orthanc.url, patient="PACS-B")) == 1
 
 
