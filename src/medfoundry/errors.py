@@ -69,3 +69,24 @@ class UnsafeCheckpointError(WeightsError):
 
 class InputContractError(MedfoundryError):
     """An input does not satisfy a model's or a function's input contract (shape, channels, range)."""
+
+
+class DeidentificationError(MedfoundryError):
+    """A DICOM object could not be de-identified (or must not be, e.g. burned-in annotation); nothing was written."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot de-identify {self.path}: {reason}")
+
+
+class PacsError(MedfoundryError):
+    """A DICOMweb server could not be reached, refused a request, or answered with something unusable.
+
+    Carries the ``url`` and the ``what`` (the operation that failed: search, retrieve, store)."""
+
+    def __init__(self, url: str, what: str, reason: str) -> None:
+        self.url = url
+        self.what = what
+        self.reason = reason
+        super().__init__(f"{what} {url}: {reason}")

@@ -12,6 +12,7 @@ import numpy as np
 from medfoundry.cli.models import add_model_flags
 from medfoundry.errors import InputContractError
 from medfoundry.io import MedImage, read_image, write_image
+from medfoundry.io.dicomweb import is_dicomweb
 
 DEFAULT_MODEL = "medfoundry-sam-lite"
 
@@ -114,6 +115,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="bf16: image encoder in bfloat16 with fused attention (faster on AVX512-BF16/AMX CPUs, GPUs)")
     p.add_argument("--out", default=None, help="mask file: .png, .nii.gz (keeps geometry), .npy, or .dcm (DICOM SEG "
                                             "referencing the source series, for DICOM folders)")
+    p.add_argument("--sr", default=None, help="with a DICOM SEG --out: also write the measurements as a DICOM SR "
+                                          "(TID 1500 measurement report referencing the SEG segment) here")
+    p.add_argument("--store", action="store_true", help="with a dicomweb+ image and a .dcm --out: send the SEG and the "
+                                                        "SR to the same server (STOW-RS)")
     p.add_argument("--prompts", default=None, help="JSON lines: {image, boxes, points, slice} per image")
     p.add_argument("--out-dir", default=None, help="with --prompts: one mask per line, named after the image")
     p.add_argument("--json", action="store_true", help="print measurements as JSON")
@@ -149,6 +154,25 @@ def segment_one(segmenter, image: MedImage, boxes: list, points: list, slice_ind
     return out.best().any(axis=0), image
 
 
+def _report_and_store(args: argparse.Namespace, image: str, folder: str, seg_path: str, measured: dict) -> dict:
+    """Write the TID 1500 report of a SEG (``--sr`` or beside it) and, with ``--store``, STOW both to the server."""
+    import pydicom
+
+    from medfoundry.io.dicom import list_series, read_dataset
+    from medfoundry.io.dicom_sr import write_measurement_report
+    from medfoundry.io.dicomweb import store
+
+    seg = pydicom.dcmread(seg_path)
+    files = [f for group in list_series(folder).values() for f in group]
+    sources = [read_dataset(p, stop_before_pixels=True) for p in files]
+    sr_path = args.sr or str(Path(seg_path).with_name(Path(seg_path).name.removesuffix(".dcm") + "_sr.dcm"))
+    write_measurement_report(seg, sources, measured, sr_path, overwrite=args.overwrite)
+    out: dict = {"sr": sr_path}
+    if args.store:
+        out["stored"] = store(image, [seg, pydicom.dcmread(sr_path)])
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     prompt_jobs = read_prompts(args.prompts) if args.prompts else None  # before any model work
     from medfoundry.predict.segment import open_segmenter
@@ -174,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
         jobs = [{"image": args.image, "boxes": [_numbers(b, (4,), "box") for b in args.box],
                  "points": [_numbers(p, (2, 3), "point") for p in args.point], "slice": args.slice_index,
                  "out": args.out}]
+    if args.store and not all(is_dicomweb(j.get("image")) and str(j.get("out", "")).endswith(".dcm") for j in jobs):
+        raise InputContractError("--store sends a DICOM SEG (--out X.dcm) back to the DICOMweb server the image came "
+                                 "from: give a dicomweb+http:// series address")
     report = []
     if args.text:
         from medfoundry.predict.contrastive import open_contrastive
@@ -200,12 +227,17 @@ def run(args: argparse.Namespace) -> int:
                                  job.get("slice"), args.propagate or bool(job.get("propagate")),
                                  args.propagation_head)
         out = job.get("out") or str(Path(args.out_dir) / f"{Path(job['image']).name.split('.')[0]}_mask.nii.gz")
+        stored = None
         if out.endswith(".dcm"):
             from medfoundry.io.dicom_seg import write_dicom_seg
 
-            if mask.ndim != 3 or not Path(job["image"]).is_dir():
-                raise InputContractError("DICOM SEG output (.dcm) needs a DICOM series folder and --propagate")
-            write_dicom_seg(mask, job["image"], out, label=job.get("label", "object"), overwrite=args.overwrite)
+            folder = image.meta.get("series_folder") if is_dicomweb(job["image"]) else job["image"]
+            if mask.ndim != 3 or not Path(folder).is_dir():
+                raise InputContractError("DICOM SEG output (.dcm) needs a DICOM series (folder or dicomweb+ address) "
+                                         "and --propagate")
+            write_dicom_seg(mask, folder, out, label=job.get("label", "object"), overwrite=args.overwrite)
+            if args.sr or args.store:
+                stored = _report_and_store(args, job["image"], folder, out, measure(mask, grid).to_dict())
         elif out.endswith(".png"):
             if mask.ndim == 3:
                 raise InputContractError("a 3D mask cannot be a PNG: use .nii.gz")
@@ -213,12 +245,13 @@ def run(args: argparse.Namespace) -> int:
                         overwrite=args.overwrite)
         else:
             write_image(_mask_image(mask, grid), out, overwrite=args.overwrite)
-        entry = {"image": job["image"], "mask": out, **measure(mask, grid).to_dict()}
+        entry = {"image": job["image"], "mask": out, **measure(mask, grid).to_dict(), **(stored or {})}
         report.append(entry)
         if not args.json:
             size = f"{entry['volume_ml']:.2f} mL" if entry["volume_ml"] is not None else f"{entry['area_mm2']:.1f} mm²"
             print(f"{out}: {entry['pixels']} px, {size}, long axis {entry['long_axis_mm']:.1f} mm, "
-                  f"short axis {entry['short_axis_mm']:.1f} mm")
+                  f"short axis {entry['short_axis_mm']:.1f} mm" + (f"; SR {entry['sr']}" if "sr" in entry else "")
+                  + (f"; stored {len(entry['stored'])} objects on the server" if "stored" in entry else ""))
     if args.json:
         print(json.dumps(report if args.prompts else report[0], indent=2))
     return 0

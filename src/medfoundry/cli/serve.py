@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat-model", default=None,
                    help="conversational model for questions about an image (e.g. llava-med; none by default)")
     p.add_argument("--chat-weights", default=None, help="weights folder for --chat-model")
+    p.add_argument("--deid", action="store_true",
+                   help="de-identify DICOM uploads (PS3.15 Annex E basic profile) before they are stored; other "
+                        "formats are refused; upload names are not kept")
     p.set_defaults(func=run)
 
 
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise MedfoundryError("medfoundry serve needs its extra: pip install 'medfoundry[serve]'") from exc
     bench = Workbench(store=args.store, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
                       contrastive_model=args.clip_model, segmentation_model=args.seg_model, index=args.index,
-                      chat_model=args.chat_model, chat_weights=args.chat_weights)
+                      chat_model=args.chat_model, chat_weights=args.chat_weights, deid=_deidentifier(args.deid))
     app = create_app(bench, demo_dir=args.demo)
     print(f"medfoundry viewer on http://{args.host}:{args.port}/  (demo page: /demo/, API docs: /docs)")
     try:
@@ -42,3 +45,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bench.close()
     return 0
+
+
+def _deidentifier(enabled: bool):
+    if not enabled:
+        return None
+    from medfoundry.io.deid import Deidentifier
+
+    return Deidentifier()

@@ -48,7 +48,8 @@ def read_image(path: str | Path, *, series_uid: str | None = None, key: str | No
     """Read a medical image from ``path`` into a :class:`MedImage`.
 
     Args:
-        path: a DICOM file (single or multi-frame), a folder holding one DICOM series, a NIfTI file (or
+        path: a DICOM file (single or multi-frame), a folder holding one DICOM series, a DICOMweb series
+            address, a NIfTI file (or
             Analyze/MINC/MGH/PAR-REC through nibabel),
             a PNG/JPEG/BMP/TIFF file, a NumPy ``.npy``/``.npz`` file, or a ``.zip`` of a DICOM series or of one
             such file (see :mod:`medfoundry.io.archive`). Declared sizes are checked against the limits of
@@ -59,7 +60,14 @@ def read_image(path: str | Path, *, series_uid: str | None = None, key: str | No
     Raises:
         ImageReadError: the path does not exist, is empty, too large, corrupt, truncated, or cannot be decoded;
             the message names the file and the reason.
+
+    A ``dicomweb+http(s)://…/studies/<UID>/series/<UID>`` address is retrieved over DICOMweb into a local cache
+    and read like a series folder (:mod:`medfoundry.io.dicomweb`).
     """
+    if isinstance(path, str) and path.startswith(("dicomweb+http://", "dicomweb+https://")):
+        from medfoundry.io.dicomweb import read_dicomweb
+
+        return read_dicomweb(path)
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "no such file or folder")

@@ -82,7 +82,8 @@ class Workbench:
     def __init__(self, store: str | Path | None = None, max_upload_bytes: int = 512 << 20, max_images: int = 32,
                  contrastive_model: str = "medfoundry-clip-tiny",
                  segmentation_model: str = "medfoundry-sam-lite", index: str | Path | None = None,
-                 chat_model: str | None = None, chat_weights: str | None = None) -> None:
+                 chat_model: str | None = None, chat_weights: str | None = None, deid: Any = None) -> None:
+        self.deid = deid  # a medfoundry.io.deid.Deidentifier: uploads are de-identified before they are stored
         self._own_store = store is None
         self.store = Path(store) if store is not None else Path(tempfile.mkdtemp(prefix="medfoundry-serve-"))
         self.store.mkdir(parents=True, exist_ok=True)
@@ -120,6 +121,9 @@ class Workbench:
                     fh.write(chunk)
             if size == 0:
                 raise ImageReadError(Path(filename or "upload").name, "the upload is empty")
+            if self.deid is not None:
+                filename = f"upload{suffix}"  # an upload's own name can carry identity
+                digest = self._deidentify(tmp, filename)
             image_id = digest.hexdigest()[:24]
             path = self.store / f"{image_id}{suffix}"
             tmp.replace(path)
@@ -142,6 +146,14 @@ class Workbench:
                 for f in self.store.glob(f"{old}*"):
                     f.unlink(missing_ok=True)
         return stored
+
+    def _deidentify(self, tmp: Path, filename: str) -> Any:
+        """Replace the received file by its de-identified DICOM (PS3.15 Annex E); its digest. Non-DICOM is refused."""
+        from medfoundry.io.deid import deidentify_bytes
+
+        data = deidentify_bytes(tmp.read_bytes(), self.deid, filename)
+        tmp.write_bytes(data)
+        return hashlib.sha256(data)
 
     def get(self, image_id: str) -> StoredImage:
         """The uploaded image with this id."""
