@@ -20,6 +20,7 @@ from medfoundry.errors import InputContractError, RegistryError, WeightsError
 from medfoundry.io.image import MedImage
 from medfoundry.io.read import read_image
 from medfoundry.predict.preprocess import preprocess_batch
+from medfoundry.registry.loading import LoadedWeights
 from medfoundry.registry.records import ModelRecord
 
 
@@ -100,6 +101,7 @@ class ContrastivePredictor:
         self.batch_size = batch_size
         self.precision = "fp32"
         self.source: Path | None = None
+        self.loaded_weights: LoadedWeights | None = None  # the weights file and its sha256 (set by the loader)
         self._text_cache: dict[str, torch.Tensor] = {}
 
     def set_precision(self, precision: str) -> ContrastivePredictor:
@@ -195,6 +197,7 @@ def load_contrastive(record: ModelRecord, weights: Any, device: str = "cpu") -> 
     predictor's ``source`` remembers the path (fine-tuning writes its result in the same format)."""
     predictor = _load_contrastive(record, weights, device)
     predictor.source = Path(weights) if isinstance(weights, (str, Path)) else None
+    predictor.loaded_weights = LoadedWeights(weights)
     return predictor
 
 
