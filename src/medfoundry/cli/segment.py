@@ -26,6 +26,42 @@ def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
     return values
 
 
+PROMPT_KEYS = ("image", "boxes", "points", "slice", "propagate", "label", "out")
+
+
+def read_prompts(path: str | Path) -> list[dict]:
+    """The jobs of a ``--prompts`` file: one JSON object per non-empty line with an ``image`` path and optional
+    ``boxes`` ([[x0, y0, x1, y1], ...] pixels), ``points`` ([[x, y(, label)], ...]), ``slice``, ``propagate``,
+    ``label`` and ``out``. Every problem is an InputContractError naming the file and line (1-based)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputContractError(f"cannot read the prompts file {path}: {exc}") from exc
+    jobs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            job = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputContractError(f"{where} is not JSON ({exc.msg})") from None
+        if not isinstance(job, dict):
+            raise InputContractError(f"{where}: expected a JSON object like {{\"image\": ..., \"boxes\": [...]}}")
+        if not isinstance(job.get("image"), str) or not job["image"]:
+            raise InputContractError(f"{where} has no \"image\" (the path of the image to segment)")
+        unknown = sorted(set(job) - set(PROMPT_KEYS))
+        if unknown:
+            raise InputContractError(f"{where}: unknown keys {unknown} (known: {', '.join(PROMPT_KEYS)})")
+        for key in ("boxes", "points"):
+            if not isinstance(job.get(key) or [], list) or not all(isinstance(v, list) for v in job.get(key) or []):
+                raise InputContractError(f"{where}: \"{key}\" must be a list of lists of numbers")
+        jobs.append(job)
+    if not jobs:
+        raise InputContractError(f"the prompts file {path} has no lines")
+    return jobs
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment with boxes/points (2D, a slice, or a whole volume)")
     p.add_argument("image", nargs="?", help="image file or DICOM folder (omit with --prompts)")
@@ -96,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx is not None and (args.fast_prompts or args.embed_pool != 1 or args.precision != "fp32"):
         raise InputContractError("--fast-prompts, --embed-pool and --precision apply to PyTorch models; "
                                  "an ONNX export runs as it was exported")
+    jobs = read_prompts(args.prompts) if args.prompts else []  # every line checked before the model loads
     segmenter = open_segmenter(args.model or DEFAULT_MODEL, args.weights, onnx=args.onnx, tta=args.tta,
                                **({"precision": args.precision, "embed_pool": args.embed_pool}
                                   if args.onnx is None else {}))
@@ -106,7 +143,6 @@ def run(args: argparse.Namespace) -> int:
     if args.prompts:
         if not args.out_dir:
             raise InputContractError("--prompts needs --out-dir")
-        jobs = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()]
     else:
         if not args.image or not args.out:
             raise InputContractError("give IMAGE and --out (or --prompts FILE --out-dir DIR)")
@@ -152,12 +188,10 @@ def run(args: argparse.Namespace) -> int:
                         overwrite=args.overwrite)
         else:
             write_image(_mask_image(mask, grid), out, overwrite=args.overwrite)
-        entry = {"image": job["image"], "mask": out, **measure(mask, grid).to_dict()}
-        report.append(entry)
+        sizes = measure(mask, grid)
+        report.append({"image": job["image"], "mask": out, **sizes.to_dict()})
         if not args.json:
-            size = f"{entry['volume_ml']:.2f} mL" if entry["volume_ml"] is not None else f"{entry['area_mm2']:.1f} mm²"
-            print(f"{out}: {entry['pixels']} px, {size}, long axis {entry['long_axis_mm']:.1f} mm, "
-                  f"short axis {entry['short_axis_mm']:.1f} mm")
+            print(f"{out}: {sizes.describe()}")
     if args.json:
         print(json.dumps(report if args.prompts else report[0], indent=2))
     return 0

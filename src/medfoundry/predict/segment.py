@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from medfoundry.errors import InputContractError
 from medfoundry.io.image import MedImage
 from medfoundry.predict.preprocess import preprocess, to_unit_range
+from medfoundry.registry.loading import LoadedWeights
 from medfoundry.registry.records import ModelRecord
 
 #: Largest image (in pixels) a segmenter accepts; larger inputs are refused rather than resampled silently.
@@ -89,6 +90,16 @@ def check_prompts(
     return points, labels, boxes
 
 
+def image_key(image: MedImage) -> str:
+    """What the embedding of a 2D image depends on besides the model: the pixel values with their shape and
+    dtype, and the intensity window, photometric interpretation and modality that turn them into display values."""
+    array = np.ascontiguousarray(image.array)
+    digest = hashlib.sha1(f"{array.shape}|{array.dtype.str}|{image.window}|{image.photometric}|"
+                          f"{image.modality}|".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 class PromptSegmenter:
     """Holds one SAM-family model; ``set_image`` once, ``predict`` per prompt."""
 
@@ -115,6 +126,8 @@ class PromptSegmenter:
         self._hash = ""
         self._unit: np.ndarray | None = None
         self._info: Any = None  # the whole image's preprocessing info, for its cached embedding
+        self.loaded_weights: LoadedWeights | None = None  # the weights file and its sha256 (set by the loader)
+        self._weights_sha256: str | None = None
 
     def set_precision(self, precision: str) -> PromptSegmenter:
         """``fp32`` (default; ViT encoders use fused attention, equal to segment_anything's to ~1e-6) or
@@ -166,7 +179,7 @@ class PromptSegmenter:
         if h * w > self.max_pixels:
             raise InputContractError(f"image of {w}×{h} pixels exceeds the limit of {self.max_pixels} pixels")
         self.image = image
-        self._hash = hashlib.sha1(np.ascontiguousarray(image.array).tobytes()).hexdigest()
+        self._hash = image_key(image)
         self._unit = None
         self._info = None
         if self.crop <= 0:
@@ -182,8 +195,8 @@ class PromptSegmenter:
 
         pool = getattr(self.model.config, "embed_pool", 1)
         mirror_avg = self.tta == "embedding"
-        key = (f"{self.record.name}:{self.precision}:{pool}:{self._hash}:{None if window is None else window.tolist()}"
-               f":{flip}:{mirror_avg}")
+        key = (f"{self.record.name}:{self._weights_id()}:{self.precision}:{pool}:{self._hash}:"
+               f"{None if window is None else window.tolist()}:{flip}:{mirror_avg}")
         info = pixels = None
         if window is None:
             if self._info is None or key not in self._cache:
@@ -211,6 +224,21 @@ class PromptSegmenter:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return self._hot(key, entry), info
+
+    def _weights_id(self) -> str:
+        """The weights in the embedding cache key. In memory the cache belongs to this one loaded model, so an
+        empty string; on disk (``cache_dir``, shared by processes and models) the sha256 of the weights file
+        loaded, or of the model's state dict when it was built in memory."""
+        if self.cache_dir is None:
+            return ""
+        if self._weights_sha256 is None:
+            if self.loaded_weights is not None:
+                self._weights_sha256 = self.loaded_weights.sha256
+            elif hasattr(self.model, "state_dict"):
+                self._weights_sha256 = LoadedWeights(self.model.state_dict()).sha256
+            else:
+                self._weights_sha256 = f"unknown-{id(self.model)}"  # never shared with another model
+        return self._weights_sha256
 
     def _hot(self, key: str, entry: Any = None) -> Any:
         """The cached embedding under ``key``, marked as in use: only the few embeddings used last keep their
@@ -406,7 +434,9 @@ def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwa
     from medfoundry.models.sam_fast import accelerate_encoder
 
     accelerate_encoder(model.image_encoder)  # ViT blocks: fused attention, float32, same result to ~1e-6
-    return PromptSegmenter(model.float(), record, device=device, **kwargs)
+    segmenter = PromptSegmenter(model.float(), record, device=device, **kwargs)
+    segmenter.loaded_weights = LoadedWeights(weights)
+    return segmenter
 
 
 def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: str | Path | None = None,
@@ -422,7 +452,9 @@ def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: s
         from medfoundry.models.sam import SamConfig
 
         record, _ = resolve_model(model, weights)
-        return PromptSegmenter(OnnxSam(onnx, SamConfig(**record.arch_config)), record, **kwargs)
+        segmenter = PromptSegmenter(OnnxSam(onnx, SamConfig(**record.arch_config)), record, **kwargs)
+        segmenter.loaded_weights = LoadedWeights(Path(onnx))
+        return segmenter
     record, resolved = fetch_weights(model, weights)
     if "segmentation-2d" not in record.tasks:
         raise InputContractError(f"{record.name} is a {record.family} model, not a promptable segmenter")
