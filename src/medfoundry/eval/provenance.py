@@ -25,6 +25,8 @@ from medfoundry.registry.sources import sha256_file
 
 #: A folder whose files add up to more than this is described by its file names and sizes, not hashed byte by byte.
 MAX_HASHED_BYTES = 2 << 30
+#: Longer lists of dataset files are summarised (count, bytes, combined sha256) rather than listed one by one.
+MAX_LISTED = 20
 
 
 @lru_cache(maxsize=1)
@@ -57,6 +59,39 @@ def code_version_string() -> str:
     if not code["git_commit"]:
         return str(code["package"])
     return f"{code['package']}+{code['git_commit'][:12]}{'.dirty' if code['dirty'] else ''}"
+
+
+def portable_path(path: str | Path) -> str:
+    """A path as results files record it, without this machine's folders: ``package:REL`` inside the installed
+    medfoundry (the registry's spelling), ``shared:REL`` inside the shared data folder, relative inside the
+    working directory, else ``<elsewhere>/NAME`` (temporary and home folders are nobody else's)."""
+    from medfoundry.samples import shared_data_dir
+
+    given = Path(path).expanduser()
+    if not given.is_absolute() and ".." not in given.parts:
+        return given.as_posix()
+    where = given.resolve()
+    import medfoundry
+
+    shared = shared_data_dir()
+    for prefix, root in (("package:", Path(medfoundry.__file__).resolve().parent),
+                         ("shared:", Path(shared).resolve() if shared is not None else None), ("", Path.cwd())):
+        if root is not None and where.is_relative_to(root.resolve()):
+            return prefix + where.relative_to(root.resolve()).as_posix()
+    return f"<elsewhere>/{where.name}"
+
+
+def _portable_values(value: Any) -> Any:
+    """``value`` with every string that is an absolute path (or ``~/...``) made portable (:func:`portable_path`)."""
+    if isinstance(value, str) and (value.startswith(("/", "~")) or "/../" in value) and "://" not in value:
+        return portable_path(value)
+    if isinstance(value, Mapping):
+        return {k: _portable_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable_values(v) for v in value]
+    if isinstance(value, Path):
+        return portable_path(value)
+    return value
 
 
 def _cpu_model() -> str:
@@ -95,7 +130,7 @@ def dataset_hash(paths: str | Path | Iterable[str | Path]) -> dict[str, Any]:
     """sha256 of the data a result was computed on: each file's sha256, and for a folder the sha256 of the lines
     ``"<sha256>  <relative path>"`` of its files (names and sizes instead of bytes above
     :data:`MAX_HASHED_BYTES`, marked ``"by": "names+sizes"``). ``sha256`` is the one item's, or for several
-    items the sha256 of their sha256 lines."""
+    items the sha256 of their sha256 lines (more than :data:`MAX_LISTED` items are counted, not listed)."""
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     files = []
     for item in items:
@@ -106,15 +141,18 @@ def dataset_hash(paths: str | Path | Iterable[str | Path]) -> dict[str, Any]:
             by = "bytes" if total <= MAX_HASHED_BYTES else "names+sizes"
             lines = "".join(f"{sha256_file(p) if by == 'bytes' else p.stat().st_size}  {p.relative_to(path)}\n"
                             for p in members)
-            files.append({"path": str(path), "files": len(members), "bytes": total, "by": by,
+            files.append({"path": portable_path(path), "files": len(members), "bytes": total, "by": by,
                           "sha256": hashlib.sha256(lines.encode()).hexdigest()})
         elif path.is_file():
-            files.append({"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+            files.append({"path": portable_path(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
         else:
-            files.append({"path": str(path), "sha256": None, "missing": True})
+            files.append({"path": portable_path(path), "sha256": None, "missing": True})
     if len(files) == 1:
         return {"sha256": files[0]["sha256"], "items": files}
     combined = hashlib.sha256("".join(f"{f['sha256']}\n" for f in files).encode()).hexdigest()
+    if len(files) > MAX_LISTED:  # a long list of files (e.g. the cases of a benchmark): counted, not listed
+        return {"sha256": combined, "files": len(files), "bytes": sum(f.get("bytes", 0) for f in files),
+                "first": files[0]["path"]}
     return {"sha256": combined, "items": files}
 
 
@@ -152,6 +190,8 @@ def collect(model: Any = None, *, name: str | None = None, weights: Any = None,
         data: the dataset files or folders read (see :func:`dataset_hash`).
         settings: the spec (dataclass), the script's argparse namespace, or a mapping of arguments.
 
+    Paths are recorded without this machine's folders (:func:`portable_path`).
+
     Returns keys ``model``, ``weights_path``, ``weights_sha256``, ``dataset`` (None without ``data``),
     ``settings`` and ``settings_sha256``, ``code`` (:func:`code_version`), ``command`` (argv),
     ``machine`` (:func:`machine`) and ``created_utc``.
@@ -160,13 +200,13 @@ def collect(model: Any = None, *, name: str | None = None, weights: Any = None,
     loaded = weights_of(weights) if weights is not None else weights_of(model)
     return {
         "model": name or (record.name if record is not None else None),
-        "weights_path": str(loaded.path) if loaded is not None and loaded.path is not None else None,
+        "weights_path": portable_path(loaded.path) if loaded is not None and loaded.path is not None else None,
         "weights_sha256": loaded.sha256 if loaded is not None else None,
         "dataset": dataset_hash(data) if data is not None else None,
-        "settings": _plain(settings) if settings is not None else None,
+        "settings": _portable_values(_plain(settings)) if settings is not None else None,
         "settings_sha256": settings_sha256(settings) if settings is not None else None,
         "code": {**code_version(), "version": code_version_string()},
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else None,
+        "command": [Path(sys.argv[0]).name, *_portable_values(sys.argv[1:])] if sys.argv and sys.argv[0] else None,
         "machine": machine(),
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
