@@ -28,11 +28,14 @@ def read_nifti(path: str | Path) -> MedImage:
         raise ImageReadError(path, "empty file")
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise ImageReadError(path, f"unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
     if not isinstance(img, nib.spatialimages.SpatialImage):
         raise ImageReadError(path, f"not a spatial image ({type(img).__name__})")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise ImageReadError(path, f"unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 2:

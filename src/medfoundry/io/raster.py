@@ -26,8 +26,9 @@ def read_raster(path: str | Path) -> MedImage:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
+        with Image.open(path) as opened:
+            opened.load()
+            im: Image.Image = opened
             if im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr"):
                 im = im.convert("RGB" if im.mode != "LA" else "L")
             elif im.mode == "1":
@@ -120,7 +121,10 @@ def read_numpy(path: str | Path, key: str | None = None) -> MedImage:
     nsp = img.spatial_ndim
     if "spacing_array_order" in geometry:
         img.spacing = tuple(float(s) for s in geometry["spacing_array_order"])
-        img.origin = tuple(float(o) for o in geometry["origin"])
+        origin = [float(o) for o in np.ravel(geometry["origin"])]
+        if len(origin) != 3:
+            raise ImageReadError(path, f"npz origin has {len(origin)} values, expected 3 (x, y, z)")
+        img.origin = (origin[0], origin[1], origin[2])
         img.direction = np.asarray(geometry["direction"], dtype=np.float64).reshape(3, nsp)
         img.meta["spacing_source"] = "npz geometry"
     elif "spacing" in geometry and len(geometry["spacing"]) == nsp:

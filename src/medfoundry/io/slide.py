@@ -8,6 +8,7 @@ conventions. Regions are returned as (H, W, 3) uint8 RGB; pixels outside the sli
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,12 +23,15 @@ class Slide:
     def __init__(self, path: Path, handle=None, array: np.ndarray | None = None, mpp: float | None = None) -> None:
         self.path = path
         self._handle, self._array = handle, array
+        self.level_dimensions: list[tuple[int, int]]
         if handle is not None:
-            self.level_dimensions = [tuple(int(v) for v in d) for d in handle.level_dimensions]
+            self.level_dimensions = [(int(d[0]), int(d[1])) for d in handle.level_dimensions]
             self.level_downsamples = [float(d) for d in handle.level_downsamples]
             mpp_x = handle.properties.get("tiffslide.mpp-x")
             self.mpp = float(mpp_x) if mpp_x else mpp
         else:
+            if array is None:
+                raise InputContractError("a Slide needs an open file handle or an (H, W, 3) array")
             self.level_dimensions = [(array.shape[1], array.shape[0])]
             self.level_downsamples = [1.0]
             self.mpp = mpp
@@ -59,6 +63,7 @@ class Slide:
         if self._handle is not None:
             region = np.asarray(self._handle.read_region(location, level, (w, h), as_array=True))
             return region[..., :3] if region.shape[-1] == 4 else region
+        assert self._array is not None  # without a handle the slide is an in-memory array (see __init__)
         out = np.full((h, w, 3), 255, np.uint8)
         x, y = int(location[0]), int(location[1])
         src = self._array[max(y, 0) : y + h, max(x, 0) : x + w]
@@ -71,6 +76,7 @@ class Slide:
 
         if self._handle is not None:
             return np.asarray(self._handle.get_thumbnail((max_size, max_size)).convert("RGB"))
+        assert self._array is not None  # without a handle the slide is an in-memory array (see __init__)
         im = Image.fromarray(self._array)
         im.thumbnail((max_size, max_size))
         return np.asarray(im)
@@ -121,7 +127,7 @@ def write_pyramid(path: str | Path, rgb: np.ndarray, levels: int = 3, mpp: float
 
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise InputContractError(f"write_pyramid needs (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
-    opts = {"tile": (tile, tile), "photometric": "rgb", "compression": "zlib"}
+    opts: dict[str, Any] = {"tile": (tile, tile), "photometric": "rgb", "compression": "zlib"}
     if mpp is not None:
         opts |= {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
     path = Path(path)

@@ -25,7 +25,10 @@ from medfoundry.registry.records import ModelRecord
 
 
 class ContrastiveBackend(Protocol):
-    """What a CLIP-style model must offer: normalised image and text embeddings of one width."""
+    """What a CLIP-style model must offer: normalised image and text embeddings of one width, and the
+    ``model`` (an ``nn.Module``) they run, which precision changes replace."""
+
+    model: Any
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor: ...  # (B, C, S, S) → (B, D), unit norm
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor: ...  # → (B, D), unit norm
@@ -235,7 +238,8 @@ def _load_contrastive(record: ModelRecord, weights: Any, device: str) -> Contras
         from transformers import AutoTokenizer, CLIPModel
 
         folder = Path(weights)
-        model = CLIPModel.from_pretrained(str(folder), local_files_only=True).to(device)
+        loaded: Any = CLIPModel.from_pretrained(str(folder), local_files_only=True)  # transformers types .to() oddly
+        model = loaded.to(device)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         return ContrastivePredictor(HFClipBackend(model, tokenizer), record, device)
     raise RegistryError(f"{record.name}: architecture {arch!r} is registered but medfoundry cannot run it yet")

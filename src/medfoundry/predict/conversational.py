@@ -106,7 +106,8 @@ class VisualChat:
         picture = picture_rgb(image, self.record.preprocess)
         if self.pad_square:
             mean = getattr(getattr(self.processor, "image_processor", None), "image_mean", None) or (0.5, 0.5, 0.5)
-            picture = pad_to_square(picture, tuple(int(255 * m) for m in mean[:3]))  # as LLaVA: truncated
+            red, green, blue = (int(255 * m) for m in mean[:3])  # as LLaVA: truncated
+            picture = pad_to_square(picture, (red, green, blue))
         return picture
 
     def ask(self, image: MedImage, question: str, max_new_tokens: int = 128) -> ChatAnswer:
@@ -176,7 +177,8 @@ def load_chat(record: ModelRecord, weights: Any, device: str = "cpu", *, trust_r
 
         spec = vision_tower or record.arch_config.get("vision_tower") or read_config(folder)["mm_vision_tower"]
         spec = str(spec)
-        tower = Path(resolve(spec if ":" in spec or Path(spec).exists() else f"hf-hub:{spec}"))
+        tower = resolve(spec if ":" in spec or Path(spec).exists() else f"hf-hub:{spec}")
+        assert isinstance(tower, Path)  # a text spec always resolves to a local path
         converted = _converted_folder(folder, tower)
         if not (converted / CHAT_FILE).is_file():
             convert_original_llava(folder, converted, tower, overwrite=True)

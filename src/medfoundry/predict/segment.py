@@ -200,7 +200,7 @@ class PromptSegmenter:
         info = pixels = None
         if window is None:
             if self._info is None or key not in self._cache:
-                pixels, self._info = preprocess(self.image, self.record.preprocess)
+                pixels, self._info = preprocess(self._require_image(), self.record.preprocess)
             info = self._info
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -210,6 +210,7 @@ class PromptSegmenter:
             emb = torch.load(disk, map_location=self.device, weights_only=True)
         else:
             if pixels is None:
+                assert window is not None  # the whole image's pixels were made above
                 pixels = self._crop_pixels(window)
                 pixels = pixels.flip(-1) if flip else pixels
             with torch.inference_mode():
@@ -255,10 +256,15 @@ class PromptSegmenter:
                 old.release()
         return entry
 
+    def _require_image(self) -> MedImage:
+        if self.image is None:
+            raise InputContractError("call set_image() before predict()")
+        return self.image
+
     def _crop_pixels(self, window: np.ndarray) -> torch.Tensor:
         """Crop (window XYXY, ints) of the image, squashed to the model's input and normalised."""
         if self._unit is None:
-            self._unit = to_unit_range(self.image, self.record.preprocess)
+            self._unit = to_unit_range(self._require_image(), self.record.preprocess)
         contract = self.record.preprocess
         x0, y0, x1, y1 = window
         crop = torch.from_numpy(self._unit[y0:y1, x0:x1]).permute(2, 0, 1)[None]
@@ -267,8 +273,8 @@ class PromptSegmenter:
             from PIL import Image
 
             u8 = np.round(self._unit[y0:y1, x0:x1] * 255).astype(np.uint8)
-            crop = np.asarray(Image.fromarray(u8).resize((size, size), Image.Resampling.BILINEAR))
-            crop = torch.from_numpy(crop.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+            resized = np.asarray(Image.fromarray(u8).resize((size, size), Image.Resampling.BILINEAR))
+            crop = torch.from_numpy(resized.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
         else:
             crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
         mean = torch.tensor(contract.mean)[:, None, None]
@@ -324,7 +330,7 @@ class PromptSegmenter:
     def _predict_crops(self, boxes, points, point_labels, mask_input, multimask) -> SegmentResult:
         from medfoundry.predict.boxes import crop_box
 
-        h, w = self.image.spatial_shape
+        h, w = self._require_image().spatial_shape
         if boxes is None:  # points only: a window around the clicks, at least a quarter of the image
             span = np.array([points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()])
             centre, half = (span[:2] + span[2:]) / 2, np.maximum((span[2:] - span[:2]) / 2, [w / 8, h / 8])
