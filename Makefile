@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint serve clean
+.PHONY: setup demo test lint typecheck layers serve clean
 
 setup: $(VENV)/.installed
 
@@ -16,11 +16,19 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/medfoundry demo --out demo-output --overwrite
 
-test: setup lint
+test: setup lint typecheck layers
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
+
+# mypy over io, registry and predict (files and settings in pyproject.toml's [tool.mypy])
+typecheck: setup
+	$(BIN)/python -m mypy
+
+# the layer contract io → registry → models → predict → tasks → train/eval → cli/serve ([tool.importlinter])
+layers: setup
+	$(BIN)/lint-imports
 
 serve: setup
 	$(BIN)/medfoundry serve --demo demo-output

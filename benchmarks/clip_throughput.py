@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from medfoundry.eval.provenance import collect
 from medfoundry.predict.contrastive import load_contrastive, save_open_clip_folder
 from medfoundry.registry import ModelRecord
 from medfoundry.samples import shared_data_dir
@@ -101,10 +102,11 @@ def main() -> None:
                                   "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
                                   "images_per_s": len(files) / seconds}
             print(precision, json.dumps(results[precision]), flush=True)
+        provenance = collect(ours, data=files, settings=args)  # while the folder and images still exist
     summary = {"benchmark": "open_clip ViT-B/16 image embedding throughput, medfoundry vs open_clip eager fp32",
                "weights": args.folder or "seeded random init (no published weights offline)",
                "images": len(files), "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
-               **results}
+               **results, "provenance": provenance}
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 

@@ -41,7 +41,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
     summary = {"benchmark": f"harness wall time, {len(rows)} Kvasir-SEG box-prompted cases, medfoundry-sam-lite",
                "cases": len(rows), "seconds": seconds, "seconds_per_case": seconds / len(rows),
-               "dice": report["metrics"]["dice"]["value"], "target_seconds": 120}
+               "dice": report["metrics"]["dice"]["value"], "target_seconds": 120,
+               "provenance": report["provenance"] | {"script_arguments": vars(args)}}
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 

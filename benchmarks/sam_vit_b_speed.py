@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medfoundry.eval.provenance import collect
 from medfoundry.io import read_image
 from medfoundry.models.sam import build_sam
 from medfoundry.predict.segment import load_segmenter
@@ -95,7 +96,8 @@ def main() -> None:
                "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
                **{f"speedup_{n}_mean": float(np.mean([r[f"speedup_{n}"] for r in rows])) for n in ours},
                **{f"mask_iou_{n}_min": float(min(r[f"mask_iou_{n}"] for r in rows)) for n in ours},
-               "images": rows}
+               "images": rows,
+               "provenance": collect(ours["fp32"], data=[im.source for im in images()], settings=args)}
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "images"}, indent=2))
 

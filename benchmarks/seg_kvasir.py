@@ -18,6 +18,7 @@ import numpy as np
 
 from medfoundry.datasets.segmentation import shared_manifest
 from medfoundry.eval.baselines import dice, ellipse_in_box
+from medfoundry.eval.provenance import collect
 from medfoundry.io import read_image
 from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import TTA_MODES, open_segmenter
@@ -90,6 +91,8 @@ def main() -> None:
         "first_prompt_seconds_median (crop encode + decode)": float(np.median(enc_t)) if enc_t else None,
         "further_prompt_seconds_median (decode only, cached embedding)": float(np.median(dec_t)) if dec_t else None,
         "per_case_dice": [round(d, 4) for d in model_d],
+        "provenance": collect(seg, data=[manifest.parent / r[k] for r in rows for k in ("image", "mask")],
+                              settings=args),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -80,6 +80,9 @@ def main() -> None:
         "dice_3d_mean_all_including_training_patients": float(np.mean([c["dice_3d"] for c in cases])),
         "cases": cases,
     }
+    from medfoundry.eval.provenance import collect  # model, weights sha256, data, arguments, code, machine
+
+    summary["provenance"] = collect(seg, data=Path(args.shared) / "deeplesion_ct_lesion_3d" / "volumes", settings=args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "cases"}, indent=2))

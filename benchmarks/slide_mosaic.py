@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from medfoundry.eval.provenance import collect
 from medfoundry.io.slide import open_slide, write_pyramid
 from medfoundry.predict.contrastive import open_contrastive
 from medfoundry.tasks.slides import heatmap_overlay, slide_zero_shot, top_k_pool
@@ -90,6 +91,8 @@ def main() -> None:
         "baseline_auroc_chance": 0.5,
         "seconds_per_slide": (time.perf_counter() - start) / args.slides,
         "slides_detail": rows,
+        "provenance": collect(predictor, data=Path(args.shared) / "pneumoniamnist_balanced" /
+                              "pneumoniamnist_balanced_trainval.npz", settings=args),
     }
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "slides_detail"}, indent=2))

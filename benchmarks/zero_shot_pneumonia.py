@@ -21,6 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
+from medfoundry.eval.provenance import collect
 from medfoundry.io import MedImage
 from medfoundry.predict.contrastive import open_contrastive
 from medfoundry.tasks.zero_shot import zero_shot_classify
@@ -92,7 +93,9 @@ def main() -> None:
     summary = {"benchmark": "PneumoniaMNIST (balanced) val split, 270 images never used to train the model",
                "model": predictor.record.name, "labels": ["normal", "pneumonia"],
                "templates": list(predictor.record.templates), "auroc": aurocs,
-               "zero_shot_accuracy_at_0.5": accuracy, "cases": len(test_y), "calibration": calibration}
+               "zero_shot_accuracy_at_0.5": accuracy, "cases": len(test_y), "calibration": calibration,
+               "provenance": collect(predictor, data=Path(args.shared) / "pneumoniamnist_balanced" /
+                                     "pneumoniamnist_balanced_trainval.npz", settings=args)}
     out.write_text(json.dumps(summary, indent=2))
     try:
         import matplotlib

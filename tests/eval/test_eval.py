@@ -125,10 +125,10 @@ def test_segmentation_run_resume_and_compare(tmp_path: Path, capsys) -> None:
     assert results["metrics"]["dice"]["value"] > 0.8 and results["baseline"]["dice"] < 1
     assert results["config"]["weights_sha256"] and results["config"]["dataset_sha256"]
     assert "sex" in results["subgroups"] and (out / "report.html").stat().st_size > 1000
-    assert len((out / "cases.jsonl").read_text().splitlines()) == 12
+    assert len((out / "cases.jsonl").read_text().splitlines()) == 13  # the cache key, then one line per case
     assert main(["eval", "--model", "medfoundry-sam-lite", "--benchmark", str(_spec(tmp_path, "segmentation-2d")),
                  "--out", str(out)]) == 0  # resumed: nothing recomputed
-    assert len((out / "cases.jsonl").read_text().splitlines()) == 12
+    assert len((out / "cases.jsonl").read_text().splitlines()) == 13
     capsys.readouterr()
     assert main(["eval", "compare", str(out / "results.json"), str(out / "results.json")]) == 0
     assert "True" in capsys.readouterr().out

@@ -15,12 +15,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None)
     p.add_argument("--benchmark", default=None, help="spec YAML or built-in name (`medfoundry eval list`)")
     p.add_argument("--json", action="store_true", help="for `distance`: print JSON")
-    p.add_argument("--out", default=None, help="run folder (default: eval-runs/<benchmark>__<model>)")
+    p.add_argument("--out", default=None, help="run folder (default: eval-runs/<benchmark>__<model>[__<weights>])")
     p.add_argument("--omit-texts", action="store_true",
                    help="leave case texts (notes, reports) out of results.json and report.html, e.g. to publish "
                         "results on data whose texts may not be copied")
     p.add_argument("--shared", default=None, help="for `prepare`: the shared data folder")
     p.set_defaults(func=run)
+
+
+def default_run_folder(benchmark: str, model: str, weights: str | None) -> str:
+    """``eval-runs/<benchmark>__<model>`` and, with ``--weights``, ``__<file name>-<8 hex of its absolute path>``:
+    runs with other weights never share a folder (their per-case caches are keyed by the weights' sha256 too)."""
+    import hashlib
+    import re
+    from pathlib import Path
+
+    folder = f"eval-runs/{benchmark}__{model.replace(':', '_').replace('/', '_')}"
+    if weights:
+        local = "://" not in weights and not weights.startswith("hf-hub:")
+        where = str(Path(weights.removeprefix("local-dir:")).expanduser().resolve()) if local else weights
+        name = re.sub(r"[^\w.-]", "_", Path(where).name)[:40]
+        folder += f"__{name}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
+    return folder
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from medfoundry.eval.specs import load_spec
 
     spec = load_spec(args.benchmark)
-    out = args.out or f"eval-runs/{spec.name}__{args.model.replace(':', '_').replace('/', '_')}"
+    out = args.out or default_run_folder(spec.name, args.model, args.weights)
     report = run_benchmark(spec, args.model, out, weights=args.weights, progress=sys.stderr.isatty(),
                            omit_texts=args.omit_texts)
     for name, m in report["metrics"].items():

@@ -71,6 +71,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     index = RetrievalIndex.load(args.index)
     predictor = open_contrastive(index.model, args.weights)
+    index.check_model(predictor, args.index)
     if args.text:
         query = predictor.embed_texts([args.text])[0]
         kind = args.kind or "image"

@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     bank = RetrievalIndex.load(args.bank)
     predictor = open_contrastive(bank.model, args.weights)
+    bank.check_model(predictor, args.bank)
     report = generate_report(predictor, _images([args.image], args.slice_index)[0], bank, k=args.k)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))

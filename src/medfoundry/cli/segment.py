@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prompts:
         if not args.out_dir:
             raise InputContractError("--prompts needs --out-dir")
-        jobs = prompt_jobs
+        jobs = prompt_jobs or []
     else:
         if not args.image or not args.out:
             raise InputContractError("give IMAGE and --out (or --prompts FILE --out-dir DIR)")
@@ -245,12 +245,11 @@ def run(args: argparse.Namespace) -> int:
                         overwrite=args.overwrite)
         else:
             write_image(_mask_image(mask, grid), out, overwrite=args.overwrite)
-        entry = {"image": job["image"], "mask": out, **measure(mask, grid).to_dict(), **(stored or {})}
+        sizes = measure(mask, grid)
+        entry = {"image": job["image"], "mask": out, **sizes.to_dict(), **(stored or {})}
         report.append(entry)
         if not args.json:
-            size = f"{entry['volume_ml']:.2f} mL" if entry["volume_ml"] is not None else f"{entry['area_mm2']:.1f} mm²"
-            print(f"{out}: {entry['pixels']} px, {size}, long axis {entry['long_axis_mm']:.1f} mm, "
-                  f"short axis {entry['short_axis_mm']:.1f} mm" + (f"; SR {entry['sr']}" if "sr" in entry else "")
+            print(f"{out}: {sizes.describe()}" + (f"; SR {entry['sr']}" if "sr" in entry else "")
                   + (f"; stored {len(entry['stored'])} objects on the server" if "stored" in entry else ""))
     if args.json:
         print(json.dumps(report if args.prompts else report[0], indent=2))

@@ -3,29 +3,18 @@ subgroup gaps, and the resolved configuration — all in one JSON file beside an
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medfoundry.eval.bootstrap import bootstrap_ci
+from medfoundry.eval.provenance import collect, dataset_hash
 from medfoundry.eval.specs import BenchmarkSpec, load_cases
-from medfoundry.eval.tasks import TASKS
-
-
-def _code_version() -> str:
-    import medfoundry
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(medfoundry.__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{medfoundry.__version__}+{sha}" if sha else medfoundry.__version__
+from medfoundry.eval.tasks import TASKS, CaseCache
 
 
 def _summarise(spec: BenchmarkSpec, summary) -> tuple[dict, dict, dict]:
@@ -76,20 +65,25 @@ def run_benchmark(spec: BenchmarkSpec, model: str, out: str | Path, weights: str
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     task = TASKS[spec.task].runner()
-    results, record = task.predict(spec, cases, model, weights, out / "cases.jsonl", progress)
+    dataset = dataset_hash(spec.dataset.csv)
+    settings = {k: v for k, v in asdict(spec).items() if k not in ("source", "description")}
+    cache = CaseCache(out / "cases.jsonl", dataset["sha256"], settings)
+    results, record = task.predict(spec, cases, model, weights, cache, progress)
+    provenance = collect(name=record.name, weights=cache.weights, settings=settings) | {"dataset": dataset}
     summary = task.summarise(spec, results)
     with warnings.catch_warnings():  # a subgroup or resample with one class only is reported as n/a
         warnings.simplefilter("ignore", UserWarning)
         metrics, baseline, subgroups = _summarise(spec, summary)
-    dataset_sha = hashlib.sha256(Path(spec.dataset.csv).read_bytes()).hexdigest()
     report = {
         "benchmark": spec.name, "task": spec.task, "description": spec.description, "labels": spec.labels,
         "config": {"model": record.name, "weights": weights or (record.primary_weights.uri if record.primary_weights
                                                                 else None),
-                   "weights_sha256": next((w.sha256 for w in record.weights if w.sha256), None),
-                   "dataset_csv": spec.dataset.csv, "dataset_sha256": dataset_sha, "code_version": _code_version(),
-                   "seed": spec.seed, "bootstrap": spec.bootstrap, "spec": spec.source,
-                   "cases": len(summary.per_case)},
+                   "weights_path": provenance["weights_path"],
+                   "weights_sha256": provenance["weights_sha256"],  # of the file the model was built from
+                   "dataset_csv": spec.dataset.csv, "dataset_sha256": dataset["sha256"],
+                   "code_version": provenance["code"]["version"], "seed": spec.seed, "bootstrap": spec.bootstrap,
+                   "spec": spec.source, "cases": len(summary.per_case), "cache_key": cache.key},
+        "provenance": provenance,
         "dataset_keys": {"image": spec.dataset.image_key, "mask": spec.dataset.mask_key},
         "metrics": metrics, "baseline": baseline, "baseline_name": summary.baseline_name, "subgroups": subgroups,
         **summary.extra, "texts_omitted": omit_texts,

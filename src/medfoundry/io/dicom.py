@@ -421,7 +421,7 @@ def _declared_bytes(ds: Any) -> int:
 
 def _stack_series(folder: Path, files: list[Path], datasets: list[Any]) -> MedImage:
     rows, cols, _ = _plane(datasets[0])
-    if rows is None:
+    if rows is None or cols is None:
         raise ImageReadError(folder, "series has no ImageOrientationPatient; cannot order its slices")
     normal = np.cross(rows, cols)
     try:
@@ -439,6 +439,7 @@ def _stack_series(folder: Path, files: list[Path], datasets: list[Any]) -> MedIm
         raise ImageReadError(folder, "two slices share one position (duplicate or multi-phase series)")
     dz = float(np.median(gaps))
     first = slices[0]
+    assert first.direction is not None  # dataset_to_image always sets the in-plane directions
     dtypes = {s.array.dtype for s in slices}
     stack = np.stack([s.array for s in slices]).astype(np.result_type(*dtypes))
     meta = {**first.meta, "slices": len(slices), "slice_spacing_uniform": bool(np.allclose(gaps, dz, rtol=0.01))}

@@ -96,7 +96,8 @@ def read_measurement_report(dataset: Any) -> list[dict[str, Any]]:
 
     try:
         sr = hd.sr.Comprehensive3DSR.from_dataset(dataset)
-        groups = sr.content.get_volumetric_roi_measurement_groups()
+        content: Any = sr.content  # a MeasurementReport for TID 1500 documents
+        groups = content.get_volumetric_roi_measurement_groups()
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise ImageReadError(getattr(dataset, "filename", "<dataset>") or "<dataset>",
                              f"not a TID 1500 measurement report ({exc})") from exc

@@ -163,10 +163,10 @@ def huge_dimensions(data: bytes, rng: random.Random) -> bytes:
         return bytes(out)
     targets = {b"\x28\x00\x10\x00": "US", b"\x28\x00\x11\x00": "US", b"\x28\x00\x08\x00": "IS"}
     hit = False
-    for tag, kind in targets.items():
-        at = data.find(tag)
+    for tag_bytes, kind in targets.items():
+        at = data.find(tag_bytes)
         while at >= 0 and at % 2:
-            at = data.find(tag, at + 1)
+            at = data.find(tag_bytes, at + 1)
         if at < 0 or rng.random() < 0.3:
             continue
         explicit = data[at + 4 : at + 6] in _EXPLICIT_VRS

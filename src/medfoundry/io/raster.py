@@ -28,11 +28,12 @@ def read_raster(path: str | Path) -> MedImage:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as opened:
             # the header's size bounds the decoded pixels (and any zlib/LZW expansion): check before decoding
-            check_declared(path, (im.size[1], im.size[0], max(len(im.getbands()), 3)), 4 if im.mode in
-                           ("I", "F", "I;32", "RGBA") else 2 if im.mode.startswith("I;16") else 1, "image")
-            im.load()
+            check_declared(path, (opened.size[1], opened.size[0], max(len(opened.getbands()), 3)), 4 if opened.mode
+                           in ("I", "F", "I;32", "RGBA") else 2 if opened.mode.startswith("I;16") else 1, "image")
+            opened.load()
+            im: Image.Image = opened
             if im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr"):
                 im = im.convert("RGB" if im.mode != "LA" else "L")
             elif im.mode == "1":
@@ -170,7 +171,10 @@ def read_numpy(path: str | Path, key: str | None = None) -> MedImage:
     nsp = img.spatial_ndim
     if "spacing_array_order" in geometry:
         img.spacing = tuple(float(s) for s in geometry["spacing_array_order"])
-        img.origin = tuple(float(o) for o in geometry["origin"])
+        origin = [float(o) for o in np.ravel(geometry["origin"])]
+        if len(origin) != 3:
+            raise ImageReadError(path, f"npz origin has {len(origin)} values, expected 3 (x, y, z)")
+        img.origin = (origin[0], origin[1], origin[2])
         img.direction = np.asarray(geometry["direction"], dtype=np.float64).reshape(3, nsp)
         img.meta["spacing_source"] = "npz geometry"
     elif "spacing" in geometry and len(geometry["spacing"]) == nsp:

@@ -8,6 +8,7 @@ conventions. Regions are returned as (H, W, 3) uint8 RGB; pixels outside the sli
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,12 +24,15 @@ class Slide:
     def __init__(self, path: Path, handle=None, array: np.ndarray | None = None, mpp: float | None = None) -> None:
         self.path = path
         self._handle, self._array = handle, array
+        self.level_dimensions: list[tuple[int, int]]
         if handle is not None:
-            self.level_dimensions = [tuple(int(v) for v in d) for d in handle.level_dimensions]
+            self.level_dimensions = [(int(d[0]), int(d[1])) for d in handle.level_dimensions]
             self.level_downsamples = [float(d) for d in handle.level_downsamples]
             mpp_x = handle.properties.get("tiffslide.mpp-x")
             self.mpp = float(mpp_x) if mpp_x else mpp
         else:
+            if array is None:
+                raise InputContractError("a Slide needs an open file handle or an (H, W, 3) array")
             self.level_dimensions = [(array.shape[1], array.shape[0])]
             self.level_downsamples = [1.0]
             self.mpp = mpp
@@ -64,6 +68,7 @@ class Slide:
             except Exception as exc:  # corrupt tiles: tiffslide, tifffile and the codecs raise many types
                 raise ImageReadError(self.path, f"cannot read a region ({type(exc).__name__}: {exc})") from exc
             return _rgb(region, self.path)
+        assert self._array is not None  # without a handle the slide is an in-memory array (see __init__)
         out = np.full((h, w, 3), 255, np.uint8)
         x, y = int(location[0]), int(location[1])
         src = self._array[max(y, 0) : y + h, max(x, 0) : x + w]
@@ -81,6 +86,7 @@ class Slide:
                 return np.asarray(self._handle.get_thumbnail((max_size, max_size)).convert("RGB"))
             except Exception as exc:  # corrupt tiles
                 raise ImageReadError(self.path, f"cannot make a thumbnail ({type(exc).__name__}: {exc})") from exc
+        assert self._array is not None  # without a handle the slide is an in-memory array (see __init__)
         im = Image.fromarray(self._array)
         im.thumbnail((max_size, max_size))
         return np.asarray(im)
@@ -140,7 +146,7 @@ def write_pyramid(path: str | Path, rgb: np.ndarray, levels: int = 3, mpp: float
 
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise InputContractError(f"write_pyramid needs (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
-    opts = {"tile": (tile, tile), "photometric": "rgb", "compression": "zlib"}
+    opts: dict[str, Any] = {"tile": (tile, tile), "photometric": "rgb", "compression": "zlib"}
     if mpp is not None:
         opts |= {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
     path = Path(path)

@@ -20,11 +20,15 @@ from medfoundry.errors import InputContractError, RegistryError, WeightsError
 from medfoundry.io.image import MedImage
 from medfoundry.io.read import read_image
 from medfoundry.predict.preprocess import preprocess_batch
+from medfoundry.registry.loading import LoadedWeights
 from medfoundry.registry.records import ModelRecord
 
 
 class ContrastiveBackend(Protocol):
-    """What a CLIP-style model must offer: normalised image and text embeddings of one width."""
+    """What a CLIP-style model must offer: normalised image and text embeddings of one width, and the
+    ``model`` (an ``nn.Module``) they run, which precision changes replace."""
+
+    model: Any
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor: ...  # (B, C, S, S) → (B, D), unit norm
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor: ...  # → (B, D), unit norm
@@ -100,6 +104,7 @@ class ContrastivePredictor:
         self.batch_size = batch_size
         self.precision = "fp32"
         self.source: Path | None = None
+        self.loaded_weights: LoadedWeights | None = None  # the weights file and its sha256 (set by the loader)
         self._text_cache: dict[str, torch.Tensor] = {}
 
     def set_precision(self, precision: str) -> ContrastivePredictor:
@@ -195,6 +200,7 @@ def load_contrastive(record: ModelRecord, weights: Any, device: str = "cpu") -> 
     predictor's ``source`` remembers the path (fine-tuning writes its result in the same format)."""
     predictor = _load_contrastive(record, weights, device)
     predictor.source = Path(weights) if isinstance(weights, (str, Path)) else None
+    predictor.loaded_weights = LoadedWeights(weights)
     return predictor
 
 
@@ -232,7 +238,8 @@ def _load_contrastive(record: ModelRecord, weights: Any, device: str) -> Contras
         from transformers import AutoTokenizer, CLIPModel
 
         folder = Path(weights)
-        model = CLIPModel.from_pretrained(str(folder), local_files_only=True).to(device)
+        loaded: Any = CLIPModel.from_pretrained(str(folder), local_files_only=True)  # transformers types .to() oddly
+        model = loaded.to(device)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         return ContrastivePredictor(HFClipBackend(model, tokenizer), record, device)
     raise RegistryError(f"{record.name}: architecture {arch!r} is registered but medfoundry cannot run it yet")

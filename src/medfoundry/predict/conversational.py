@@ -26,6 +26,7 @@ import numpy as np
 
 from medfoundry.errors import InputContractError, RegistryError, WeightsError
 from medfoundry.io.image import MedImage
+from medfoundry.registry.loading import LoadedWeights
 from medfoundry.registry.records import ModelRecord
 
 #: Largest image (in pixels) accepted; the processor downsamples anyway, so bigger inputs are a mistake.
@@ -83,6 +84,7 @@ class VisualChat:
         self.prompt_template = prompt_template
         self.pad_square = pad_square
         self.max_pixels = max_pixels
+        self.loaded_weights: LoadedWeights | None = None  # the weights folder/file and its sha256 (set by the loader)
 
     def prompt(self, question: str) -> str:
         """The text the model sees for ``question``: the record's template, else the processor's chat template."""
@@ -104,7 +106,8 @@ class VisualChat:
         picture = picture_rgb(image, self.record.preprocess)
         if self.pad_square:
             mean = getattr(getattr(self.processor, "image_processor", None), "image_mean", None) or (0.5, 0.5, 0.5)
-            picture = pad_to_square(picture, tuple(int(255 * m) for m in mean[:3]))  # as LLaVA: truncated
+            red, green, blue = (int(255 * m) for m in mean[:3])  # as LLaVA: truncated
+            picture = pad_to_square(picture, (red, green, blue))
         return picture
 
     def ask(self, image: MedImage, question: str, max_new_tokens: int = 128) -> ChatAnswer:
@@ -174,7 +177,8 @@ def load_chat(record: ModelRecord, weights: Any, device: str = "cpu", *, trust_r
 
         spec = vision_tower or record.arch_config.get("vision_tower") or read_config(folder)["mm_vision_tower"]
         spec = str(spec)
-        tower = Path(resolve(spec if ":" in spec or Path(spec).exists() else f"hf-hub:{spec}"))
+        tower = resolve(spec if ":" in spec or Path(spec).exists() else f"hf-hub:{spec}")
+        assert isinstance(tower, Path)  # a text spec always resolves to a local path
         converted = _converted_folder(folder, tower)
         if not (converted / CHAT_FILE).is_file():
             convert_original_llava(folder, converted, tower, overwrite=True)
@@ -193,8 +197,10 @@ def load_chat(record: ModelRecord, weights: Any, device: str = "cpu", *, trust_r
         raise WeightsError(f"{record.name}: {folder} is not a vision-language checkpoint transformers can load "
                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]})") from exc
     pad = record.arch_config.get("pad_to_square", extras.get("pad_to_square", False))
-    return VisualChat(model, processor, record, device, prompt_template=record.arch_config.get("prompt"),
+    chat = VisualChat(model, processor, record, device, prompt_template=record.arch_config.get("prompt"),
                       pad_square=bool(pad))
+    chat.loaded_weights = LoadedWeights(Path(weights))  # the folder given, before any format conversion
+    return chat
 
 
 def open_chat(model: str, weights: Any = None, device: str = "cpu", **kwargs: Any) -> VisualChat:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from medfoundry.errors import InputContractError
 from medfoundry.io.image import MedImage
 from medfoundry.predict.preprocess import preprocess, to_unit_range
+from medfoundry.registry.loading import LoadedWeights
 from medfoundry.registry.records import ModelRecord
 
 #: Largest image (in pixels) a segmenter accepts; larger inputs are refused rather than resampled silently.
@@ -89,6 +90,16 @@ def check_prompts(
     return points, labels, boxes
 
 
+def image_key(image: MedImage) -> str:
+    """What the embedding of a 2D image depends on besides the model: the pixel values with their shape and
+    dtype, and the intensity window, photometric interpretation and modality that turn them into display values."""
+    array = np.ascontiguousarray(image.array)
+    digest = hashlib.sha1(f"{array.shape}|{array.dtype.str}|{image.window}|{image.photometric}|"
+                          f"{image.modality}|".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 class PromptSegmenter:
     """Holds one SAM-family model; ``set_image`` once, ``predict`` per prompt."""
 
@@ -115,6 +126,8 @@ class PromptSegmenter:
         self._hash = ""
         self._unit: np.ndarray | None = None
         self._info: Any = None  # the whole image's preprocessing info, for its cached embedding
+        self.loaded_weights: LoadedWeights | None = None  # the weights file and its sha256 (set by the loader)
+        self._weights_sha256: str | None = None
 
     def set_precision(self, precision: str) -> PromptSegmenter:
         """``fp32`` (default; ViT encoders use fused attention, equal to segment_anything's to ~1e-6) or
@@ -166,7 +179,7 @@ class PromptSegmenter:
         if h * w > self.max_pixels:
             raise InputContractError(f"image of {w}×{h} pixels exceeds the limit of {self.max_pixels} pixels")
         self.image = image
-        self._hash = hashlib.sha1(np.ascontiguousarray(image.array).tobytes()).hexdigest()
+        self._hash = image_key(image)
         self._unit = None
         self._info = None
         if self.crop <= 0:
@@ -182,12 +195,12 @@ class PromptSegmenter:
 
         pool = getattr(self.model.config, "embed_pool", 1)
         mirror_avg = self.tta == "embedding"
-        key = (f"{self.record.name}:{self.precision}:{pool}:{self._hash}:{None if window is None else window.tolist()}"
-               f":{flip}:{mirror_avg}")
+        key = (f"{self.record.name}:{self._weights_id()}:{self.precision}:{pool}:{self._hash}:"
+               f"{None if window is None else window.tolist()}:{flip}:{mirror_avg}")
         info = pixels = None
         if window is None:
             if self._info is None or key not in self._cache:
-                pixels, self._info = preprocess(self.image, self.record.preprocess)
+                pixels, self._info = preprocess(self._require_image(), self.record.preprocess)
             info = self._info
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -197,6 +210,7 @@ class PromptSegmenter:
             emb = torch.load(disk, map_location=self.device, weights_only=True)
         else:
             if pixels is None:
+                assert window is not None  # the whole image's pixels were made above
                 pixels = self._crop_pixels(window)
                 pixels = pixels.flip(-1) if flip else pixels
             with torch.inference_mode():
@@ -211,6 +225,21 @@ class PromptSegmenter:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return self._hot(key, entry), info
+
+    def _weights_id(self) -> str:
+        """The weights in the embedding cache key. In memory the cache belongs to this one loaded model, so an
+        empty string; on disk (``cache_dir``, shared by processes and models) the sha256 of the weights file
+        loaded, or of the model's state dict when it was built in memory."""
+        if self.cache_dir is None:
+            return ""
+        if self._weights_sha256 is None:
+            if self.loaded_weights is not None:
+                self._weights_sha256 = self.loaded_weights.sha256
+            elif hasattr(self.model, "state_dict"):
+                self._weights_sha256 = LoadedWeights(self.model.state_dict()).sha256
+            else:
+                self._weights_sha256 = f"unknown-{id(self.model)}"  # never shared with another model
+        return self._weights_sha256
 
     def _hot(self, key: str, entry: Any = None) -> Any:
         """The cached embedding under ``key``, marked as in use: only the few embeddings used last keep their
@@ -227,10 +256,15 @@ class PromptSegmenter:
                 old.release()
         return entry
 
+    def _require_image(self) -> MedImage:
+        if self.image is None:
+            raise InputContractError("call set_image() before predict()")
+        return self.image
+
     def _crop_pixels(self, window: np.ndarray) -> torch.Tensor:
         """Crop (window XYXY, ints) of the image, squashed to the model's input and normalised."""
         if self._unit is None:
-            self._unit = to_unit_range(self.image, self.record.preprocess)
+            self._unit = to_unit_range(self._require_image(), self.record.preprocess)
         contract = self.record.preprocess
         x0, y0, x1, y1 = window
         crop = torch.from_numpy(self._unit[y0:y1, x0:x1]).permute(2, 0, 1)[None]
@@ -239,8 +273,8 @@ class PromptSegmenter:
             from PIL import Image
 
             u8 = np.round(self._unit[y0:y1, x0:x1] * 255).astype(np.uint8)
-            crop = np.asarray(Image.fromarray(u8).resize((size, size), Image.Resampling.BILINEAR))
-            crop = torch.from_numpy(crop.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+            resized = np.asarray(Image.fromarray(u8).resize((size, size), Image.Resampling.BILINEAR))
+            crop = torch.from_numpy(resized.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
         else:
             crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
         mean = torch.tensor(contract.mean)[:, None, None]
@@ -296,7 +330,7 @@ class PromptSegmenter:
     def _predict_crops(self, boxes, points, point_labels, mask_input, multimask) -> SegmentResult:
         from medfoundry.predict.boxes import crop_box
 
-        h, w = self.image.spatial_shape
+        h, w = self._require_image().spatial_shape
         if boxes is None:  # points only: a window around the clicks, at least a quarter of the image
             span = np.array([points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()])
             centre, half = (span[:2] + span[2:]) / 2, np.maximum((span[2:] - span[:2]) / 2, [w / 8, h / 8])
@@ -406,7 +440,9 @@ def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwa
     from medfoundry.models.sam_fast import accelerate_encoder
 
     accelerate_encoder(model.image_encoder)  # ViT blocks: fused attention, float32, same result to ~1e-6
-    return PromptSegmenter(model.float(), record, device=device, **kwargs)
+    segmenter = PromptSegmenter(model.float(), record, device=device, **kwargs)
+    segmenter.loaded_weights = LoadedWeights(weights)
+    return segmenter
 
 
 def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: str | Path | None = None,
@@ -422,7 +458,9 @@ def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: s
         from medfoundry.models.sam import SamConfig
 
         record, _ = resolve_model(model, weights)
-        return PromptSegmenter(OnnxSam(onnx, SamConfig(**record.arch_config)), record, **kwargs)
+        segmenter = PromptSegmenter(OnnxSam(onnx, SamConfig(**record.arch_config)), record, **kwargs)
+        segmenter.loaded_weights = LoadedWeights(Path(onnx))
+        return segmenter
     record, resolved = fetch_weights(model, weights)
     if "segmentation-2d" not in record.tasks:
         raise InputContractError(f"{record.name} is a {record.family} model, not a promptable segmenter")

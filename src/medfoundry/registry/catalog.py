@@ -6,6 +6,9 @@ register through the same :func:`register` call, from the cards beside their wei
 
 from __future__ import annotations
 
+import json
+from importlib import resources
+
 from medfoundry.errors import RegistryError, UnknownModelError
 from medfoundry.registry.records import FAMILIES, TASKS, ModelRecord, load_cards
 
@@ -21,10 +24,21 @@ def _ensure_loaded() -> None:
     _LOADED = True
     for record in load_cards():
         register(record)
-    from medfoundry.weights import embedded_records
-
     for record in embedded_records():
         register(record)
+
+
+def embedded_records() -> list[ModelRecord]:
+    """The records of the embedded models shipped in ``medfoundry/weights/<folder>/`` (their ``card.json``;
+    weights source ``package:weights/<folder>/model.safetensors``). The weights folder is package data: the
+    registry reads it, it imports nothing."""
+    root = resources.files("medfoundry.weights")
+    records = []
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        card = entry / "card.json"
+        if entry.is_dir() and card.is_file():
+            records.append(ModelRecord.from_dict(json.loads(card.read_text(encoding="utf-8")), origin=str(card)))
+    return records
 
 
 def register(record: ModelRecord, *, replace: bool = False) -> None:

@@ -8,9 +8,12 @@ containers. A checkpoint that needs arbitrary classes to unpickle is refused wit
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from collections.abc import Mapping
+from contextlib import suppress
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,64 @@ def find_checkpoint_file(folder: Path) -> Path:
     if not candidates:
         raise WeightsNotFoundError(f"no weights file in {folder} (looked for {', '.join(CHECKPOINT_NAMES)})")
     raise WeightsError(f"{folder} holds several weights files {[c.name for c in candidates]}; name one")
+
+
+#: Extensions of weight files, hashed together when a folder holds several (sharded or multi-part checkpoints).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".gguf")
+
+
+class LoadedWeights:
+    """Which weights a model was built from: the resolved file (or folder) and the sha256 of its bytes.
+
+    ``path`` is the file actually read (the weights file inside a single-file checkpoint folder), the folder
+    itself for a multi-file checkpoint (sharded transformers folders, ONNX exports), or None for an in-memory
+    state dict. ``sha256`` is computed on first use and kept: for a file, the hex sha256 of its bytes (equal to
+    ``sha256sum``); for a multi-file folder, the sha256 of the lines ``"<sha256>  <name>\n"`` of its weight
+    files in name order; for a state dict, the sha256 of its names, dtypes, shapes and tensor bytes.
+    """
+
+    def __init__(self, source: Path | Mapping[str, Any]) -> None:
+        self._state: Mapping[str, Any] | None = None
+        self.path: Path | None = None
+        if isinstance(source, Mapping):
+            self._state = source
+            return
+        path = Path(source)
+        if path.is_dir():
+            with suppress(WeightsError):  # several files, or none of the single-file names: the whole folder
+                path = find_checkpoint_file(path)
+        self.path = path
+
+    @cached_property
+    def sha256(self) -> str:
+        """Hex sha256 of the weights (see the class docstring for folders and state dicts)."""
+        if self._state is not None:
+            return _state_dict_sha256(self._state)
+        assert self.path is not None
+        if self.path.is_file():
+            return sha256_file(self.path)
+        files = sorted(p for p in self.path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+        if not files:
+            raise WeightsNotFoundError(f"no weights file in {self.path}")
+        lines = "".join(f"{sha256_file(p)}  {p.name}\n" for p in files)
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"LoadedWeights(path={self.path!s})"
+
+
+def _state_dict_sha256(state: Mapping[str, Any]) -> str:
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        value = state[name]
+        if not isinstance(value, torch.Tensor):
+            continue
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_state_dict(source: Path | Mapping[str, Any]) -> dict[str, Any]:
@@ -213,6 +274,7 @@ def fetch_weights(model: str, weights: WeightsSpec | None = None, *, offline: bo
 
 __all__ = [
     "RECORD_FILE",
+    "LoadedWeights",
     "WeightsSource",
     "convert_to_safetensors",
     "fetch_weights",

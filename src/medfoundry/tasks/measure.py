@@ -29,8 +29,24 @@ class Measurement:
     units: str
     spacing_known: bool = True
 
+    @property
+    def size_unit(self) -> str:
+        """``mm`` when the file gave the pixel spacing, else ``px`` (the ``*_mm``/``*_mm2`` values are pixels)."""
+        return "mm" if self.spacing_known else "px"
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, plus ``size_unit``."""
+        return {**asdict(self), "size_unit": self.size_unit}
+
+    def describe(self) -> str:
+        """One line for people, in the right units: ``"812 px, 203.0 mm², long axis 21.3 mm, short axis 12.0
+        mm"``, or in pixels when the file has no spacing (never mm² or mL for sizes that are not)."""
+        if self.spacing_known:
+            size = f"{self.volume_ml:.2f} mL" if self.volume_ml is not None else f"{self.area_mm2:.1f} mm²"
+        else:
+            size = "the file has no pixel spacing, so sizes are in pixels"
+        return (f"{self.pixels} px, {size}, long axis {self.long_axis_mm:.1f} {self.size_unit}, "
+                f"short axis {self.short_axis_mm:.1f} {self.size_unit}")
 
 
 def diameters(mask2d: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:

@@ -48,8 +48,7 @@ def build_report_bank(predictor: Any, texts: Sequence[str], sentences: bool = Fa
     units = [s for t in texts for s in (split_sentences(t) if sentences else [t.strip()]) if s]
     if not units:
         raise InputContractError("a report bank needs at least one non-empty text")
-    sha = next((w.sha256 for w in predictor.record.weights if w.sha256), None)
-    bank = RetrievalIndex(predictor.record.name, predictor.embed_texts(units[:1]).shape[1], sha)
+    bank = RetrievalIndex.for_predictor(predictor, predictor.embed_texts(units[:1]).shape[1])
     add_texts(bank, predictor, units, batch=batch, progress=progress)
     return bank
 

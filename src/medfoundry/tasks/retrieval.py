@@ -48,6 +48,24 @@ class RetrievalIndex:
         self.index = _faiss().IndexFlatIP(dim)
         self.items: list[dict[str, Any]] = []
 
+    @classmethod
+    def for_predictor(cls, predictor: Any, dim: int | None = None) -> RetrievalIndex:
+        """An empty index for ``predictor``'s embeddings, naming its model and the sha256 of the weights it loaded
+        (the registry record's sha256 for a predictor that does not say)."""
+        dim = predictor.embed_texts(["x"]).shape[1] if dim is None else dim
+        return cls(predictor.record.name, dim, _weights_sha256(predictor))
+
+    def check_model(self, predictor: Any, where: str = "the index") -> None:
+        """Refuse to mix embeddings: raise InputContractError if ``predictor`` is another model than the one that
+        built the index, or the same model with other weights (when both sha256 are known)."""
+        if self.model != predictor.record.name:
+            raise InputContractError(f"{where} was built with {self.model}, not {predictor.record.name}")
+        sha = _weights_sha256(predictor)
+        if self.weights_sha256 and sha and sha != self.weights_sha256:
+            raise InputContractError(
+                f"{where} was built with other weights of {self.model} (sha256 {self.weights_sha256[:12]}…, these "
+                f"are {sha[:12]}…): rebuild it, or pass the weights it was built with (--weights)")
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -108,6 +126,14 @@ def _fingerprint(path: Path) -> str:
     return f"{stat.st_size}:{int(stat.st_mtime)}"
 
 
+def _weights_sha256(predictor: Any) -> str | None:
+    """sha256 of the weights ``predictor`` loaded, else the first one its registry record lists."""
+    loaded = getattr(predictor, "loaded_weights", None)
+    if loaded is not None:
+        return loaded.sha256
+    return next((w.sha256 for w in predictor.record.weights if w.sha256), None)
+
+
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     """Image files under ``folder`` by suffix (DICOM series folders are indexed file by file)."""
     folder = Path(folder)
@@ -128,13 +154,11 @@ def build_index(predictor: Any, folder: str | Path | None, path: str | Path, *, 
     from medfoundry.io import read_image
 
     path = Path(path)
-    sha = next((w.sha256 for w in predictor.record.weights if w.sha256), None)
     if path.is_file():
         index = RetrievalIndex.load(path)
-        if index.model != predictor.record.name:
-            raise InputContractError(f"{path} was built with {index.model}, not {predictor.record.name}")
+        index.check_model(predictor, str(path))
     else:
-        index = RetrievalIndex(predictor.record.name, predictor.embed_texts(["x"]).shape[1], sha)
+        index = RetrievalIndex.for_predictor(predictor)
     known = {(it["item"], it.get("fingerprint")) for it in index.items if it["kind"] == "image"}
     listed = list_images(folder, recursive) if folder is not None else []
     todo = [p for p in listed if (str(p.resolve()), _fingerprint(p)) not in known]

@@ -16,6 +16,7 @@ import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,24 +141,55 @@ def read_2d(path: str, key: str | None = None):
     return image.slice(image.array.shape[0] // 2) if image.is_volume else image
 
 
-def run_cases(name: str, cases: list[dict], cache_path, predict_one: Callable[[dict], dict],
-              progress: bool) -> list[dict]:
+@dataclass
+class CaseCache:
+    """The per-case cache file of a run (``cases.jsonl``) and what its predictions depend on besides the model:
+    the dataset's sha256 and the spec. :func:`run_cases` adds the model's name and the sha256 of the weights it
+    loaded, and puts the whole key (``key``, also the file's first line) in the results file."""
+
+    path: Path
+    data_sha256: str | None = None
+    settings: Any = None
+    key: dict[str, Any] | None = None
+    weights: Any = None  # the LoadedWeights of the model that predicted (set by run_cases)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+def run_cases(name: str, cases: list[dict], cache_path: CaseCache | str | Path, predict_one: Callable[[dict], dict],
+              progress: bool, *, model: Any) -> list[dict]:
     """Predict every case not yet in the cache file (JSON lines), appending each result as soon as it exists, so
-    an interrupted run resumes where it stopped. Returns the results in case order."""
+    an interrupted run resumes where it stopped. Returns the results in case order.
+
+    The file's first line is its key (:func:`medfoundry.eval.provenance.cache_key`: model name, sha256 of the
+    weights ``model`` loaded, dataset hash, spec hash, code version); a file with another key, or none, is
+    discarded and every case is predicted again."""
     import json
-    from pathlib import Path
 
     from rich.progress import track
 
-    path = Path(cache_path)
+    from medfoundry.eval.provenance import cache_key, weights_of
+
+    cache = cache_path if isinstance(cache_path, CaseCache) else CaseCache(Path(cache_path))
+    cache.weights = weights_of(model)
+    cache.key = cache_key(model, data_sha256=cache.data_sha256, settings=cache.settings)
+    path = cache.path
     done = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
+    lines = path.read_text().splitlines() if path.is_file() else []
+    try:
+        header = json.loads(lines[0]) if lines else None
+    except json.JSONDecodeError:
+        header = None
+    if isinstance(header, dict) and header.get("cache_key") == cache.key:
+        for line in lines[1:]:
             try:
                 item = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by an interruption: recompute that case
                 continue
             done[item["id"]] = item
+    else:  # another model, weights, dataset, spec or code version (or an old cache without a key): start again
+        path.write_text(json.dumps({"cache_key": cache.key}) + "\n")
     with open(path, "a") as fh:
         for case in track(cases, description=name, disable=not progress):
             if case["id"] not in done:

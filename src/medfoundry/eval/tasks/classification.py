@@ -93,7 +93,7 @@ def predict(spec, cases, model, weights, cache_path, progress):
                        region_fraction=float(region.mean()))
         return out
 
-    results = run_cases(spec.name, cases, cache_path, predict_one, progress)
+    results = run_cases(spec.name, cases, cache_path, predict_one, progress, model=predictor)
     if with_pixels:
         results = _with_pixel_baseline(spec, results)
     return results, predictor.record
@@ -125,7 +125,7 @@ def _predict_probe(spec, cases, predictor, cache_path, progress) -> list[dict]:
         emb = predictor.embed_images([image])[0]
         return {"embedding": emb.round(5).tolist(), "pixels": pixel_features(image).round(4).tolist()}
 
-    results = run_cases(spec.name, cases, cache_path, predict_one, progress)
+    results = run_cases(spec.name, cases, cache_path, predict_one, progress, model=predictor)
     train = [r for r in results if r["role"] == "train"]
     test = [r for r in results if r["role"] == "test"]
     head = fit_linear_probe(predictor.record.name, np.array([r["embedding"] for r in train]),

@@ -28,7 +28,7 @@ def predict(spec, cases, model, weights, cache_path, progress):
                 "bank_size": len(bank)}
 
     test = [c for c in cases if c["role"] == "test"]
-    return run_cases(spec.name, test, cache_path, predict_one, progress), predictor.record
+    return run_cases(spec.name, test, cache_path, predict_one, progress, model=predictor), predictor.record
 
 
 def summarise(spec, results: list[dict]) -> Summary:

@@ -34,7 +34,7 @@ def predict(spec, cases, model, weights, cache_path, progress):
             out["text_embedding"] = predictor.embed_texts([case["text"]])[0].round(5).tolist()
         return out
 
-    return run_cases(spec.name, cases, cache_path, predict_one, progress), predictor.record
+    return run_cases(spec.name, cases, cache_path, predict_one, progress, model=predictor), predictor.record
 
 
 def query_metric(name: str, scores: np.ndarray, relevant: np.ndarray) -> float:

@@ -99,7 +99,7 @@ def predict(spec, cases, model, weights, cache_path, progress):
                 "baseline": segmentation_case(baseline, truth, image.spacing),
                 "prediction": _save_prediction(predictions, case["id"], pred), **extra}
 
-    return run_cases(spec.name, cases, cache_path, predict_one, progress), segmenter.record
+    return run_cases(spec.name, cases, cache_path, predict_one, progress, model=segmenter), segmenter.record
 
 
 def summarise(spec, results: list[dict]) -> Summary:

@@ -50,7 +50,7 @@ def predict(spec, cases, model, weights, cache_path, progress):
         return {"answer": answer.text, "parsed": parse_answer(answer.text, allowed),
                 "expected": spec.answers[case["label"]]}
 
-    return run_cases(spec.name, cases, cache_path, predict_one, progress), chat.record
+    return run_cases(spec.name, cases, cache_path, predict_one, progress, model=chat), chat.record
 
 
 def summarise(spec, results: list[dict]) -> Summary:
