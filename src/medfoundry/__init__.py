@@ -44,6 +44,7 @@ _LAZY: dict[str, str] = {
     "open_chat": "medfoundry.predict.conversational",
     "VisualChat": "medfoundry.predict.conversational",
     "zero_shot_classify": "medfoundry.tasks.zero_shot",
+    "label_set": "medfoundry.tasks.zero_shot",
     "segment_volume": "medfoundry.tasks.volume",
     "segment_by_text": "medfoundry.tasks.text_to_mask",
     "measure": "medfoundry.tasks.measure",
@@ -75,7 +76,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from medfoundry.tasks.slides import slide_zero_shot
     from medfoundry.tasks.text_to_mask import segment_by_text
     from medfoundry.tasks.volume import segment_volume
-    from medfoundry.tasks.zero_shot import zero_shot_classify
+    from medfoundry.tasks.zero_shot import label_set, zero_shot_classify
 
 
 def __getattr__(name: str) -> Any:
@@ -117,6 +118,7 @@ __all__ = [
     "fit_linear_probe",
     "generate_report",
     "get_record",
+    "label_set",
     "list_models",
     "load_spec",
     "measure",
