@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 UNSEEN_LESION_PATIENTS = ("000009", "000010")  # DeepLesion patients kept out of medfoundry-sam-lite's training
+STS_SPLIT_SEED = 0  # sts_ct_sarcoma_3d: sorted patient ids shuffled with this seed; the first STS_TUNE_PATIENTS tune
+STS_TUNE_PATIENTS = 12  # 3D propagation (medfoundry.tasks.volume), the other 8 only report (spec sts-3d)
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -54,6 +56,31 @@ def _lesions(root: Path, out: Path) -> Path:
     return _write(out / "lesion3d.csv", rows)
 
 
+def sts_split(patients: list[str]) -> dict[str, str]:
+    """``tune`` or ``report`` for each STS patient id: ``sorted(ids)`` shuffled by ``random.Random(STS_SPLIT_SEED)``,
+    the first :data:`STS_TUNE_PATIENTS` tune (propagation defaults were chosen on them), the rest report (never
+    used to choose anything)."""
+    order = sorted(patients)
+    random.Random(STS_SPLIT_SEED).shuffle(order)
+    return {p: "tune" if i < STS_TUNE_PATIENTS else "report" for i, p in enumerate(order)}
+
+
+def _sts(root: Path, out: Path) -> Path | None:
+    """``sts3d.csv``: the soft-tissue sarcoma CT volumes (NIfTI, HU) with their GTV masks and key slices."""
+    folder = root / "sts_ct_sarcoma_3d"
+    if not (folder / "cases.csv").is_file():
+        return None
+    with open(folder / "cases.csv", newline="", encoding="utf-8") as fh:
+        records = list(csv.DictReader(fh))
+    split = sts_split([r["patient_id"] for r in records])
+    rows = [{"id": r["patient_id"], "image": os.path.relpath(folder / r["volume_file"], out),
+             "mask": os.path.relpath(folder / r["mask_file"], out), "patient": r["patient_id"],
+             "key_slice": int(r["key_slice"]), "split": split[r["patient_id"]],
+             "seen_in_training": "yes" if split[r["patient_id"]] == "tune" else "no"}
+            for r in sorted(records, key=lambda r: r["patient_id"])]
+    return _write(out / "sts3d.csv", rows)
+
+
 def _organs(root: Path, out: Path, min_voxels: int = 300, min_slices: int = 3) -> Path:
     from medfoundry.io import read_image
 
@@ -77,7 +104,8 @@ def _organs(root: Path, out: Path, min_voxels: int = 300, min_slices: int = 3) -
 
 def prepare_shared(shared_root: str | Path, out: str | Path) -> list[Path]:
     """Write the case tables of every built-in benchmark into ``out`` (``pneumonia.csv`` with its PNGs,
-    ``kvasir.csv``, ``covid.csv``, ``lesion3d.csv``, ``organs3d.csv``); returns their paths."""
+    ``kvasir.csv``, ``covid.csv``, ``lesion3d.csv``, ``organs3d.csv``, ``sts3d.csv`` where the shared folder has
+    ``sts_ct_sarcoma_3d``); returns their paths."""
     from medfoundry.train.seg_data import shared_manifest
     from medfoundry.train.shared_pairs import _pneumonia
 
@@ -92,4 +120,6 @@ def prepare_shared(shared_root: str | Path, out: str | Path) -> list[Path]:
         r = json.loads(line)
         if r["source"] == "kvasir":
             kvasir.append({"id": Path(r["image"]).stem, "image": r["image"], "mask": r["mask"], "split": r["split"]})
-    return [pneumonia, _write(out / "kvasir.csv", kvasir), _covid(root, out), _lesions(root, out), _organs(root, out)]
+    tables = [pneumonia, _write(out / "kvasir.csv", kvasir), _covid(root, out), _lesions(root, out),
+              _organs(root, out), _sts(root, out)]
+    return [t for t in tables if t is not None]
