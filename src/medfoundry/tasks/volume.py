@@ -1,14 +1,25 @@
 """3D promptable segmentation by propagation: prompt one key slice, then follow the object slice by slice.
 
-Box propagation (the default, any box-prompted model): each neighbouring slice is prompted with the box of
-the mask on the slice before it, scaled about its centre by each of ``box_scales`` (objects shrink away from
-the key slice, and a box-prompted model fills whatever box it is given), and the mask with the highest
-predicted IoU is kept, inside the previous box. Propagation stops when the object vanishes (fewer than
-``min_pixels``), when the mask suddenly grows (more than ``max_growth`` × the previous area: the prompt box is
-being filled with something else), or when the mean intensity inside the mask leaves the key slice's object
-distribution by more than ``max_intensity_z`` standard deviations. These rules were chosen on the four
-DeepLesion volumes of the shared data, and the scales (0.75, 0.9, 1.0) were the first set tried there (a
-wider set, 0.6–1.1, did worse); on the organ volumes they change little (benchmarks/results/eval).
+Box propagation (the default, any box-prompted model: the embedded one, LiteMedSAM, SAM formats): each
+neighbouring slice is prompted with the box of the mask on the slice before it, scaled about its centre by
+each of ``box_scales`` (objects shrink away from the key slice, and a box-prompted model fills whatever box it
+is given), and the mask with the highest predicted IoU is kept, inside the previous box.
+
+Intensity gate (``intensity_quantile``, issue 12): a box-prompted model fills its box with whatever is in it —
+on CT of limb sarcomas the neighbouring bone, fat or muscle — and the next slice's box grows with that mask.
+Every mask, the key slice's too, therefore keeps only the pixels whose value lies within the 5–95th
+percentiles of the key-slice mask (HU for CT), then its largest part with holes filled (necrosis or
+calcification inside the lesion stay in it). The gate also makes the stop rules work: propagation stops when
+the object vanishes (fewer than ``min_pixels``), when the mask suddenly grows (more than ``max_growth`` × the
+previous area), or when the mean intensity inside the mask leaves the key slice's object distribution by more
+than ``max_intensity_z`` standard deviations; :attr:`VolumeResult.stopped` says which rule ended each side.
+
+How the defaults were chosen: the stop rules and scales on the DeepLesion volumes (the scales (0.75, 0.9, 1.0)
+were the first set tried; 0.6–1.1 did worse); the gate on the tuning patients only — DeepLesion 000001/000002
+and the ``tune`` part of ``sts_ct_sarcoma_3d`` (:func:`medfoundry.eval.prepare.sts_split`) — never on the
+patients reported by the ``lesion-3d`` and ``sts-3d`` benchmarks. On the tuning trajectories the gate raised
+3D Dice most on sarcomas (whose masks otherwise spill into bone); a single box scale instead of three, and a
+gate range from the central part of the box only, did worse or no better.
 
 Models with a trained propagation head (``medfoundry train sam-propagation``) can instead carry the mask with
 that head (``use_head=True``): it sees the next slice around the previous mask, with that mask and its box as
