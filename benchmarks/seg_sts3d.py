@@ -9,8 +9,8 @@ used to choose anything; the summary is on ``--split`` (default ``report``). The
 
 Per patient: Dice of the propagated mask; of every tumour slice prompted with its own true box (not a method:
 the upper bound of box propagation); and of the ellipsoid inscribed in the true 3D bounding box (the no-model
-baseline, which knows the true extent in z). ``--compare-previous`` also runs the propagation of version
-0.x (``PREVIOUS_DEFAULTS``) on the same volumes.
+baseline, which knows the true extent in z). ``--compare-previous`` also runs the propagation from before
+issue 12 (``PREVIOUS_DEFAULTS``: no intensity gate) on the same volumes.
 
     nice -n 10 python benchmarks/seg_sts3d.py --shared ../shared/data --out benchmarks/results/seg_sts3d.json
 """
