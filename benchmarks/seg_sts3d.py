@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--model", default="medfoundry-sam-lite")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--split", default="report", choices=["report", "tune", "all"])
+    ap.add_argument("--patients", default="", help="comma-separated patient ids within --split (default: all)")
     ap.add_argument("--compare-previous", action="store_true", help="also run the previous propagation defaults")
     ap.add_argument("--no-upper-bound", action="store_true", help="skip the true box on every slice (saves time)")
     ap.add_argument("--out", default="benchmarks/results/seg_sts3d.json")
@@ -63,7 +64,8 @@ def main() -> None:
     seg = open_segmenter(args.model, args.weights)
     cases = []
     for r in records:
-        if args.split != "all" and split[r["patient_id"]] != args.split:
+        if (args.split != "all" and split[r["patient_id"]] != args.split) or \
+                (args.patients and r["patient_id"] not in args.patients.split(",")):
             continue
         start = time.perf_counter()
         volume = replace(read_image(root / r["volume_file"]), units="HU", modality="CT")
