@@ -1,7 +1,8 @@
 """3D CT lesion segmentation from one box on the key slice, beside the no-model baseline.
 
 Key slice: the slice where the lesion is largest; the prompt is the tight box of the true mask there; the
-mask is propagated through the volume (medfoundry.tasks.volume: box hypotheses chosen by predicted IoU), and
+mask is propagated through the volume (medfoundry.tasks.volume: box hypotheses chosen by predicted IoU, each
+mask gated by the key-slice lesion's intensity range), and
 for comparison with the single previous box of earlier versions (``box_scales=(1.0,)``) and with every lesion
 slice prompted with its own true box (not a method: the upper bound of propagation). Baseline: the ellipsoid
 inscribed in the true 3D bounding box. Patients 000009 and 000010 were never used in training;

@@ -15,6 +15,10 @@ from collections.abc import Iterable
 #: DeepLesion patients whose CT lesion volumes train the embedded segmenter / are kept for 3D evaluation.
 LESION_TRAIN_PATIENTS: tuple[str, ...] = ("000001", "000002")
 UNSEEN_LESION_PATIENTS: tuple[str, ...] = ("000009", "000010")
+#: sts_ct_sarcoma_3d: sorted patient ids shuffled with this seed; the first STS_TUNE_PATIENTS tune 3D propagation
+#: (medfoundry.tasks.volume), the other 8 only report (spec sts-3d)
+STS_SPLIT_SEED = 0
+STS_TUNE_PATIENTS = 12
 
 
 def _held_out(ids: Iterable[str], seed: int, fraction_divisor: int, minimum: int = 0) -> set[str]:
@@ -36,3 +40,12 @@ def kvasir_val_ids(ids: Iterable[str], seed: int = 0) -> set[str]:
 def medpix_val_cases(cases: Iterable[str]) -> set[str]:
     """MedPix CT/MR captions: 1 in 5 cases held out (seed 23), so all images of a case are on one side."""
     return _held_out(cases, seed=23, fraction_divisor=5)
+
+
+def sts_split(patients: Iterable[str]) -> dict[str, str]:
+    """``tune`` or ``report`` for each STS patient id: ``sorted(ids)`` shuffled by ``random.Random(STS_SPLIT_SEED)``,
+    the first :data:`STS_TUNE_PATIENTS` tune (propagation defaults were chosen on them), the rest report (never
+    used to choose anything)."""
+    order = sorted(patients)
+    random.Random(STS_SPLIT_SEED).shuffle(order)
+    return {p: "tune" if i < STS_TUNE_PATIENTS else "report" for i, p in enumerate(order)}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medfoundry.datasets.splits import UNSEEN_LESION_PATIENTS
+from medfoundry.datasets.splits import UNSEEN_LESION_PATIENTS, sts_split
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -52,6 +52,22 @@ def _lesions(root: Path, out: Path) -> Path:
         rows.append({"id": path.stem, "image": os.path.relpath(path, out), "mask": os.path.relpath(path, out),
                      "patient": patient, "seen_in_training": "no" if patient in UNSEEN_LESION_PATIENTS else "yes"})
     return _write(out / "lesion3d.csv", rows)
+
+
+def _sts(root: Path, out: Path) -> Path | None:
+    """``sts3d.csv``: the soft-tissue sarcoma CT volumes (NIfTI, HU) with their GTV masks and key slices."""
+    folder = root / "sts_ct_sarcoma_3d"
+    if not (folder / "cases.csv").is_file():
+        return None
+    with open(folder / "cases.csv", newline="", encoding="utf-8") as fh:
+        records = list(csv.DictReader(fh))
+    split = sts_split([r["patient_id"] for r in records])
+    rows = [{"id": r["patient_id"], "image": os.path.relpath(folder / r["volume_file"], out),
+             "mask": os.path.relpath(folder / r["mask_file"], out), "patient": r["patient_id"],
+             "key_slice": int(r["key_slice"]), "split": split[r["patient_id"]],
+             "seen_in_training": "yes" if split[r["patient_id"]] == "tune" else "no"}
+            for r in sorted(records, key=lambda r: r["patient_id"])]
+    return _write(out / "sts3d.csv", rows)
 
 
 def _organs(root: Path, out: Path, min_voxels: int = 300, min_slices: int = 3) -> Path:
@@ -107,8 +123,8 @@ def _modality(out: Path) -> Path:
 
 def prepare_shared(shared_root: str | Path, out: str | Path) -> list[Path]:
     """Write the case tables of every built-in benchmark into ``out`` (``pneumonia.csv`` with its PNGs,
-    ``kvasir.csv``, ``covid.csv``, ``lesion3d.csv``, ``organs3d.csv``, ``medpix.csv``, ``modality.csv``); returns
-    their paths."""
+    ``kvasir.csv``, ``covid.csv``, ``lesion3d.csv``, ``organs3d.csv``, ``medpix.csv``, ``modality.csv`` and
+    ``sts3d.csv`` where the shared folder has ``sts_ct_sarcoma_3d``); returns their paths."""
     from medfoundry.datasets.pairs import _pneumonia
     from medfoundry.datasets.segmentation import shared_manifest
 
@@ -124,5 +140,5 @@ def prepare_shared(shared_root: str | Path, out: str | Path) -> list[Path]:
         if r["source"] == "kvasir":
             kvasir.append({"id": Path(r["image"]).stem, "image": r["image"], "mask": r["mask"], "split": r["split"]})
     tables = [pneumonia, _write(out / "kvasir.csv", kvasir), _covid(root, out), _lesions(root, out),
-              _organs(root, out), _medpix(root, out)]
-    return [*tables, _modality(out)]
+              _organs(root, out), _medpix(root, out), _sts(root, out)]
+    return [*(t for t in tables if t is not None), _modality(out)]

@@ -63,6 +63,8 @@ class DatasetSpec:
     mask_key: str | None = None  # array name inside .npz masks
     mask_value: str | None = None  # column holding the label value that selects the object in a label map
     boxes: list[str] = field(default_factory=list)  # columns with [x, y, w, h] boxes of the annotated region
+    units: str | None = None  # "HU": images hold Hounsfield units though their files do not say so (NIfTI CT)
+    key_slice: str | None = None  # segmentation-3d: column with the prompted slice (default: largest object area)
 
 
 @dataclass
@@ -117,6 +119,8 @@ def load_spec(path_or_name: str | Path) -> BenchmarkSpec:
         problems.append("dataset must be a mapping")
         ds = {}
     problems += [f"unknown dataset key {k!r}" for k in sorted(set(ds) - {f.name for f in fields(DatasetSpec)})]
+    if ds.get("units") not in (None, "HU"):
+        problems.append(f"dataset.units {ds['units']!r}: only 'HU' (CT in Hounsfield units) is supported")
     for key in ("name", "task", "metrics"):
         if key not in data:
             problems.append(f"missing key {key!r}")
@@ -182,6 +186,11 @@ def load_cases(spec: BenchmarkSpec) -> list[dict[str, Any]]:
         case["boxes"] = [json.loads(r[c]) for c in ds.boxes if r.get(c, "").strip()] if ds.boxes else []
         if ds.mask_value:
             case["mask_value"] = int(r[ds.mask_value])
+        if ds.key_slice:
+            try:
+                case["key_slice"] = int(r[ds.key_slice])
+            except (KeyError, ValueError):
+                problems.append(f"row {i}: key slice {r.get(ds.key_slice)!r} is not an integer")
         if ds.mask in needed:
             case["mask"] = str(table.parent / r[ds.mask])
             if not Path(case["mask"]).exists():

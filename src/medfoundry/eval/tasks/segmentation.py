@@ -1,19 +1,22 @@
 """Box-prompted segmentation benchmarks, 2D and 3D, scored by MONAI's metrics beside the no-model baseline.
 
 - ``segmentation-2d``: the prompt is the tight box of the true mask; baseline: the ellipse inscribed in it.
-- ``segmentation-3d``: the prompt is the tight box of the true mask on its key slice (the slice where the
-  object is largest) only; the mask is propagated slice by slice (:func:`medfoundry.tasks.volume.segment_volume`);
-  baseline: the ellipsoid inscribed in the true 3D bounding box (which knows the object's extent in z, the
-  model does not).
+- ``segmentation-3d``: the prompt is the tight box of the true mask on its key slice (the ``dataset.key_slice``
+  column, else the slice where the object is largest) only; the mask is propagated slice by slice
+  (:func:`medfoundry.tasks.volume.segment_volume`); baseline: the ellipsoid inscribed in the true 3D bounding
+  box (which knows the object's extent in z, the model does not).
 
-A label map selects its object by the ``mask_value`` column; a mask stored with another orientation than its
-image is flipped onto the image's voxel grid. Predicted masks are written to ``out/predictions/<id>.png``
+``dataset.units: HU`` marks images whose files do not say they are CT (NIfTI) as Hounsfield units, so that
+models see them through the same CT window as a DICOM series. A label map selects its object by the
+``mask_value`` column; a mask stored with another orientation than its image is flipped onto the image's
+voxel grid. Predicted masks are written to ``out/predictions/<id>.png``
 (2D) or ``.npz`` (3D) so the report can show them.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +69,7 @@ def load_prediction(path: Path) -> np.ndarray:
 
 
 def predict(spec, cases, model, weights, cache_path, progress):
+    from medfoundry.errors import InputContractError
     from medfoundry.eval.baselines import ellipse_in_box, ellipsoid_in_box
     from medfoundry.eval.metrics import segmentation_case
     from medfoundry.io import read_image
@@ -77,12 +81,17 @@ def predict(spec, cases, model, weights, cache_path, progress):
 
     def predict_one(case: dict) -> dict:
         image = read_image(case["image"], key=spec.dataset.image_key)
+        if spec.dataset.units == "HU" and image.units != "HU":  # NIfTI CT: HU windows, as a DICOM series gets
+            image = replace(image, units="HU", modality="CT")
         truth = truth_mask(case, image, spec.dataset.mask_key)
         if spec.task == "segmentation-3d":
             from medfoundry.tasks.measure import measure
             from medfoundry.tasks.volume import segment_volume
 
-            key = int(truth.sum(axis=(1, 2)).argmax())
+            key = case["key_slice"] if "key_slice" in case else int(truth.sum(axis=(1, 2)).argmax())
+            if not 0 <= key < truth.shape[0] or not truth[key].any():
+                raise InputContractError(f"{case['id']}: key slice {key} holds no object "
+                                         f"(slices 0..{truth.shape[0] - 1})")
             box = mask_box(truth[key])
             result = segment_volume(segmenter, image, key, box=box)
             pred, baseline = result.mask, ellipsoid_in_box(truth)
