@@ -164,3 +164,23 @@ def test_contract_equals_package_resize_when_it_keeps_the_shape(cases, encoded) 
     unit = (arr - arr.min()) / (arr.max() - arr.min())
     theirs = _image_tensor(np.repeat(unit[..., None], 3, axis=-1), 256)
     assert torch.allclose(x, theirs, atol=1e-5)
+
+
+def test_cli_segments_offline_without_weights(shared_data, tmp_path, monkeypatch, capsys) -> None:
+    """``medfoundry segment IMG --model litemedsam --box ...``: offline, no --weights; a box outside the image is
+    refused with a typed error (exit 2) and nothing is written."""
+    from PIL import Image
+
+    from medfoundry.cli.main import main
+
+    monkeypatch.setenv("MEDFOUNDRY_OFFLINE", "1")
+    img = shared_data / "kvasir_seg" / "images" / "cju0qkwl35piu0993l0dewei2.jpg"
+    out = tmp_path / "mask.png"
+    assert main(["segment", str(img), "--model", "litemedsam", "--box", "38,5,430,338", "--precision", "fp32",
+                 "--out", str(out)]) == 0
+    mask = np.asarray(Image.open(out)) > 0
+    assert mask.shape == (529, 622) and mask[5:338, 38:430].mean() > 0.2 and not mask[400:, :].any()
+    bad = tmp_path / "bad.png"
+    assert main(["segment", str(img), "--model", "litemedsam", "--box", "38,5,700,338", "--precision", "fp32",
+                 "--out", str(bad)]) == 2
+    assert "outside" in capsys.readouterr().err and not bad.exists()
