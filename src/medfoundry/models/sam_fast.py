@@ -62,12 +62,17 @@ class _Bf16Encoder(nn.Module):
 
 
 def accelerate_encoder(encoder: nn.Module, bf16: bool = False) -> nn.Module:
-    """Use :class:`SdpaAttention` in every ViT block of a segment_anything ``ImageEncoderViT`` (in place) and,
-    with ``bf16``, wrap it to run in bfloat16. Encoders without ViT blocks are returned unchanged (bf16 still
-    applies)."""
+    """Use :class:`SdpaAttention` in every ViT block of a segment_anything ``ImageEncoderViT`` (in place), fold
+    LiteMedSAM TinyViT's batch norms (:meth:`~medfoundry.models.tinyvit.LiteMedSamEncoder.accelerate`) and,
+    with ``bf16``, wrap it to run in bfloat16. Other encoders are returned unchanged (bf16 still applies)."""
     for block in getattr(encoder, "blocks", []):
         if hasattr(block, "attn") and hasattr(block.attn, "qkv") and not isinstance(block.attn, SdpaAttention):
             block.attn = SdpaAttention(block.attn)
+    inner = getattr(encoder, "inner", encoder)
+    if hasattr(inner, "accelerate") and not getattr(inner, "channels_last", True):
+        inner.accelerate()  # LiteMedSAM's TinyViT: batch norms folded, channels-last convolutions
+    if bf16 and isinstance(encoder, _Bf16Encoder):
+        return encoder
     return _Bf16Encoder(encoder) if bf16 else encoder
 
 
@@ -118,10 +123,14 @@ def accelerate_decoder(decoder: nn.Module, bf16: bool = False) -> nn.Module:
 
 
 def native_bf16() -> bool:
-    """Whether this machine runs bfloat16 matrix products natively (CUDA, or a CPU with AVX512-BF16/AMX);
-    elsewhere bfloat16 is emulated and slower than float32."""
-    if torch.cuda.is_available():
-        return True
+    """Whether this machine runs bfloat16 matrix products natively (CUDA, or a CPU with AVX512-BF16/AMX or
+    Arm BF16, see :mod:`medfoundry.models.hardware`); elsewhere bfloat16 is emulated and slower than float32.
+    Where the CPU's flags cannot be read, oneDNN's own answer is used."""
+    from medfoundry.models.hardware import cpu_features
+
+    features = cpu_features()
+    if features.native_bf16 or features.flags:
+        return features.native_bf16
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

