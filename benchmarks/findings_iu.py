@@ -15,7 +15,7 @@ Positive = the extractor says positive or uncertain (an uncertain mention names 
 "U-ones"); the "U-zeros" numbers (uncertain counted as not positive) are written too. Per observation P/R/F1 of
 the positive class; micro and macro F1 over the observations that at least one reference code covers in the part.
 Baseline: :func:`medfoundry.tasks.findings.keyword_findings` (same phrases, a 5-token negation window), measured
-the same way. Writes ``benchmarks/results/findings_iu.json`` and ``findings_iu_confusion.html`` (how the
+the same way. Writes ``benchmarks/results/findings_iu.json`` and ``findings_iu_confusion_{part}.html`` (how the
 extractor labels each observation when the codes do or do not make it positive: negative vs not mentioned).
 """
 

@@ -6,15 +6,15 @@ import pytest
 
 pytest.importorskip("negspacy")
 
-from medfoundry.errors import InputContractError  # noqa: E402
-from medfoundry.tasks.findings import (  # noqa: E402
+from medfoundry.errors import InputContractError
+from medfoundry.tasks.findings import (
     OBSERVATIONS,
     extract_findings,
     extract_findings_many,
     keyword_findings,
     read_report_texts,
 )
-from medfoundry.tasks.findings_codes import CODE_TABLE, reference_positives, unmapped_heads  # noqa: E402
+from medfoundry.tasks.findings_codes import CODE_TABLE, reference_positives, unmapped_heads
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -65,7 +65,7 @@ def test_non_english_is_an_error_single_and_skipped_in_batches():
 def test_csv_without_the_column(tmp_path):
     p = tmp_path / "r.csv"
     p.write_text("uid,findings\n1,No effusion.\n", encoding="utf-8")
-    with pytest.raises(InputContractError, match="no column 'text'.*uid, findings"):
+    with pytest.raises(InputContractError, match=r"no column 'text'.*uid, findings"):
         read_report_texts(p, ["text"])
     texts, rows = read_report_texts(p, ["findings"])
     assert texts == ["No effusion."] and rows[0]["uid"] == "1"
