@@ -34,7 +34,8 @@ def _volume(spacing_source: str = "header") -> MedImage:
 def _mask() -> np.ndarray:
     m = np.zeros((8, 32, 32), bool)
     m[2:5, 4:14, 4:20] = True
-    m[6, 25:28, 25:28] = True
+    m[5:7, 24:30, 24:30] = True  # a second lesion (72 voxels)
+    m[0, 30, 30] = True  # a speck: a fragment, not a lesion
     return m
 
 
@@ -43,6 +44,7 @@ def test_json_and_narrative_numbers_come_from_the_json():
     r = structured_report(_mask(), img, model="m", prompt={"box_xyxy": [4, 4, 20, 14], "slice": 3, "propagate": True},
                           region="liver")
     assert r["lesion_count"] == 2 and r["size_units"] == "mm" and r["region"] == "liver"
+    assert r["small_fragments"] == {"count": 1, "voxels": 1}
     big = r["lesions"][0]
     assert big["slice_range"] == [2, 4] and big["volume_ml"] == round(3 * 10 * 16 * 2 * 0.25 / 1000, 2)
     assert big["long_axis"] == round(float(np.hypot(10 * 0.5, 16 * 0.5)), 1)
@@ -104,3 +106,14 @@ def test_dicom_sr_references_series_and_seg(shared_data, tmp_path):
     assert str(r["lesions"][0]["long_axis"]) in dumped and str(r["lesions"][0]["volume_ml"]) in dumped
     with pytest.raises(ImageWriteError):
         write_dicom_sr(structured_report(np.zeros_like(mask), img, model="m"), folder, seg, tmp_path / "e.dcm")
+
+
+def test_cli_report_needs_a_bank_or_a_prompt(tmp_path, capsys):
+    from medfoundry.cli.main import main
+
+    img = tmp_path / "x.npy"
+    np.save(img, np.zeros((16, 16), np.float32))
+    assert main(["report", str(img)]) == 2
+    assert "--bank" in capsys.readouterr().err
+    assert main(["report", str(img), "--structured"]) == 2
+    assert "needs a prompt" in capsys.readouterr().err

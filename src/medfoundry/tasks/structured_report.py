@@ -62,10 +62,15 @@ def _lesion(comp: np.ndarray, image: MedImage, known: bool, index: int) -> dict[
 
 
 def structured_report(mask: np.ndarray, image: MedImage, *, model: str, prompt: dict[str, Any] | None = None,
-                      region: str | None = None, finding: str = "lesion") -> dict[str, Any]:
+                      region: str | None = None, finding: str = "lesion", min_fraction: float = 0.05,
+                      min_voxels: int = 10) -> dict[str, Any]:
     """The structured report (a JSON-ready dict) of ``mask`` ((Z, Y, X) or (Y, X), non-zero = inside, on
     ``image``'s grid). ``prompt``: what the segmenter was given (box XYXY in pixels, slice, propagate);
-    ``region``: the organ/region when the caller knows it (None → reported as not known)."""
+    ``region``: the organ/region when the caller knows it (None → reported as not known).
+
+    Connected components smaller than ``min_voxels`` or ``min_fraction`` of the largest are not counted as
+    lesions (segmenters leave specks at a mask's edge); their number and voxels are reported as
+    ``small_fragments``."""
     mask = np.asarray(mask).astype(bool)
     if mask.shape != image.spatial_shape:
         raise InputContractError(f"mask shape {mask.shape} differs from the image's {image.spatial_shape}")
@@ -76,6 +81,11 @@ def structured_report(mask: np.ndarray, image: MedImage, *, model: str, prompt: 
         "finding": finding, "spacing_known": known, "size_units": "mm" if known else "px",
     }
     comps = _components(mask) if mask.any() else []
+    if comps:
+        floor = max(min_voxels, min_fraction * int(comps[0].sum()))
+        small = [c for c in comps[1:] if int(c.sum()) < floor]
+        comps = [comps[0]] + [c for c in comps[1:] if int(c.sum()) >= floor]
+        report["small_fragments"] = {"count": len(small), "voxels": int(sum(int(c.sum()) for c in small))}
     report["lesion_count"] = len(comps)
     report["measurable"] = bool(comps)
     report["lesions"] = [_lesion(c, image, known, i + 1) for i, c in enumerate(comps)]
@@ -118,6 +128,11 @@ def narrative(report: dict[str, Any]) -> str:
             u = " HU" if i["units"] == "HU" else ""
             parts.append(f"mean intensity {i['mean']}{u} (range {i['min']} to {i['max']}{u})")
         text.append(f"{f.capitalize()} {les['index']}: " + ", ".join(parts) + ".")
+    frag = report.get("small_fragments") or {}
+    if frag.get("count"):
+        text.append(f"{frag['count']} small fragment{'' if frag['count'] == 1 else 's'} of the mask "
+                    f"({frag['voxels']} {'voxels' if report['dimensions'] == 3 else 'pixels'} in all) "
+                    "are not counted as lesions.")
     if not report["spacing_known"]:
         text.append("The image carries no pixel spacing, so sizes are in pixels, not millimetres.")
     return " ".join(text)
