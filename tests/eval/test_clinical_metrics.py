@@ -24,3 +24,4 @@ def test_ce_micro_scores():
     assert per["Cardiomegaly"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
     assert per["Pleural Effusion"]["recall"] == 0.0
     assert ce_coverage(refs) == 0.5 and ce_coverage(["", "Patient is a 60 year old man."]) == 0.0
+
