@@ -211,6 +211,22 @@ def test_report_generation_scores_retrieved_reports_beside_the_constant_report(t
         most_frequent_text(["normal chest x-ray", "chest x-ray with pneumonia"] * 4)] * 8, refs))
 
 
+def test_report_generation_task_reports_ce_beside_the_constant_report(tmp_path: Path) -> None:
+    pytest.importorskip("negspacy")
+    from medfoundry.eval.clinical_metrics import ce_metric
+
+    table = _images(tmp_path)
+    res = _run(tmp_path, "report", f"task: report-generation\ndataset:\n  csv: {table}\n  filter: {{split: val}}\n"
+                                   f"  train_filter: {{split: train}}\nmetrics: [bleu, ce_precision, ce_f1]")
+    gens, refs = [c["generated"] for c in res["per_case"]], [c["reference"] for c in res["per_case"]]
+    assert res["metrics"]["ce_f1"]["value"] == pytest.approx(ce_metric("ce_f1", gens, refs))
+    lo, hi = res["metrics"]["ce_f1"]["ci95"]
+    assert lo <= res["metrics"]["ce_f1"]["value"] <= hi
+    assert res["baseline"]["ce_f1"] is not None
+    ce = res["clinical_efficacy"]
+    assert set(ce["per_observation"]) >= {"Pneumonia"} and "baseline_per_observation" in ce
+
+
 def test_omit_texts_keeps_metrics_and_drops_every_case_text(tmp_path: Path) -> None:
     table = _images(tmp_path)
     spec = tmp_path / "r.yaml"

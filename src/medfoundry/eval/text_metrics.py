@@ -1,5 +1,6 @@
 """Text metrics for generated reports, computed by maintained packages: BLEU (sacrebleu), ROUGE-L (Google's
-rouge-score) and CIDEr-D's consensus score (pycocoevalcap's CIDEr).
+rouge-score) and CIDEr-D's consensus score (pycocoevalcap's CIDEr); the clinical-efficacy ``ce_*`` metrics
+come from :mod:`medfoundry.eval.clinical_metrics` (the findings extractor on both texts).
 
 Each metric is a corpus statistic over case indices, so the harness can bootstrap it like any other metric
 (CIDEr's document frequencies and BLEU's brevity penalty are recomputed on every resample, as they should be).
@@ -15,7 +16,7 @@ import numpy as np
 
 from medfoundry.errors import InputContractError
 
-TEXT_METRICS = ("bleu", "bleu1", "rouge_l", "cider")
+TEXT_METRICS = ("bleu", "bleu1", "rouge_l", "cider", "ce_precision", "ce_recall", "ce_f1")
 
 
 def normalise(text: str) -> str:
@@ -32,6 +33,10 @@ def text_metric(name: str, predictions: Sequence[str], references: Sequence[str]
     """Corpus-level ``name`` (one of :data:`TEXT_METRICS`) of paired predictions and single references, in [0, 1]
     (CIDEr is conventionally unbounded above, ≈ 0–10)."""
     _check(predictions, references)
+    if name.startswith("ce_"):
+        from medfoundry.eval.clinical_metrics import ce_metric
+
+        return ce_metric(name, predictions, references)
     preds, refs = [normalise(p) for p in predictions], [normalise(r) for r in references]
     if name in ("bleu", "bleu1"):
         from sacrebleu.metrics import BLEU

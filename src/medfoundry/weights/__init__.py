@@ -2,22 +2,8 @@
 
 Each embedded model lives in a folder here holding ``card.json`` (its :class:`ModelRecord`, weights source
 ``package:weights/<folder>/model.safetensors``), ``model.safetensors`` and ``MODEL_CARD.md``.
+
+This package is data only: :func:`medfoundry.registry.catalog.embedded_records` reads the cards (the weights
+never import the registry, so the layers stay one-way).
 """
 
-from __future__ import annotations
-
-import json
-from importlib import resources
-
-from medfoundry.registry.records import ModelRecord
-
-
-def embedded_records() -> list[ModelRecord]:
-    """The records of every embedded model shipped with this installation (read from their card.json)."""
-    root = resources.files("medfoundry.weights")
-    records = []
-    for entry in sorted(root.iterdir(), key=lambda e: e.name):
-        card = entry / "card.json"
-        if entry.is_dir() and card.is_file():
-            records.append(ModelRecord.from_dict(json.loads(card.read_text(encoding="utf-8")), origin=str(card)))
-    return records

@@ -1,0 +1,123 @@
+"""Structured-report measurements of 3D CT lesions from one box on the key slice, against the reference mask.
+
+    OMP_NUM_THREADS=2 nice -n 10 python benchmarks/structured_report_3d.py [--shared ../shared/data] [--sts 20]
+
+For every DeepLesion sub-volume (``deeplesion_ct_lesion_3d``, 4) and soft-tissue-sarcoma CT crop
+(``sts_ct_sarcoma_3d``, first ``--sts`` patients): key slice = the slice where the reference mask is largest;
+prompt = the tight box of the reference mask there; the segmenter propagates it through the volume
+(:func:`medfoundry.tasks.volume.segment_volume`, as `medfoundry report --structured --propagate` does); the
+structured report (:func:`medfoundry.tasks.structured_report.structured_report`) of that mask and of the reference
+mask give lesion 1's long axis (mm, RECIST-style on its longest slice) and volume (mL). Errors: absolute long-axis
+error (mm) and relative volume error, medians over cases. Baseline, measured the same way: the ellipsoid inscribed
+in the reference mask's 3D bounding box (it knows the true z-extent, which the box on one slice does not give).
+Writes ``benchmarks/results/structured_report_3d.json``. The propagation code is whatever ``tasks/volume.py`` is
+on this branch (its commit is recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from medfoundry.eval.baselines import ellipsoid_in_box  # noqa: E402
+from medfoundry.io import read_image  # noqa: E402
+from medfoundry.predict.boxes import mask_box  # noqa: E402
+from medfoundry.predict.segment import open_segmenter  # noqa: E402
+from medfoundry.tasks.structured_report import structured_report  # noqa: E402
+from medfoundry.tasks.volume import segment_volume  # noqa: E402
+
+
+def lesion1(mask: np.ndarray, image) -> dict:
+    r = structured_report(mask, image, model="-")
+    return r["lesions"][0] if r["measurable"] else {"long_axis": 0.0, "volume_ml": 0.0}
+
+
+def cases(shared: Path, n_sts: int):
+    """DeepLesion and sarcoma cases alternately (so a time budget still samples both), loaded one at a time."""
+    lesion = [(p.stem, lambda p=p: (read_image(p, key="imgs"), read_image(p, key="gts").array > 0))
+              for p in sorted((shared / "deeplesion_ct_lesion_3d" / "volumes").glob("*.npz"))]
+    base = shared / "sts_ct_sarcoma_3d"
+    with open(base / "cases.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))[:n_sts]
+    sts = [(r["patient_id"], lambda r=r: (read_image(base / r["volume_file"]),
+                                          read_image(base / r["mask_file"]).array > 0)) for r in rows]
+    order = []
+    for i in range(max(len(lesion), len(sts))):
+        order += [("deeplesion", *lesion[i])] if i < len(lesion) else []
+        order += [("sts", *sts[i])] if i < len(sts) else []
+    for dataset, name, load in order:
+        volume, truth = load()
+        yield dataset, name, volume, truth
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--model", default="medfoundry-sam-lite")
+    ap.add_argument("--sts", type=int, default=20, help="how many sarcoma patients (of 20)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "structured_report_3d.json"))
+    ap.add_argument("--budget-s", type=float, default=1e9,
+                    help="stop starting new cases after this many seconds (the results say how many ran)")
+    args = ap.parse_args()
+    seg = open_segmenter(args.model, None)
+    rows = []
+    start = time.perf_counter()
+    for dataset, name, volume, truth in cases(Path(args.shared), args.sts):
+        if time.perf_counter() - start > args.budget_s:
+            break
+        t0 = time.perf_counter()
+        key = int(truth.sum(axis=(1, 2)).argmax())
+        pred = segment_volume(seg, volume, key, box=mask_box(truth[key])).mask
+        ref, ours, base = lesion1(truth, volume), lesion1(pred, volume), lesion1(ellipsoid_in_box(truth), volume)
+        rows.append({
+            "dataset": dataset, "case": name, "key_slice": key, "spacing_mm": [round(s, 4) for s in volume.spacing],
+            "reference_long_axis_mm": ref["long_axis"], "reference_volume_ml": ref["volume_ml"],
+            "model_long_axis_mm": ours["long_axis"], "model_volume_ml": ours["volume_ml"],
+            "baseline_long_axis_mm": base["long_axis"], "baseline_volume_ml": base["volume_ml"],
+            "seconds": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+        write(args, rows)
+
+
+def write(args, rows: list[dict]) -> None:
+    def summary(sel: list[dict]) -> dict:
+        out = {"cases": len(sel)}
+        if not sel:
+            return out
+        for who in ("model", "baseline"):
+            la = [abs(r[f"{who}_long_axis_mm"] - r["reference_long_axis_mm"]) for r in sel]
+            vol = [abs(r[f"{who}_volume_ml"] - r["reference_volume_ml"]) / r["reference_volume_ml"] for r in sel]
+            out[who] = {"median_abs_long_axis_error_mm": round(float(np.median(la)), 2),
+                        "median_rel_volume_error": round(float(np.median(vol)), 4)}
+        return out
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                            check=False).stdout.strip()
+    result = {
+        "what": "lesion 1 of the structured report: long axis (mm) and volume (mL) vs the reference mask's",
+        "prompt": "tight box of the reference mask on its largest slice, propagated (tasks/volume.segment_volume)",
+        "baseline": "ellipsoid inscribed in the reference mask's 3D bounding box (knows the true z-extent)",
+        "model": args.model, "code_commit": commit, "targets": {"median_abs_long_axis_error_mm": 2.0,
+                                                                "median_rel_volume_error": 0.10},
+        "cases_run": len(rows), "cpu_note": "run on a shared 2-core CPU; --budget-s may stop before all cases",
+        "all": summary(rows),
+        "deeplesion": summary([r for r in rows if r["dataset"] == "deeplesion"]),
+        "sts": summary([r for r in rows if r["dataset"] == "sts"]),
+        "cases": rows,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps({k: result[k] for k in ("all", "deeplesion", "sts")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
