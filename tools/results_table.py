@@ -10,8 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "eval"
 SHOW = {"auroc": "AUROC", "balanced_accuracy": "bal. acc.", "map": "mAP", "recall@1": "R@1", "recall@10": "R@10",
-        "precision@10": "P@10", "dice": "Dice", "nsd": "NSD@2", "hd95": "HD95", "bleu": "BLEU-4", "rouge_l": "ROUGE-L",
-        "cider": "CIDEr"}
+        "precision@10": "P@10", "accuracy": "acc.", "recall@5": "R@5", "dice": "Dice", "nsd": "NSD@2", "hd95": "HD95",
+        "bleu": "BLEU-4", "rouge_l": "ROUGE-L", "cider": "CIDEr"}
 
 
 def main() -> None:
@@ -26,6 +26,11 @@ def main() -> None:
         link = f"[`{r['benchmark']}`](benchmarks/results/eval/{path.parent.name}/report.html)"
         print(f"| {link} | {r['task']} | {r['config']['model']} | {r['config']['cases']} | {value} | "
               f"{r.get('baseline_name', '')}: {base} |")
+        if "raw_pixel_baseline" in r:
+            pix = r["raw_pixel_baseline"]
+            print(f"| ↳ raw-pixel baseline | | | | logistic regression on 32×32 pixels, fit on {pix['train_cases']} "
+                  "labelled training images: " + ", ".join(f"{SHOW[n]} {pix[n]['value']:.3f}" for n in names)
+                  + " | |")
         if "mask_of_truth" in r:
             m = r["mask_of_truth"]
             print(f"| ↳ mask of truth | | | | probability shift when the lungs are hidden "

@@ -22,8 +22,8 @@ from medfoundry.io import MedImage, read_image
 from medfoundry.samples import Sample, all_samples, shared_data_dir
 from medfoundry.viz import display_rgb, draw_box, overlay_heatmap, overlay_mask, thumbnail
 
-KIND_LABELS = ["chest x-ray", "CT scan", "MRI scan", "endoscopy image"]
-KIND_TEMPLATES = ["{}", "an image of a {}", "a {}"]
+#: the model record's label sets shown per image: modality for all, plane and body region for CT / MR slices
+MODALITY_SET, CROSS_SECTION_SETS = "modality", ("plane", "region")
 
 
 def _save(rgb: np.ndarray, path: Path) -> str:
@@ -50,7 +50,7 @@ def run_demo(out: Path, log=print) -> dict[str, Any]:
     from medfoundry.predict.segment import open_segmenter
     from medfoundry.registry import list_models
     from medfoundry.tasks.measure import measure
-    from medfoundry.tasks.zero_shot import zero_shot_classify
+    from medfoundry.tasks.zero_shot import label_set, zero_shot_classify
 
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"samples": [], "zero_shot": [], "segmentation": [], "search": []}
@@ -71,19 +71,26 @@ def run_demo(out: Path, log=print) -> dict[str, Any]:
     clip = open_contrastive("medfoundry-clip-tiny")
     names = list(images)
     planes = [_plane(images[n][1]) for n in names]
-    kinds = zero_shot_classify(clip, planes, KIND_LABELS, templates=KIND_TEMPLATES)
+    modality = label_set(clip, MODALITY_SET)
+    kinds = zero_shot_classify(clip, planes, list(modality), prompts=modality)
     for i, name in enumerate(names):
-        entry = {"name": name, "kind": {k: round(float(v), 3) for k, v in zip(KIND_LABELS, kinds.probs[i],
-                                                                              strict=True)}}
+        entry: dict[str, Any] = {"name": name, "kind": {k: round(float(v), 3) for k, v in
+                                                        zip(kinds.labels, kinds.probs[i], strict=True)}}
         image = images[name][1]
-        if kinds.top(i)[0] == "chest x-ray" and not image.is_volume and image.modality in ("CR", "DX", "OT", ""):
+        if kinds.top(i)[0] in ("CT", "MR"):
+            for set_name in CROSS_SECTION_SETS:
+                prompts = label_set(clip, set_name)
+                scores = zero_shot_classify(clip, [planes[i]], list(prompts), prompts=prompts)
+                entry[set_name] = {k: round(float(v), 3) for k, v in zip(scores.labels, scores.probs[0], strict=True)}
+        if kinds.top(i)[0] == "radiograph" and not image.is_volume and image.modality in ("CR", "DX", "OT", ""):
             # a header that says CT or MR (or a volume) overrules the zero-shot image type
             cxr = zero_shot_classify(clip, [planes[i]], ["normal", "pneumonia"])
             entry["finding"] = {k: round(float(v), 3) for k, v in zip(cxr.labels, cxr.probs[0], strict=True)}
             heat = clip.dense_similarity(planes[i], "pneumonia")
             entry["heatmap"] = _save(overlay_heatmap(display_rgb(planes[i]), heat), out / f"{name}_heat.png")
         report["zero_shot"].append(entry)
-        log(f"label  {name:14s} {kinds.top(i)[0]} ({kinds.top(i)[1]:.2f}) {entry.get('finding', '')}")
+        extra = {k: max(entry[k], key=entry[k].get) for k in (*CROSS_SECTION_SETS, "finding") if k in entry}
+        log(f"label  {name:14s} {kinds.top(i)[0]} ({kinds.top(i)[1]:.2f}) {extra or ''}")
 
     seg = open_segmenter("medfoundry-sam-lite")
     root = shared_data_dir()
@@ -138,6 +145,10 @@ def _draft(zero_shot: dict[str, Any], seg: dict[str, Any] | None, modality: str)
     kind, p = max(zero_shot["kind"].items(), key=lambda kv: kv[1])
     lines = [f"Modality in the file: {modality}."] if modality not in ("", "OT") else []
     lines.append(f"Image type: {kind} (zero-shot {p:.2f}).")
+    for set_name in CROSS_SECTION_SETS:
+        if set_name in zero_shot:
+            label, q = max(zero_shot[set_name].items(), key=lambda kv: kv[1])
+            lines.append(f"Zero-shot {set_name}: {label.replace('_', ' ')} ({q:.2f}).")
     if "finding" in zero_shot:
         label, q = max(zero_shot["finding"].items(), key=lambda kv: kv[1])
         lines.append(f"Zero-shot finding: {label} ({q:.2f}; medfoundry-clip-tiny, not a diagnosis).")
@@ -160,8 +171,8 @@ def _reports(report: dict[str, Any], clip: Any, planes: dict[str, MedImage], roo
     if root is not None and (root / "covid_cxr_clinical_notes").is_dir():
         import random
 
+        from medfoundry.datasets.pairs import covid_note_rows
         from medfoundry.tasks.report import build_report_bank
-        from medfoundry.train.shared_pairs import covid_note_rows
 
         notes = [r["text"] for r in covid_note_rows(root, random.Random(0)) if r["split"] == "train"]
         bank = build_report_bank(clip, notes)
@@ -201,6 +212,11 @@ def render(report: dict[str, Any]) -> str:
         rows = "".join(f"<tr><td>{esc(k)}</td><td>{v:.3f}</td></tr>" for k, v in z["kind"].items())
         extra = "".join(f"<tr><td><b>{esc(k)}</b></td><td><b>{v:.3f}</b></td></tr>"
                         for k, v in z.get("finding", {}).items())
+        for set_name in CROSS_SECTION_SETS:
+            if set_name in z:
+                best = max(z[set_name], key=z[set_name].get)
+                extra += (f"<tr><td><i>{esc(set_name)}: {esc(best.replace('_', ' '))}</i></td>"
+                          f"<td><i>{z[set_name][best]:.3f}</i></td></tr>")
         heat = f"<img src='{z['heatmap']}'><br><small>similarity to “pneumonia”</small>" if "heatmap" in z else ""
         parts.append(f"<div class='card'><h3>{esc(z['name'])}</h3>{heat}<table>{rows}{extra}</table></div>")
     parts.append("</div><h2>Prompted masks and measurements (medfoundry-sam-lite)</h2><div class='grid'>")

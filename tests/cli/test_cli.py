@@ -93,6 +93,10 @@ def test_demo_writes_a_page(capsys, tmp_path: Path) -> None:
     assert reports["ct-small"]["draft"].startswith("Modality in the file: CT.")
     for seg in data["segmentation"]:  # each measured mask is in its image's draft
         assert f"long axis {seg['long_axis_mm']:.1f}" in reports[seg["name"]]["draft"]
+    # the embedded model names the modality of the samples that need no shared data (CT for CT, MR for MR)
+    top = {z["name"]: max(z["kind"], key=z["kind"].get) for z in data["zero_shot"]}
+    assert (top["ct-small"], top["mr-small"], top["mr-anatomical"]) == ("CT", "MR", "MR")
+    assert {"plane", "region"} <= set(next(z for z in data["zero_shot"] if z["name"] == "ct-small"))
     # a CXR finding only where the header does not say CT/MR, and notes only for those
     assert "finding" not in next(z for z in data["zero_shot"] if z["name"] == "mr-small")
     assert all("finding" in next(z for z in data["zero_shot"] if z["name"] == r["name"])

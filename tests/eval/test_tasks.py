@@ -281,3 +281,19 @@ def test_vqa_spec_problems_are_listed(tmp_path: Path) -> None:
         load_spec(bad)
     assert "question" in str(info.value) and "at least two answers" in str(info.value) and "bleu" in str(info.value)
     assert load_spec("pneumonia-vqa").labels == ["pneumonia", "normal"]
+
+
+def test_zero_shot_with_the_model_label_set_and_a_raw_pixel_baseline(tmp_path: Path) -> None:
+    table = _images(tmp_path)
+    res = _run(tmp_path, "zs-set", f"task: zero-shot-classification\nlabel_set: chest_finding\ndataset:\n"
+                                   f"  csv: {table}\n  filter: {{split: val}}\n  train_filter: {{split: train}}\n"
+                                   f"labels: [normal, pneumonia]\nmetrics: [auroc, accuracy]")
+    assert res["config"]["cases"] == 8 and all(c["prompts"] == "label_set" for c in res["per_case"])
+    pixel = res["raw_pixel_baseline"]
+    assert pixel["auroc"]["value"] == 1.0 and len(pixel["accuracy"]["ci95"]) == 2  # the toy set is separable
+    assert "class prevalence" in res["baseline_name"] and res["baseline"]["auroc"] == 0.5
+    with pytest.raises(SpecError, match="label_set applies to zero-shot"):
+        spec = tmp_path / "bad.yaml"
+        spec.write_text(f"name: bad\ntask: linear-probe\nlabel_set: modality\ndataset:\n  csv: {table}\n"
+                        f"  train_filter: {{split: train}}\nlabels: [normal, pneumonia]\nmetrics: [auroc]\n")
+        load_spec(spec)

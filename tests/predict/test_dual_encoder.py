@@ -43,6 +43,7 @@ def checkpoint(tmp_path_factory) -> Path:
         "name": "tiny-dual", "arch": "medfoundry_clip", "arch_config": ARCH, "family": "TPM-contrastive",
         "tasks": ["zero-shot-classification", "embedding"], "modalities": ["CR"], "license": "MIT",
         "commercial_use": True, "paper": "t", "training_data": "t", "templates": ["a photo of {}", "{}"],
+        "label_sets": {"modality": {"CT": ["a CT scan", "computed tomography"], "MR": ["an MRI scan"]}},
         "preprocess": {"image_size": 64, "resize": "squash", "channels": 3, "intensity": "window", "scale": 1.0,
                        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}})
     folder = save_checkpoint(model.trainable_state_dict(), record, tmp_path_factory.mktemp("dual") / "ckpt")
@@ -85,6 +86,25 @@ def test_zero_shot_modes_and_label_errors(checkpoint: Path, images: list[Path]) 
             zero_shot_classify(predictor, images, labels)
 
 
+def test_label_set_prompts_are_ensembled_per_class(checkpoint: Path, images: list[Path]) -> None:
+    from medfoundry.tasks.zero_shot import class_prototypes, label_set
+
+    predictor = open_contrastive(f"local-dir:{checkpoint}")
+    prompts = label_set(predictor, "modality")
+    assert prompts == {"CT": ["a CT scan", "computed tomography"], "MR": ["an MRI scan"]}
+    protos = class_prototypes(predictor, ["CT", "MR"], ["{}"], prompts)
+    ct = predictor.embed_texts(prompts["CT"]).mean(0)
+    np.testing.assert_allclose(protos[0], ct / np.linalg.norm(ct), atol=1e-5)
+    np.testing.assert_allclose(protos[1], predictor.embed_texts(["an MRI scan"])[0], atol=1e-5)
+    mixed = class_prototypes(predictor, ["CT", "other"], ["a photo of {}"], prompts)  # "other" uses the template
+    np.testing.assert_allclose(mixed[1], predictor.embed_texts(["a photo of other"])[0], atol=1e-5)
+    result = zero_shot_classify(predictor, images, ["CT", "MR"], prompts=prompts)
+    manual = (predictor.embed_images(images) @ protos.T) * predictor.logit_scale
+    np.testing.assert_allclose(result.probs.argmax(1), manual.argmax(1))
+    with pytest.raises(InputContractError, match="no label set 'plane'.*modality"):
+        label_set(predictor, "plane")
+
+
 def test_classify_and_embed_cli(checkpoint: Path, images: list[Path], tmp_path: Path, capsys) -> None:
     code = main(["classify", *map(str, images), "--model", f"local-dir:{checkpoint}", "--labels", "normal,pneumonia",
                  "--json"])
@@ -98,6 +118,12 @@ def test_classify_and_embed_cli(checkpoint: Path, images: list[Path], tmp_path: 
     capsys.readouterr()
     assert main(["classify", str(images[0]), "--model", "no-such-model", "--labels", "a,b"]) == 2
     assert "unknown model" in capsys.readouterr().err
+    assert main(["classify", str(images[0]), "--model", f"local-dir:{checkpoint}", "--label-set", "modality",
+                 "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["results"][0]["scores"]) == {"CT", "MR"}
+    assert main(["classify", str(images[0]), "--model", f"local-dir:{checkpoint}", "--label-set", "modality",
+                 "--labels", "CT,PET"]) == 2
+    assert "not in the label set" in capsys.readouterr().err
 
 
 def test_ground_cli(checkpoint: Path, images: list[Path], tmp_path: Path) -> None:

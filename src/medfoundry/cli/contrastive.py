@@ -56,6 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pc = sub.add_parser("classify", help="zero-shot classification with a contrastive model")
     pc.add_argument("images", nargs="+")
     pc.add_argument("--labels", default=None, help='comma-separated labels, e.g. "normal,pneumonia"')
+    pc.add_argument("--label-set", default=None,
+                    help="a label set of the model's record with its own prompts per label (e.g. modality, plane, "
+                         "region for medfoundry-clip-tiny; `models info` lists them); --labels may pick some")
     add_model_flags(pc, required=False)
     pc.add_argument("--template", action="append", default=None, help="prompt template with {} (repeatable)")
     pc.add_argument("--multilabel", action="store_true", help="score each label present-vs-absent (CheXzero)")
@@ -103,14 +106,20 @@ def run_embed(args: argparse.Namespace) -> int:
 
 def run_classify(args: argparse.Namespace) -> int:
     from medfoundry.predict.contrastive import open_contrastive
-    from medfoundry.tasks.zero_shot import zero_shot_classify
+    from medfoundry.tasks.zero_shot import label_set, zero_shot_classify
 
     if args.probe:
         return _classify_with_probe(args)
-    if not args.labels:
-        raise InputContractError("give --labels (zero-shot) or --probe (a trained head)")
-    labels = [s for s in args.labels.split(",")]
+    if not args.labels and not args.label_set:
+        raise InputContractError("give --labels or --label-set (zero-shot) or --probe (a trained head)")
     predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights)
+    prompts = label_set(predictor, args.label_set) if args.label_set else None
+    labels = [s for s in args.labels.split(",")] if args.labels else list(prompts or ())
+    if prompts is not None:
+        unknown = [lab for lab in labels if lab.strip() not in prompts]
+        if unknown:
+            raise InputContractError(f"labels {unknown} are not in the label set {args.label_set!r} "
+                                     f"({', '.join(prompts)})")
     temperature, templates = None, args.template
     if args.calibration:
         from medfoundry.tasks.calibration import Calibration
@@ -120,7 +129,8 @@ def run_classify(args: argparse.Namespace) -> int:
             raise InputContractError(f"{args.calibration} calibrates {cal.model} for labels {cal.labels}")
         temperature, templates = cal.temperature, templates or cal.templates
     result = zero_shot_classify(predictor, _images(args.images, args.slice_index), labels,
-                                templates=templates, multilabel=args.multilabel, temperature=temperature,
+                                templates=templates, prompts=prompts, multilabel=args.multilabel,
+                                temperature=temperature,
                                 uncertain_below=args.uncertain_below)
     rows = []
     for i, path in enumerate(args.images):

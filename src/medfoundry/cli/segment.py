@@ -26,6 +26,66 @@ def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
     return values
 
 
+#: A prompts file larger than this is refused (bytes).
+MAX_PROMPTS_BYTES = 64 << 20
+_PROMPT_KEYS = {"image", "boxes", "points", "slice", "out", "label", "propagate"}
+
+
+def _finite_numbers(value: object, sizes: tuple[int, ...]) -> bool:
+    return (isinstance(value, list) and len(value) in sizes
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value))
+
+
+def _prompt_job(entry: object, where: str) -> dict:
+    """Check one decoded line of a prompts file; raise InputContractError naming ``where`` and the cause."""
+    if not isinstance(entry, dict):
+        raise InputContractError(f"{where}: each line must be a JSON object, got {type(entry).__name__}")
+    unknown = set(entry) - _PROMPT_KEYS
+    if unknown:
+        raise InputContractError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(_PROMPT_KEYS)})")
+    if not isinstance(entry.get("image"), str) or not entry["image"]:
+        raise InputContractError(f"{where}: 'image' (a path) is required")
+    boxes, points = entry.get("boxes") or [], entry.get("points") or []
+    if not isinstance(boxes, list) or not all(_finite_numbers(b, (4,)) for b in boxes):
+        raise InputContractError(f"{where}: 'boxes' must be a list of [x0, y0, x1, y1] numbers")
+    if not isinstance(points, list) or not all(_finite_numbers(p, (2, 3)) for p in points):
+        raise InputContractError(f"{where}: 'points' must be a list of [x, y] or [x, y, label] numbers")
+    index = entry.get("slice")
+    if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
+        raise InputContractError(f"{where}: 'slice' must be an integer")
+    for key in ("out", "label"):
+        if key in entry and not isinstance(entry[key], str):
+            raise InputContractError(f"{where}: {key!r} must be a string")
+    if "propagate" in entry and not isinstance(entry["propagate"], bool):
+        raise InputContractError(f"{where}: 'propagate' must be true or false")
+    return {**entry, "boxes": boxes, "points": points}
+
+
+def read_prompts(path: str | Path) -> list[dict]:
+    """Parse a prompts file (JSON lines ``{image, boxes?, points?, slice?, out?, label?, propagate?}``; boxes
+    XYXY and points (x, y[, label]) in image pixels). Every problem raises :class:`InputContractError` naming
+    the file, the line and the cause."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_PROMPTS_BYTES:
+            raise InputContractError(f"{path}: prompts file over {MAX_PROMPTS_BYTES >> 20} MiB")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputContractError(f"cannot read prompts file {path}: {type(exc).__name__}: {exc}") from None
+    jobs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise InputContractError(f"{path}, line {number}: not JSON ({exc})"[:500]) from None
+        jobs.append(_prompt_job(entry, f"{path}, line {number}"))
+    if not jobs:
+        raise InputContractError(f"{path}: no prompts (one JSON object per line)")
+    return jobs
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment with boxes/points (2D, a slice, or a whole volume)")
     p.add_argument("image", nargs="?", help="image file or DICOM folder (omit with --prompts)")
@@ -90,6 +150,7 @@ def segment_one(segmenter, image: MedImage, boxes: list, points: list, slice_ind
 
 
 def run(args: argparse.Namespace) -> int:
+    prompt_jobs = read_prompts(args.prompts) if args.prompts else None  # before any model work
     from medfoundry.predict.segment import open_segmenter
     from medfoundry.tasks.measure import measure
 
@@ -106,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prompts:
         if not args.out_dir:
             raise InputContractError("--prompts needs --out-dir")
-        jobs = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+        jobs = prompt_jobs
     else:
         if not args.image or not args.out:
             raise InputContractError("give IMAGE and --out (or --prompts FILE --out-dir DIR)")

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,16 +23,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pc = tsub.add_parser("clip", help="contrastive training of a dual encoder on a pairs CSV (image,text[,label])")
     pc.add_argument("--pairs", required=True, help="CSV with columns image,text and optional label,split,source")
     pc.add_argument("--out", required=True, help="run folder: checkpoints, logs and the final model/ folder")
-    pc.add_argument("--epochs", type=int, default=8)
-    pc.add_argument("--batch-size", type=int, default=64)
-    pc.add_argument("--lr", type=float, default=1e-3)
-    pc.add_argument("--label-weight", type=float, default=0.5,
-                    help="MedCLIP-style soft targets: weight of same-label partners (0 = plain CLIP)")
-    pc.add_argument("--image-size", type=int, default=128)
-    pc.add_argument("--backbone", default="resnet18", help="timm image backbone, built without pretrained weights")
-    pc.add_argument("--output-stride", type=int, default=16)
-    pc.add_argument("--seed", type=int, default=0)
-    pc.add_argument("--device", default="auto")
+    pc.add_argument("--config", default=None,
+                    help="JSON file of training settings (fields of ClipTrainConfig, e.g. the train_config.json "
+                         "written beside a model); flags given on the command line override it")
+    pc.add_argument("--epochs", type=int, default=None, help="default 8")
+    pc.add_argument("--batch-size", type=int, default=None, help="per process; default 64")
+    pc.add_argument("--lr", type=float, default=None, help="default 1e-3")
+    pc.add_argument("--label-weight", type=float, default=None,
+                    help="MedCLIP-style soft targets: weight of same-label partners (0 = plain CLIP; default 0.5)")
+    pc.add_argument("--image-size", type=int, default=None, help="default 128")
+    pc.add_argument("--backbone", default=None,
+                    help="timm image backbone, built without pretrained weights (default resnet18)")
+    pc.add_argument("--output-stride", type=int, default=None, help="default 16")
+    pc.add_argument("--source-repeat", default=None,
+                    help="per-source sampling rate per epoch, e.g. medpix=2,pneumoniamnist=0.5")
+    pc.add_argument("--cpu-bf16", action="store_true", default=None,
+                    help="bfloat16 autocast on the CPU (fast only with native bfloat16: AVX512-BF16 / AMX)")
+    pc.add_argument("--seed", type=int, default=None)
+    pc.add_argument("--device", default=None)
     pc.set_defaults(func=run_clip)
 
     pl = tsub.add_parser("clip-lora", help="LoRA (peft) fine-tuning of the image and/or text tower of any "
@@ -115,7 +124,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_pairs(args: argparse.Namespace) -> int:
-    from medfoundry.train.shared_pairs import build_shared_pairs
+    from medfoundry.datasets.pairs import build_shared_pairs
 
     path = build_shared_pairs(args.shared, args.out, seed=args.seed)
     print(f"wrote {path}")
@@ -123,13 +132,54 @@ def run_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_clip(args: argparse.Namespace) -> int:
-    from medfoundry.train.clip import ClipTrainConfig, train_clip
+def clip_config(args: argparse.Namespace) -> Any:
+    """The ClipTrainConfig of ``train clip``: defaults, then ``--config``, then the flags given."""
+    from dataclasses import fields
 
-    cfg = ClipTrainConfig(pairs=args.pairs, out=args.out, epochs=args.epochs, batch_size=args.batch_size,
-                          lr=args.lr, label_weight=args.label_weight, seed=args.seed, device=args.device)
-    cfg.arch.update(image_backbone=args.backbone, image_size=args.image_size, output_stride=args.output_stride)
-    cfg.contract["image_size"] = args.image_size
+    from medfoundry.errors import InputContractError
+    from medfoundry.train.clip import ClipTrainConfig
+
+    settings: dict[str, Any] = {}
+    if args.config:
+        try:
+            settings = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputContractError(f"--config {args.config}: {exc}") from exc
+        unknown = sorted(set(settings) - {f.name for f in fields(ClipTrainConfig)})
+        if unknown:
+            raise InputContractError(f"--config {args.config}: unknown settings {unknown}")
+    settings.update(pairs=args.pairs, out=args.out)
+    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
+                      ("label_weight", "label_weight"), ("seed", "seed"), ("device", "device"),
+                      ("cpu_bf16", "cpu_bf16")):
+        if getattr(args, flag) is not None:
+            settings[key] = getattr(args, flag)
+    if args.source_repeat:
+        try:
+            settings["source_repeat"] = {k.strip(): float(v) for k, v in
+                                         (item.split("=") for item in args.source_repeat.split(","))}
+        except ValueError as exc:
+            raise InputContractError(f"--source-repeat wants source=rate,...: {args.source_repeat!r}") from exc
+    cfg = ClipTrainConfig(**settings)
+    for flag, key in (("backbone", "image_backbone"), ("image_size", "image_size"),
+                      ("output_stride", "output_stride")):
+        if getattr(args, flag) is not None:
+            cfg.arch[key] = getattr(args, flag)
+    if args.image_size is not None:
+        cfg.contract["image_size"] = args.image_size
+    if not args.config:  # the defaults of `train clip` before config files: 8 epochs, 128 px, batch 64
+        cfg.epochs = args.epochs or 8
+        cfg.batch_size = args.batch_size or 64
+        cfg.arch.setdefault("output_stride", 16)
+        if args.image_size is None:
+            cfg.arch["image_size"] = cfg.contract["image_size"] = 128
+    return cfg
+
+
+def run_clip(args: argparse.Namespace) -> int:
+    from medfoundry.train.clip import train_clip
+
+    cfg = clip_config(args)
     print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
     folder = train_clip(cfg)
     print(f"model written to {folder}")

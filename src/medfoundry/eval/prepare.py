@@ -1,7 +1,7 @@
 """Case tables (CSV) for the built-in benchmarks, made from the project's shared data folder.
 
 Splits match the embedded models' training: ``val`` rows (PneumoniaMNIST val, Kvasir val ids, the COVID patients
-held out by :mod:`medfoundry.train.shared_pairs`) were never trained on; the tables flag the rest.
+held out by :mod:`medfoundry.datasets.pairs`) were never trained on; the tables flag the rest.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-UNSEEN_LESION_PATIENTS = ("000009", "000010")  # DeepLesion patients kept out of medfoundry-sam-lite's training
+from medfoundry.datasets.splits import UNSEEN_LESION_PATIENTS
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -26,7 +26,7 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 def _covid(root: Path, out: Path) -> Path:
-    from medfoundry.train.shared_pairs import covid_note_rows
+    from medfoundry.datasets.pairs import covid_note_rows
 
     folder = root / "covid_cxr_clinical_notes"
     split = {r["image"]: r["split"] for r in covid_note_rows(root, random.Random(0))}
@@ -75,11 +75,42 @@ def _organs(root: Path, out: Path, min_voxels: int = 300, min_slices: int = 3) -
     return _write(out / "organs3d.csv", rows)
 
 
+def _medpix(root: Path, out: Path) -> Path:
+    """MedPix CT/MR images with modality, plane, body region, caption and case; split by case
+    (:func:`~medfoundry.datasets.splits.medpix_val_cases`, the split of medfoundry-clip-tiny's training)."""
+    from medfoundry.datasets.splits import medpix_val_cases
+
+    folder = root / "medpix_ct_mr_captions"
+    with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
+        records = list(csv.DictReader(fh))
+    val = medpix_val_cases(r["case_id"] for r in records)
+    rows = [{"id": r["image_id"], "image": os.path.relpath(folder / r["file"], out), "modality": r["modality"],
+             "plane": r["plane"], "region": r["body_region"], "case": r["case_id"],
+             "text": " ".join(r["caption"].split()) if r["caption_placeholder"] != "1" else "",
+             "has_caption": "no" if r["caption_placeholder"] == "1" or not r["caption"].strip() else "yes",
+             "split": "val" if r["case_id"] in val else "train"} for r in records]
+    return _write(out / "medpix.csv", rows)
+
+
+def _modality(out: Path) -> Path:
+    """Images of four modalities from the other tables: MedPix CT and MR, chest radiographs (COVID-19 collection
+    and PneumoniaMNIST), colonoscopy frames (Kvasir-SEG); ``split`` is each source's own."""
+    rows = []
+    for table, label_of in (("medpix.csv", lambda r: r["modality"]), ("covid.csv", lambda r: "radiograph"),
+                            ("pneumonia.csv", lambda r: "radiograph"), ("kvasir.csv", lambda r: "endoscopy")):
+        with open(out / table, newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                rows.append({"id": f"{table.removesuffix('.csv')}_{r['id']}", "image": r["image"],
+                             "label": label_of(r), "source": table.removesuffix(".csv"), "split": r["split"]})
+    return _write(out / "modality.csv", rows)
+
+
 def prepare_shared(shared_root: str | Path, out: str | Path) -> list[Path]:
     """Write the case tables of every built-in benchmark into ``out`` (``pneumonia.csv`` with its PNGs,
-    ``kvasir.csv``, ``covid.csv``, ``lesion3d.csv``, ``organs3d.csv``); returns their paths."""
+    ``kvasir.csv``, ``covid.csv``, ``lesion3d.csv``, ``organs3d.csv``, ``medpix.csv``, ``modality.csv``); returns
+    their paths."""
+    from medfoundry.datasets.pairs import _pneumonia
     from medfoundry.train.seg_data import shared_manifest
-    from medfoundry.train.shared_pairs import _pneumonia
 
     root, out = Path(shared_root).resolve(), Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -92,4 +123,6 @@ def prepare_shared(shared_root: str | Path, out: str | Path) -> list[Path]:
         r = json.loads(line)
         if r["source"] == "kvasir":
             kvasir.append({"id": Path(r["image"]).stem, "image": r["image"], "mask": r["mask"], "split": r["split"]})
-    return [pneumonia, _write(out / "kvasir.csv", kvasir), _covid(root, out), _lesions(root, out), _organs(root, out)]
+    tables = [pneumonia, _write(out / "kvasir.csv", kvasir), _covid(root, out), _lesions(root, out),
+              _organs(root, out), _medpix(root, out)]
+    return [*tables, _modality(out)]

@@ -15,7 +15,10 @@ Tasks (see :mod:`medfoundry.eval.tasks`): ``zero-shot-classification``, ``linear
 text-to-image or image-to-text by pair/patient), ``segmentation-2d`` and ``segmentation-3d`` (box on the key
 slice, propagated), ``report-generation`` (reports retrieved from the texts of ``dataset.train_filter`` rows,
 scored by BLEU/ROUGE-L/CIDEr), ``vqa-closed`` (``question`` asked of every case, its answer's first word
-compared with ``answers[label]``). ``mask_of_truth: true`` adds the occlusion test to classification specs.
+compared with ``answers[label]``). ``mask_of_truth: true`` adds the occlusion test to classification specs;
+``label_set: NAME`` takes each label's prompts from the model record's label set of that name (models without
+it fall back to ``templates``); a zero-shot spec with ``dataset.train_filter`` also fits logistic regression on
+the raw pixels of those rows (a supervised raw-pixel baseline, reported beside the no-model one).
 
 ``${NAME}`` is replaced from the environment (``MEDFOUNDRY_EVAL_DATA`` defaults to ``eval-data``).
 Every problem found (unknown keys, missing files, masks of another shape, unknown labels, no cases) is
@@ -70,6 +73,7 @@ class BenchmarkSpec:
     metrics: list[str]
     labels: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
+    label_set: str | None = None  # zero-shot: the model record's prompt ensembles for these labels, when it has them
     bootstrap: int = 1000
     seed: int = 0
     positive: str | None = None

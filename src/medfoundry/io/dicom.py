@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from medfoundry.errors import ImageReadError
+from medfoundry.errors import ImageReadError, MedfoundryError
 from medfoundry.io.image import MedImage
+from medfoundry.io.limits import check_declared, raw_deflate_size
 from medfoundry.io.window import Window
 
 #: Tags that identify a person, an institution or a date; kept in ``MedImage.phi`` and out of ``meta``.
@@ -43,10 +44,14 @@ def _pydicom():
 
 
 def read_dataset(path: Path, stop_before_pixels: bool = False) -> Any:
-    """Read a DICOM dataset, recovering files without a preamble or file meta where that is safe."""
+    """Read a DICOM dataset, recovering files without a preamble or file meta where that is safe.
+
+    A deflated data set is inflated once in bounded chunks (nothing kept) and refused past
+    :func:`~medfoundry.io.limits.max_expanded_bytes` before pydicom inflates it."""
     pydicom = _pydicom()
     if path.stat().st_size == 0:
         raise ImageReadError(path, "empty file")
+    _check_deflated(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -61,6 +66,41 @@ def read_dataset(path: Path, stop_before_pixels: bool = False) -> Any:
     except Exception as exc:  # pydicom raises many types on malformed or truncated files
         raise ImageReadError(path, f"malformed or truncated DICOM ({type(exc).__name__}: {exc})") from exc
     return ds
+
+
+def _check_deflated(path: Path) -> None:
+    """Refuse a Deflated Explicit VR Little Endian file whose data set inflates past the configured limit."""
+    pydicom = _pydicom()
+    with open(path, "rb") as fh:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pydicom.filereader.read_preamble(fh, force=True)
+                meta = pydicom.filereader._read_file_meta_info(fh)
+        except Exception:  # not a Part 10 file, or a broken file meta: pydicom itself will say so
+            return
+        try:
+            deflated = meta.get("TransferSyntaxUID") == pydicom.uid.DeflatedExplicitVRLittleEndian
+        except Exception:
+            return
+        if deflated:
+            raw_deflate_size(path, fh.read())
+
+
+def _guard(path: Path, what: str, func: Any, *args: Any) -> Any:
+    """Call ``func(*args)`` and turn anything pydicom or a codec raises on a malformed file (unknown value
+    representations, unparsable numbers, wrong value multiplicity, codec panics) into :class:`ImageReadError`."""
+    try:
+        return func(*args)
+    except MedfoundryError:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pyo3 codec panics derive from BaseException
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
+        detail = str(exc).strip().replace("\n", " ")[:300]
+        raise ImageReadError(path, f"{what} ({type(exc).__name__}: {detail})") from exc
 
 
 def _has_pixels(ds: Any) -> bool:
@@ -100,11 +140,16 @@ def _decode(ds: Any, path: Path) -> np.ndarray:
         raise ImageReadError(path, f"no pixel data in this DICOM object ({kind})")
     _recover_transfer_syntax(ds, path)
     tsyntax = ds.file_meta.TransferSyntaxUID
+    _check_pixel_size(ds, path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pyo3 codec panics derive from BaseException
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise
         reason = str(exc).strip().replace("\n", " ")
         if "less than expected" in reason:
             reason = "pixel data truncated: " + reason
@@ -112,6 +157,22 @@ def _decode(ds: Any, path: Path) -> np.ndarray:
             reason += " (install medfoundry[codecs] for the JPEG/JPEG-LS/JPEG 2000/RLE decoders)"
         raise ImageReadError(path, f"cannot decode pixel data ({tsyntax.name}): {reason}") from exc
     return arr
+
+
+def _check_pixel_size(ds: Any, path: Path) -> None:
+    """Refuse pixel data whose declared size (rows × columns × frames × samples × bytes) passes the limit."""
+    try:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        bits = int(ds.get("BitsAllocated") or 16)
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise ImageReadError(path, f"unreadable image dimensions ({type(exc).__name__}: {exc})") from exc
+    if min(rows, cols, frames, samples, bits) <= 0:
+        raise ImageReadError(path, f"invalid image dimensions: {rows} rows, {cols} columns, {frames} frames, "
+                                   f"{samples} samples, {bits} bits allocated")
+    # decoders and the colour conversion work in at least 8 bits per sample
+    check_declared(path, (frames, rows, cols, samples), max(bits, 8) / 8, "DICOM pixel data")
 
 
 def _to_values(ds: Any, arr: np.ndarray) -> tuple[np.ndarray, str]:
@@ -242,7 +303,12 @@ def _frame_positions(ds: Any, nframes: int) -> np.ndarray | None:
 
 
 def dataset_to_image(ds: Any, path: Path) -> MedImage:
-    """Turn one decoded pydicom dataset (single- or multi-frame) into a :class:`MedImage`."""
+    """Turn one decoded pydicom dataset (single- or multi-frame) into a :class:`MedImage`; anything malformed
+    raises :class:`ImageReadError` naming ``path``."""
+    return _guard(path, "malformed DICOM", _dataset_to_image, ds, path)
+
+
+def _dataset_to_image(ds: Any, path: Path) -> MedImage:
     arr = _decode(ds, path)
     values, photometric = _to_values(ds, arr)
     nframes = int(ds.get("NumberOfFrames", 1) or 1)
@@ -308,10 +374,20 @@ def list_series(folder: str | Path) -> dict[str, list[Path]]:
             ds = read_dataset(p, stop_before_pixels=True)
         except ImageReadError:
             continue
-        if "SeriesInstanceUID" not in ds or not ("Rows" in ds and "Columns" in ds):
+        try:
+            uid = _guard(p, "malformed DICOM", _series_uid, ds)
+        except ImageReadError:
             continue
-        groups[str(ds.SeriesInstanceUID)].append(p)
+        if uid is not None:
+            groups[uid].append(p)
     return dict(groups)
+
+
+def _series_uid(ds: Any) -> str | None:
+    """The SeriesInstanceUID of an image object (one with Rows and Columns), else None."""
+    if "SeriesInstanceUID" not in ds or not ("Rows" in ds and "Columns" in ds):
+        return None
+    return str(ds.SeriesInstanceUID)
 
 
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> MedImage:
@@ -333,6 +409,17 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> MedI
     datasets = [read_dataset(p) for p in files]
     if len(datasets) == 1:
         return dataset_to_image(datasets[0], files[0])
+    declared = sum(_guard(p, "malformed DICOM", _declared_bytes, ds) for p, ds in zip(files, datasets, strict=True))
+    check_declared(folder, (declared,), 1, f"series of {len(files)} files")
+    return _guard(folder, "malformed DICOM series", _stack_series, folder, files, datasets)
+
+
+def _declared_bytes(ds: Any) -> int:
+    return (int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * int(ds.get("NumberOfFrames") or 1)
+            * int(ds.get("SamplesPerPixel") or 1) * max(int(ds.get("BitsAllocated") or 16), 8) // 8)
+
+
+def _stack_series(folder: Path, files: list[Path], datasets: list[Any]) -> MedImage:
     rows, cols, _ = _plane(datasets[0])
     if rows is None:
         raise ImageReadError(folder, "series has no ImageOrientationPatient; cannot order its slices")

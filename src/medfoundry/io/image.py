@@ -71,6 +71,8 @@ class MedImage:
         if self.direction is None:
             self.direction = _default_direction(nsp)
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, nsp)
+        if not (np.all(np.isfinite(self.direction)) and all(np.isfinite(o) for o in self.origin)):
+            raise InputContractError("direction and origin must be finite numbers")
 
     # -- shape -------------------------------------------------------------------------------------------
     @property

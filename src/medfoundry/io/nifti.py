@@ -13,6 +13,7 @@ import numpy as np
 
 from medfoundry.errors import ImageReadError
 from medfoundry.io.image import MedImage
+from medfoundry.io.limits import check_declared
 
 _FLIP = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS
 
@@ -28,11 +29,15 @@ def read_nifti(path: str | Path) -> MedImage:
         raise ImageReadError(path, "empty file")
     try:
         img = nib.load(str(path))
+        if not isinstance(img, nib.spatialimages.SpatialImage):
+            raise ImageReadError(path, f"not a spatial image ({type(img).__name__})")
+        # the header's declared shape bounds what is read and decompressed (.nii.gz): check it first
+        check_declared(path, img.shape, np.dtype(img.get_data_dtype()).itemsize, "volume")
         data = np.asanyarray(img.dataobj)
+    except ImageReadError:
+        raise
     except Exception as exc:
         raise ImageReadError(path, f"unreadable NIfTI ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(img, nib.spatialimages.SpatialImage):
-        raise ImageReadError(path, f"not a spatial image ({type(img).__name__})")
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim == 2:

@@ -8,12 +8,14 @@ stays RGB (alpha dropped); palette images are expanded to RGB.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from medfoundry.errors import ImageReadError
 from medfoundry.io.image import MedImage
+from medfoundry.io.limits import check_declared, check_expanded
 
 
 def read_raster(path: str | Path) -> MedImage:
@@ -23,17 +25,22 @@ def read_raster(path: str | Path) -> MedImage:
         raise ImageReadError(path, "empty file")
     if path.suffix.lower() in (".tif", ".tiff"):
         return _read_tiff(path)
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
+            # the header's size bounds the decoded pixels (and any zlib/LZW expansion): check before decoding
+            check_declared(path, (im.size[1], im.size[0], max(len(im.getbands()), 3)), 4 if im.mode in
+                           ("I", "F", "I;32", "RGBA") else 2 if im.mode.startswith("I;16") else 1, "image")
             im.load()
             if im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr"):
                 im = im.convert("RGB" if im.mode != "LA" else "L")
             elif im.mode == "1":
                 im = im.convert("L")
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except ImageReadError:
+        raise
+    except Exception as exc:  # Pillow's plugins raise many types on corrupt files (UnidentifiedImageError, ...)
         raise ImageReadError(path, f"not a readable image ({type(exc).__name__}: {exc})") from exc
     return _from_array(arr, path, {"format": path.suffix.lower().lstrip(".")})
 
@@ -44,8 +51,17 @@ def _read_tiff(path: Path) -> MedImage:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            arr = tif.asarray(key=0) if len(tif.series) and tif.series[0].ndim > 3 else tif.asarray()
+            if not len(tif.series):
+                raise ImageReadError(path, "TIFF has no image series")
+            series = tif.series[0]
+            whole = series.ndim <= 3
+            shape = series.shape if whole else tif.pages[0].shape
+            check_declared(path, shape, np.dtype(series.dtype).itemsize if series.dtype is not None else 8,
+                           "TIFF image")
+            arr = tif.asarray() if whole else tif.asarray(key=0)
             spacing = _tiff_spacing(page)
+    except ImageReadError:
+        raise
     except Exception as exc:
         raise ImageReadError(path, f"unreadable TIFF ({type(exc).__name__}: {exc})") from exc
     if arr.ndim == 3 and arr.shape[-1] == 4:
@@ -92,6 +108,36 @@ def _from_array(arr: np.ndarray, path: Path, meta: dict) -> MedImage:
     )
 
 
+def _check_npy_header(path: Path, fh) -> None:
+    """Refuse an ``.npy`` stream whose header declares more than the configured limit (or is not an array of
+    plain values)."""
+    from numpy.lib import format as npformat
+
+    try:
+        version = npformat.read_magic(fh)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy format version {version}")
+        reader = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+        shape, _, dtype = reader(fh)
+    except (ValueError, EOFError, SyntaxError, TypeError, KeyError) as exc:
+        raise ImageReadError(path, f"not a NumPy array file ({type(exc).__name__}: {exc})") from exc
+    if dtype.hasobject:
+        raise ImageReadError(path, "NumPy array of Python objects (pickles) is refused")
+    check_declared(path, shape, dtype.itemsize, "NumPy array")
+
+
+def _check_npz(path: Path) -> None:
+    """Refuse an ``.npz`` whose members declare more than the configured expansion, or whose arrays declare
+    more than the image limit, before anything is decompressed."""
+    with zipfile.ZipFile(path) as z:
+        infos = z.infolist()
+        check_expanded(path, sum(i.file_size for i in infos), "npz archive")
+        for info in infos:
+            if info.filename.endswith(".npy"):
+                with z.open(info) as fh:
+                    _check_npy_header(path, fh)
+
+
 def read_numpy(path: str | Path, key: str | None = None) -> MedImage:
     """Read ``.npy`` (never with pickles) or one array of an ``.npz`` (``key``, else ``imgs``/``image``/the
     only array). Geometry in an ``.npz``: medfoundry's own ``spacing_array_order``/``origin``/``direction``
@@ -101,7 +147,10 @@ def read_numpy(path: str | Path, key: str | None = None) -> MedImage:
         raise ImageReadError(path, "empty file")
     try:
         if path.suffix.lower() == ".npy":
+            with open(path, "rb") as fh:
+                _check_npy_header(path, fh)
             return _from_array(np.load(path, allow_pickle=False), path, {"format": "npy"})
+        _check_npz(path)
         with np.load(path, allow_pickle=False) as z:
             names = list(z.files)
             if key is None:
@@ -114,7 +163,8 @@ def read_numpy(path: str | Path, key: str | None = None) -> MedImage:
             geometry = {k: z[k] for k in ("spacing_array_order", "spacing", "origin", "direction") if k in names}
     except ImageReadError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (ValueError, OSError, zipfile.BadZipFile, zlib.error, EOFError, KeyError, AttributeError,
+            NotImplementedError, RuntimeError) as exc:
         raise ImageReadError(path, f"unreadable NumPy file ({type(exc).__name__}: {exc})") from exc
     img = _from_array(arr, path, {"format": "npz", "key": key})
     nsp = img.spatial_ndim

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from medfoundry.errors import ImageReadError
+from medfoundry.errors import ImageReadError, InputContractError
 from medfoundry.io.image import MedImage
+from medfoundry.io.limits import DEFAULT_MAX_FILE_BYTES, max_file_bytes
 
-#: Files larger than this are refused before reading (bytes); override with MEDFOUNDRY_MAX_FILE_BYTES.
-DEFAULT_MAX_FILE_BYTES = 4 * 2**30
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "detect_format", "read_image"]
+
 
 NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img", ".mnc", ".mgh", ".mgz", ".par")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def _max_bytes() -> int:
-    value = os.environ.get("MEDFOUNDRY_MAX_FILE_BYTES")
-    return int(value) if value and value.isdigit() else DEFAULT_MAX_FILE_BYTES
+    return max_file_bytes()
 
 
 def detect_format(path: Path) -> str:
-    """``"dicom-series"``, ``"dicom"``, ``"nifti"``, ``"numpy"`` or ``"raster"`` from suffix and magic bytes."""
+    """``"dicom-series"``, ``"dicom"``, ``"nifti"``, ``"numpy"``, ``"zip"`` or ``"raster"`` from suffix and magic
+    bytes."""
     if path.is_dir():
         return "dicom-series"
     name = path.name.lower()
@@ -33,6 +33,8 @@ def detect_format(path: Path) -> str:
         return "raster"
     with open(path, "rb") as fh:
         head = fh.read(132)
+    if name.endswith(".zip") or head[:4] == b"PK\x03\x04":
+        return "zip"
     if head[128:132] == b"DICM" or name.endswith((".dcm", ".dicom", ".ima")):
         return "dicom"
     if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff" or head[:4] in (b"II*\x00", b"MM\x00*"):
@@ -48,8 +50,10 @@ def read_image(path: str | Path, *, series_uid: str | None = None, key: str | No
     Args:
         path: a DICOM file (single or multi-frame), a folder holding one DICOM series, a NIfTI file (or
             Analyze/MINC/MGH/PAR-REC through nibabel),
-            a PNG/JPEG/BMP/TIFF file, or a NumPy ``.npy``/``.npz`` file.
-        series_uid: for a folder with several DICOM series, which one to read.
+            a PNG/JPEG/BMP/TIFF file, a NumPy ``.npy``/``.npz`` file, or a ``.zip`` of a DICOM series or of one
+            such file (see :mod:`medfoundry.io.archive`). Declared sizes are checked against the limits of
+            :mod:`medfoundry.io.limits` before anything is decoded or decompressed.
+        series_uid: for a folder (or zip) with several DICOM series, which one to read.
         key: for an ``.npz`` with several arrays, which one to read.
 
     Raises:
@@ -66,11 +70,24 @@ def read_image(path: str | Path, *, series_uid: str | None = None, key: str | No
         if size > _max_bytes():
             raise ImageReadError(path, f"file is {size / 2**30:.1f} GiB, over the {_max_bytes() / 2**30:.1f} GiB "
                                        "limit (set MEDFOUNDRY_MAX_FILE_BYTES to raise it)")
+    try:
+        return _read(path, series_uid, key)
+    except InputContractError as exc:  # e.g. a header's geometry no MedImage can hold
+        raise ImageReadError(path, str(exc)) from exc
+    except OSError as exc:  # permission denied, a file that vanished while being read ...
+        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _read(path: Path, series_uid: str | None, key: str | None) -> MedImage:
     fmt = detect_format(path)
     if fmt == "dicom-series":
         from medfoundry.io.dicom import read_dicom_series
 
         return read_dicom_series(path, series_uid=series_uid)
+    if fmt == "zip":
+        from medfoundry.io.archive import read_zip
+
+        return read_zip(path, series_uid=series_uid)
     if fmt == "dicom":
         from medfoundry.io.dicom import read_dicom_file
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medfoundry.errors import ImageReadError, InputContractError
+from medfoundry.io.limits import check_declared
 
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".mrxs", ".svslide")
 
@@ -56,9 +57,13 @@ class Slide:
         w, h = int(size[0]), int(size[1])
         if w <= 0 or h <= 0:
             raise InputContractError(f"region size {size} must be positive")
+        check_declared(self.path, (h, w, 4), 1, "slide region")
         if self._handle is not None:
-            region = np.asarray(self._handle.read_region(location, level, (w, h), as_array=True))
-            return region[..., :3] if region.shape[-1] == 4 else region
+            try:
+                region = np.asarray(self._handle.read_region(location, level, (w, h), as_array=True))
+            except Exception as exc:  # corrupt tiles: tiffslide, tifffile and the codecs raise many types
+                raise ImageReadError(self.path, f"cannot read a region ({type(exc).__name__}: {exc})") from exc
+            return _rgb(region, self.path)
         out = np.full((h, w, 3), 255, np.uint8)
         x, y = int(location[0]), int(location[1])
         src = self._array[max(y, 0) : y + h, max(x, 0) : x + w]
@@ -70,7 +75,12 @@ class Slide:
         from PIL import Image
 
         if self._handle is not None:
-            return np.asarray(self._handle.get_thumbnail((max_size, max_size)).convert("RGB"))
+            w, h = min(self.level_dimensions, key=lambda d: d[0] * d[1])  # the thumbnail reads at least this
+            check_declared(self.path, (h, w, 4), 1, "slide's smallest level")
+            try:
+                return np.asarray(self._handle.get_thumbnail((max_size, max_size)).convert("RGB"))
+            except Exception as exc:  # corrupt tiles
+                raise ImageReadError(self.path, f"cannot make a thumbnail ({type(exc).__name__}: {exc})") from exc
         im = Image.fromarray(self._array)
         im.thumbnail((max_size, max_size))
         return np.asarray(im)
@@ -86,9 +96,18 @@ class Slide:
         self.close()
 
 
+def _rgb(region: np.ndarray, path: Path) -> np.ndarray:
+    """(h, w, 3) from a region read as (h, w), (h, w, 1), (h, w, 3) or (h, w, 4)."""
+    if region.ndim == 2:
+        region = region[..., None]
+    if region.ndim != 3 or region.shape[-1] not in (1, 3, 4):
+        raise ImageReadError(path, f"slide region of unsupported layout {region.shape}")
+    return np.repeat(region, 3, axis=-1) if region.shape[-1] == 1 else region[..., :3]
+
+
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     """Open a whole-slide image (``mpp``: µm per level-0 pixel when the file does not say)."""
-    from medfoundry.io.read import _max_bytes
+    from medfoundry.io.limits import max_file_bytes
 
     path = Path(path)
     if not path.is_file():
@@ -102,7 +121,7 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
             return Slide(path, handle=tiffslide.TiffSlide(path), mpp=mpp)
         except Exception as exc:  # tiffslide raises many kinds of errors for corrupt files
             raise ImageReadError(path, f"not a readable slide ({type(exc).__name__}: {exc})") from exc
-    if path.stat().st_size > _max_bytes():
+    if path.stat().st_size > max_file_bytes():
         raise ImageReadError(path, "file is over the size limit (set MEDFOUNDRY_MAX_FILE_BYTES to raise it)")
     from medfoundry.io import read_image
 

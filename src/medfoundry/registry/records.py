@@ -114,6 +114,9 @@ class ModelRecord:
     arch_config: dict[str, Any] = field(default_factory=dict)
     version: str = "1"
     homepage: str = ""
+    #: named label sets with a prompt ensemble per class, e.g. {"modality": {"CT": ["a CT scan", ...], ...}}:
+    #: what ``classify --label-set`` and the built-in benchmarks use for this model's zero-shot labels
+    label_sets: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -155,6 +158,15 @@ class ModelRecord:
         for key in ("tasks", "modalities", "organs", "labels", "templates", "negative_templates", "aliases"):
             if key in data:
                 data[key] = tuple(data[key])
+        if "label_sets" in data:
+            sets = data["label_sets"]
+            if not isinstance(sets, dict) or not all(
+                    isinstance(classes, dict) and classes and all(
+                        isinstance(p, list | tuple) and p and all(isinstance(t, str) and t for t in p)
+                        for p in classes.values()) for classes in sets.values()):
+                raise RegistryError(f"{origin}: record {data.get('name', '?')!r}: label_sets must map a set name to "
+                                    "{class: [non-empty prompts]}")
+            data["label_sets"] = {name: {c: tuple(p) for c, p in classes.items()} for name, classes in sets.items()}
         return cls(**data)
 
 

@@ -25,7 +25,7 @@ from medfoundry.io import read_image
 from medfoundry.io.image import MedImage
 
 # Suffixes medfoundry reads; anything else is stored without one and tried as DICOM.
-SUFFIXES = (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".npz")
+SUFFIXES = (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".npz", ".zip")
 ID_PATTERN = re.compile(r"^[0-9a-f]{24}$")
 
 

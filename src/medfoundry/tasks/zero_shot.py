@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +44,31 @@ def check_labels(labels: Sequence[str]) -> list[str]:
     return cleaned
 
 
-def class_prototypes(predictor: ContrastivePredictor, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-    """(L, D) unit vectors: the mean text embedding of each label over the templates (prompt ensembling)."""
-    texts = [t.format(lab) for lab in labels for t in templates]
-    emb = predictor.embed_texts(texts).reshape(len(labels), len(templates), -1).mean(axis=1)
-    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+def class_prototypes(predictor: ContrastivePredictor, labels: Sequence[str], templates: Sequence[str],
+                     prompts: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
+    """(L, D) unit vectors: the mean text embedding of each label over its prompts (prompt ensembling).
+
+    A label's prompts are ``prompts[label]`` when given, else each template filled with the label.
+    """
+    per_label = [list(prompts[lab]) if prompts and lab in prompts else [t.format(lab) for t in templates]
+                 for lab in labels]
+    emb = predictor.embed_texts([t for texts in per_label for t in texts])
+    protos, start = [], 0
+    for texts in per_label:
+        protos.append(emb[start : start + len(texts)].mean(axis=0))
+        start += len(texts)
+    out = np.stack(protos)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def label_set(predictor: ContrastivePredictor, name: str) -> dict[str, list[str]]:
+    """The model record's label set ``name`` (class → prompts, in the record's order); InputContractError
+    naming the sets it has when it lacks this one."""
+    sets = predictor.record.label_sets
+    if name not in sets:
+        have = ", ".join(sorted(sets)) or "none"
+        raise InputContractError(f"{predictor.record.name} has no label set {name!r} (it has: {have})")
+    return {label: list(texts) for label, texts in sets[name].items()}
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -64,6 +84,7 @@ def zero_shot_classify(
     *,
     templates: Sequence[str] | None = None,
     negative_templates: Sequence[str] | None = None,
+    prompts: Mapping[str, Sequence[str]] | None = None,
     multilabel: bool = False,
     temperature: float | None = None,
     uncertain_below: float | None = None,
@@ -73,7 +94,8 @@ def zero_shot_classify(
     Templates default to the model record's (``"{}"`` if it has none). In multi-label mode each label is
     scored by a softmax over its positive and negative prompt (``negative_templates``, default
     ``"no {}"``), as CheXzero does. ``temperature`` divides the logits (calibration; default: the model's own
-    logit scale). Raises InputContractError for empty or duplicate labels.
+    logit scale). ``prompts`` gives labels their own prompt ensembles (label → texts, e.g. from
+    :func:`label_set`); labels it lacks use the templates. Raises InputContractError for empty or duplicate labels.
     """
     labels = check_labels(labels)
     templates = list(templates or predictor.record.templates or ("{}",))
@@ -81,12 +103,12 @@ def zero_shot_classify(
     scale = predictor.logit_scale if temperature is None else 1.0 / temperature
     if multilabel:
         negatives = list(negative_templates or predictor.record.negative_templates or ("no {}",))
-        pos = class_prototypes(predictor, labels, templates)
+        pos = class_prototypes(predictor, labels, templates, prompts)
         neg = class_prototypes(predictor, labels, negatives)
         logits = np.stack([image_emb @ pos.T, image_emb @ neg.T], axis=-1) * scale  # N, L, 2
         probs = _softmax(logits)[..., 0]
     else:
-        probs = _softmax(scale * image_emb @ class_prototypes(predictor, labels, templates).T)
+        probs = _softmax(scale * image_emb @ class_prototypes(predictor, labels, templates, prompts).T)
     confidence = probs.max(axis=1) if not multilabel else np.maximum(probs, 1 - probs).min(axis=1)
     uncertain = confidence < uncertain_below if uncertain_below is not None else np.zeros(len(probs), bool)
     return ZeroShotResult(labels, probs, multilabel, uncertain)

@@ -51,6 +51,17 @@ class ClipTrainConfig:
         "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"})
     eval_templates: list[str] = field(default_factory=lambda: ["a chest x-ray showing {}", "{}"])
     max_rows: int | None = None
+    #: per-source sampling rate per epoch (e.g. {"medpix": 2.0, "pneumoniamnist": 0.5}); absent sources: 1.0
+    source_repeat: dict[str, float] = field(default_factory=dict)
+    #: bfloat16 autocast on the CPU too (worth it only where the CPU has native bfloat16: AVX512-BF16 / AMX)
+    cpu_bf16: bool = False
+    #: extra validation each epoch: zero-shot AUROC on one word of a source's labels (label.split()[part]),
+    #: each class scored by its prompt, e.g. MedPix modality {"source": "medpix", "part": 0, "prompts": {...}}
+    val_attributes: list[dict[str, Any]] = field(default_factory=list)
+    #: end this process after that many optimiser steps, without writing the unfinished epoch (an interruption,
+    #: as a killed job has: the next run resumes from the last finished epoch and ends where an uninterrupted
+    #: run ends)
+    stop_after_steps: int | None = None
 
 
 def read_pairs(path: str | Path) -> list[dict[str, str]]:
@@ -86,19 +97,25 @@ def _load_images(rows: list[dict[str, str]], contract: Preprocess) -> torch.Tens
     return out
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random scale/shift (±10 %), small rotation and contrast/brightness jitter on a normalised batch."""
-    b = x.shape[0]
-    angle = (torch.rand(b, generator=generator) - 0.5) * math.radians(20)
-    scale = 1 + (torch.rand(b, generator=generator) - 0.5) * 0.2
-    shift = (torch.rand(b, 2, generator=generator) - 0.5) * 0.2
+def augment_params(batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random parameters of :func:`augment` for ``batch`` samples (drawn for the global batch on every rank, so
+    a sample is augmented the same way whatever the number of processes)."""
+    return {"angle": (torch.rand(batch, generator=generator) - 0.5) * math.radians(20),
+            "scale": 1 + (torch.rand(batch, generator=generator) - 0.5) * 0.2,
+            "shift": (torch.rand(batch, 2, generator=generator) - 0.5) * 0.2,
+            "gain": 1 + (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5) * 0.3,
+            "bias": (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5) * 0.3}
+
+
+def augment(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Random scale/shift (±10 %), small rotation and contrast/brightness jitter on a normalised (B, C, S, S)
+    batch, with parameters from :func:`augment_params` (one row per sample)."""
+    angle, scale, shift = params["angle"], params["scale"], params["shift"]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    gain = 1 + (torch.rand(b, 1, 1, 1, generator=generator) - 0.5) * 0.3
-    bias = (torch.rand(b, 1, 1, 1, generator=generator) - 0.5) * 0.3
-    return x * gain.to(x.device, x.dtype) + bias.to(x.device, x.dtype)
+    return x * params["gain"].to(x.device, x.dtype) + params["bias"].to(x.device, x.dtype)
 
 
 def soft_targets(labels: list[str], texts: list[str], weight: float) -> torch.Tensor:
@@ -140,15 +157,84 @@ def zero_shot_auroc(model: Any, images: torch.Tensor, labels: list[str], text_fe
     return float(roc_auc_score(y, probs, multi_class="ovr"))
 
 
+class ContrastiveStep(torch.nn.Module):
+    """What one training step runs, as a module whose ``forward`` DistributedDataParallel can wrap: images and
+    cached text-tower features in, unit image and text embeddings and the logit scale out."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, text_features: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        img = F.normalize(self.model.encode_image(images), dim=-1)
+        txt = F.normalize(self.model.text_proj(text_features), dim=-1)
+        return img, txt, self.model.logit_scale.exp().clamp(max=100)
+
+
+def gather_features(x: torch.Tensor, world_size: int) -> torch.Tensor:
+    """All ranks' (B, D) features concatenated in rank order, with gradients flowing back to each rank's own part
+    (open_clip's ``gather_with_grad``), so the loss sees the negatives of the global batch."""
+    if world_size == 1:
+        return x
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+def group_by_image(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[list[str]]]:
+    """One row per distinct image (first occurrence, in file order) and each image's captions, in order."""
+    first: dict[str, int] = {}
+    images: list[dict[str, str]] = []
+    texts: list[list[str]] = []
+    for r in rows:
+        if r["image"] not in first:
+            first[r["image"]] = len(images)
+            images.append(r)
+            texts.append([])
+        if r["text"] not in texts[first[r["image"]]]:
+            texts[first[r["image"]]].append(r["text"])
+    return images, texts
+
+
+def epoch_order(sources: list[str], repeat: dict[str, float], generator: torch.Generator) -> list[int]:
+    """Shuffled image indices for one epoch; a source with repeat r appears floor(r) times plus once more with
+    probability r - floor(r) (``repeat`` rebalances sources; absent sources appear once)."""
+    picks: list[int] = []
+    draws = torch.rand(len(sources), generator=generator).tolist()
+    for i, (src, u) in enumerate(zip(sources, draws, strict=True)):
+        r = repeat.get(src, 1.0)
+        picks.extend([i] * (int(r) + (1 if u < r - int(r) else 0)))
+    perm = torch.randperm(len(picks), generator=generator).tolist()
+    return [picks[j] for j in perm]
+
+
+def _step_progress(enabled: bool) -> Any:
+    """A callback (epoch, step, steps, loss) that logs a line every tenth of an epoch on the main process."""
+    start = time.time()
+
+    def report(epoch: int, step: int, steps: int, loss: float) -> None:
+        if enabled and (step == steps or step % max(1, steps // 10) == 0):
+            print(json.dumps({"epoch": epoch + 1, "step": f"{step}/{steps}", "loss": round(loss, 4),
+                              "elapsed_s": round(time.time() - start)}), flush=True)
+
+    return report
+
+
 def train_clip(cfg: ClipTrainConfig) -> Path:
-    """Train, evaluate each epoch, checkpoint, and write a self-describing model folder to ``cfg.out/model``."""
+    """Train, evaluate each epoch, checkpoint, and write a self-describing model folder to ``cfg.out/model``.
+
+    ``cfg.batch_size`` is per process: under ``torchrun`` with N processes a step sees a global batch of
+    N × batch_size samples (augmented and captioned exactly as one process with that batch would), the loss
+    uses the features of the whole global batch, and gradients are averaged by DistributedDataParallel.
+    """
     from medfoundry.models.text import MiniLMTextEncoder, minilm_tokenizer
     from medfoundry.registry.loading import save_checkpoint
 
     ctx, out = start_run(cfg.device, cfg.out, cfg.seed)
     rows = read_pairs(cfg.pairs)[: cfg.max_rows]
-    train_rows = [r for r in rows if r["split"] == "train"]
-    val_rows = [r for r in rows if r["split"] == "val" and r["label"]]
+    train_rows, train_texts = group_by_image([r for r in rows if r["split"] == "train"])
+    val_rows, _ = group_by_image([r for r in rows if r["split"] == "val" and r["label"]])
     contract = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.contract.items()})
     arch = DualEncoderConfig(**cfg.arch)
     if arch.image_size != contract.image_size:
@@ -161,7 +247,8 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
     tokenize = minilm_tokenizer(arch.max_text_tokens)
     val_classes = sorted({r["label"] for r in val_rows})
     prompts = [t.format(c) for c in val_classes for t in cfg.eval_templates]
-    unique = sorted({r["text"] for r in train_rows} | set(prompts))
+    prompts += [p for task in cfg.val_attributes for p in task["prompts"].values()]
+    unique = sorted({t for ts in train_texts for t in ts} | set(prompts))
     feats = {}
     with torch.no_grad():
         for i in range(0, len(unique), 128):
@@ -174,7 +261,10 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
     model.text = None  # not needed during training: its features are cached above
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(train_rows) // (cfg.batch_size * ctx.world_size))
+    sources = [r["source"] for r in train_rows]
+    global_batch = cfg.batch_size * ctx.world_size
+    expected = sum(cfg.source_repeat.get(src, 1.0) for src in sources)
+    steps_per_epoch = max(1, int(expected) // global_batch)
     total = steps_per_epoch * cfg.epochs
 
     def lr_at(step: int) -> float:
@@ -186,44 +276,63 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
     start_epoch, history = load_resume_point(ckpt, model, opt, strict=False)
     if start_epoch:
         ctx.log(f"resumed from {ckpt} at epoch {start_epoch}")
-    net = ctx.wrap(model)
+    step_module = ctx.wrap(ContrastiveStep(model))
     gen = torch.Generator().manual_seed(cfg.seed)
-    use_amp = cfg.amp and ctx.device.type == "cuda"
+    use_amp = cfg.amp and (ctx.device.type == "cuda" or cfg.cpu_bf16)
     labels = [r["label"] for r in train_rows]
-    texts = [r["text"] for r in train_rows]
+    lo, hi = ctx.rank * cfg.batch_size, (ctx.rank + 1) * cfg.batch_size
+    steps_run = 0
+    progress = _step_progress(ctx.is_main)
     for epoch in range(start_epoch, cfg.epochs):
         gen.manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(train_rows), generator=gen).tolist()
-        order = order[ctx.rank :: ctx.world_size]
+        order = epoch_order(sources, cfg.source_repeat, gen)
         model.train()
         t0, losses = time.time(), []
         for s in range(steps_per_epoch):
-            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            if len(idx) < 2:
-                continue
+            idx = order[s * global_batch : (s + 1) * global_batch]
+            if len(idx) < global_batch:
+                break
+            if cfg.stop_after_steps is not None and steps_run >= cfg.stop_after_steps:
+                ctx.log(f"stopped after {steps_run} steps (stop_after_steps): resume by running again")
+                return out / "model"
+            steps_run += 1
             step = epoch * steps_per_epoch + s
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            x = augment(images[idx].float(), gen).to(ctx.device)
-            tf = torch.stack([feats[texts[i]] for i in idx]).to(ctx.device)
+            aug = augment_params(len(idx), gen)  # the same draws on every rank: the global batch's
+            picks = torch.randint(0, 1 << 30, (len(idx),), generator=gen).tolist()
+            texts = [train_texts[i][k % len(train_texts[i])] for i, k in zip(idx, picks, strict=True)]
+            local = idx[lo:hi]
+            x = augment(images[local].float(), {k: v[lo:hi] for k, v in aug.items()}).to(ctx.device)
+            tf = torch.stack([feats[t] for t in texts[lo:hi]]).to(ctx.device)
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                img = F.normalize(net.module.encode_image(x) if hasattr(net, "module") else net.encode_image(x), dim=-1)
-                txt = F.normalize(model.text_proj(tf), dim=-1)
-                loss = clip_loss(img.float(), txt.float(), model.logit_scale.exp().clamp(max=100),
-                                 soft_targets([labels[i] for i in idx], [texts[i] for i in idx], cfg.label_weight))
+                img, txt, scale = step_module(x, tf)
+            img = gather_features(img.float(), ctx.world_size)
+            txt = gather_features(txt.float(), ctx.world_size)
+            loss = clip_loss(img, txt, scale.float(), soft_targets([labels[i] for i in idx], texts, cfg.label_weight))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
+            progress(epoch, s + 1, steps_per_epoch, losses[-1])
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None, "seconds": time.time() - t0}
         if val_images is not None and ctx.is_main:
             model.eval()
             for source in sorted({r["source"] for r in val_rows}):
                 sel = [i for i, r in enumerate(val_rows) if r["source"] == source]
                 labs = [val_rows[i]["label"] for i in sel]
-                if len(set(labs)) > 1:
+                if len(set(labs)) > 1 and len(set(labs)) <= len(cfg.eval_templates) * 8:
                     entry[f"val_auroc_{source}"] = zero_shot_auroc(model, val_images[sel], labs, feats,
                                                                    cfg.eval_templates, ctx.device)
+            for task in cfg.val_attributes:
+                sel = [i for i, r in enumerate(val_rows) if r["source"] == task["source"]]
+                labs = [val_rows[i]["label"].split()[task["part"]] for i in sel]
+                keep = [j for j, lab in enumerate(labs) if lab in task["prompts"]]
+                if sel and len({labs[j] for j in keep}) > 1:
+                    name = f"val_auroc_{task['source']}_{task.get('name', task['part'])}"
+                    entry[name] = zero_shot_auroc(model, val_images[[sel[j] for j in keep]],
+                                                  [task["prompts"][labs[j]] for j in keep], feats, ["{}"],
+                                                  ctx.device)
         history.append(entry)
         ctx.log(json.dumps(entry))
         if ctx.is_main:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medfoundry.datasets.splits import LESION_TRAIN_PATIENTS, kvasir_val_ids
 from medfoundry.errors import InputContractError
 from medfoundry.files import atomic_output
 from medfoundry.io import read_image
@@ -133,8 +134,7 @@ def shared_manifest(shared_root: str | Path, out: str | Path, seed: int = 0) -> 
     rows = []
     with open(root / "kvasir_seg" / "metadata.csv", newline="", encoding="utf-8") as fh:
         ids = sorted(r["id"] for r in csv.DictReader(fh))
-    random.Random(seed + 11).shuffle(ids)
-    val = set(ids[: len(ids) // 5])
+    val = kvasir_val_ids(ids, seed)
     for i in sorted(ids):
         rows.append({"image": str(root / "kvasir_seg" / "images" / f"{i}.jpg"),
                      "mask": str(root / "kvasir_seg" / "masks" / f"{i}.png"),
@@ -149,7 +149,7 @@ def shared_manifest(shared_root: str | Path, out: str | Path, seed: int = 0) -> 
                              "slice": z, "label": int(lab), "split": "train", "source": "ct_organs"})
     for path in sorted((root / "deeplesion_ct_lesion_3d" / "volumes").glob("*.npz")):
         patient = path.stem.split("_")[2]
-        if patient not in ("000001", "000002"):
+        if patient not in LESION_TRAIN_PATIENTS:
             continue
         with np.load(path) as z:
             gts = z["gts"]

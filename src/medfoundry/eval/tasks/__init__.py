@@ -72,6 +72,8 @@ def _classification_check(data: dict, ds: dict) -> list[str]:
         problems.append("linear-probe needs dataset.train_filter (the rows that fit the probe)")
     if data.get("mask_of_truth") and data.get("task") != "zero-shot-classification":
         problems.append("mask_of_truth applies to zero-shot-classification")
+    if data.get("label_set") and data.get("task") != "zero-shot-classification":
+        problems.append("label_set applies to zero-shot-classification")
     return problems
 
 

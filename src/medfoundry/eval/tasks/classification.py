@@ -2,7 +2,9 @@
 embeddings), with the mask-of-truth occlusion test.
 
 Baselines: the class prevalence for zero-shot (AUROC 0.5), logistic regression on the raw 32×32 pixels (fit on
-the same training rows) for the linear probe.
+the same training rows) for the linear probe. A zero-shot spec with ``dataset.train_filter`` reports that
+raw-pixel logistic regression too (fit on those rows, which the model itself never uses), as a supervised
+reference beside the no-model baseline.
 
 Mask of truth: each image is classified three times — as it is, with the annotated region (boxes or mask)
 filled with the image's mean value, and with an equal-area blob elsewhere filled the same way (grown outside
@@ -63,24 +65,53 @@ def predict(spec, cases, model, weights, cache_path, progress):
     predictor = open_contrastive(model, weights)
     if spec.task == "linear-probe":
         return _predict_probe(spec, cases, predictor, cache_path, progress), predictor.record
-    from medfoundry.tasks.zero_shot import zero_shot_classify
+    from medfoundry.eval.baselines import pixel_features
+    from medfoundry.tasks.zero_shot import label_set, zero_shot_classify
+
+    prompts = None
+    if spec.label_set and spec.label_set in predictor.record.label_sets:
+        prompts = {lab: texts for lab, texts in label_set(predictor, spec.label_set).items() if lab in spec.labels}
+    with_pixels = bool(spec.dataset.train_filter)
 
     def predict_one(case: dict) -> dict:
         image = read_2d(case["image"], spec.dataset.image_key)
+        if case["role"] == "train":  # rows of the raw-pixel baseline only: the model never sees them
+            return {"pixels": pixel_features(image).round(4).tolist()}
         images = [image]
         if spec.mask_of_truth:
             region = truth_region(case, image.array.shape[:2], spec.dataset.mask_key)
             rng = np.random.default_rng([spec.seed, case["row"]])
             control = control_region(region, rng)
             images += [_occluded(image, region), _occluded(image, control)]
-        probs = zero_shot_classify(predictor, images, spec.labels, templates=spec.templates or None).probs
-        out = {"probs": probs[0].round(6).tolist()}
+        probs = zero_shot_classify(predictor, images, spec.labels, templates=spec.templates or None,
+                                   prompts=prompts).probs
+        out = {"probs": probs[0].round(6).tolist(), "prompts": "label_set" if prompts else "templates"}
+        if with_pixels:
+            out["pixels"] = pixel_features(image).round(4).tolist()
         if spec.mask_of_truth:
             out.update(probs_truth_hidden=probs[1].round(6).tolist(), probs_control_hidden=probs[2].round(6).tolist(),
                        region_fraction=float(region.mean()))
         return out
 
-    return run_cases(spec.name, cases, cache_path, predict_one, progress), predictor.record
+    results = run_cases(spec.name, cases, cache_path, predict_one, progress)
+    if with_pixels:
+        results = _with_pixel_baseline(spec, results)
+    return results, predictor.record
+
+
+def _with_pixel_baseline(spec, results: list[dict]) -> list[dict]:
+    """Test results with ``pixel_probs``: logistic regression on the raw pixels of the ``role == "train"`` rows."""
+    from sklearn.linear_model import LogisticRegression
+
+    train = [r for r in results if r["role"] == "train" and r["label"] in spec.labels]
+    test = [r for r in results if r["role"] == "test"]
+    y_train = [spec.labels.index(r["label"]) for r in train]
+    pixel_lr = LogisticRegression(C=1.0, max_iter=5000).fit(np.array([r["pixels"] for r in train]), y_train)
+    probs = np.zeros((len(test), len(spec.labels)))
+    probs[:, pixel_lr.classes_] = pixel_lr.predict_proba(np.array([r["pixels"] for r in test]))
+    return [{k: v for k, v in r.items() if k != "pixels"} | {"pixel_probs": probs[i].round(6).tolist(),
+                                                              "train_cases": len(train)}
+            for i, r in enumerate(test)]
 
 
 def _predict_probe(spec, cases, predictor, cache_path, progress) -> list[dict]:
@@ -128,6 +159,16 @@ def summarise(spec, results: list[dict]) -> Summary:
                       base_name)
     if spec.mask_of_truth:
         summary.extra["mask_of_truth"] = _mask_of_truth(spec, results, probs)
+    if "pixel_probs" in results[0]:
+        pixel = np.array([r["pixel_probs"] for r in results])
+        groups = [r["group"] for r in results] if spec.dataset.group else None
+        summary.extra["raw_pixel_baseline"] = {
+            "description": f"logistic regression on raw 32×32 pixels fit on {results[0]['train_cases']} labelled "
+                           f"rows ({spec.dataset.train_filter}) that the model never uses: a supervised reference",
+            "train_cases": results[0]["train_cases"],
+            **{m: {"value": stat(m, pixel)(np.arange(len(y))),
+                   "ci95": bootstrap_ci(stat(m, pixel), len(y), groups, spec.bootstrap, spec.seed)}
+               for m in spec.metrics}}
     return summary
 
 

@@ -1,15 +1,19 @@
 """Build image–text pairs for contrastive training from the project's shared data folder.
 
-Sources (see each dataset's README in the shared folder for licence and provenance):
+Sources (see each dataset's README in the shared folder for licence and provenance; splits from
+:mod:`medfoundry.datasets.splits`):
 
 - PneumoniaMNIST (balanced): captions from the real labels; the ``train`` split trains, ``val`` is held out.
 - COVID-19 chest X-rays: the free-text clinical notes of each image; split by patient.
 - Kvasir-SEG: polyp captions with the polyp's size from its mask; split by image id.
 - TotalSegmentator CT examples: axial slices captioned with the organs their label maps show.
 - DeepLesion CT sub-volumes: slices with and without the annotated lesion.
+- MedPix CT/MR: each image's own caption (written by the case's radiologist) and captions of its modality, plane
+  and body region; split by case.
 
-Images that are not files of their own (npz stacks, volume slices) are written as 8-bit PNGs under
-``out/images``. The CSV has columns ``image, text, label, split, source, group`` (group = patient or image id).
+An image may have several rows (several captions): training draws one of them per epoch. Images that are not
+files of their own (npz stacks, volume slices) are written as 8-bit PNGs under ``out/images``. The CSV has
+columns ``image, text, label, split, source, group`` (group = patient, case or image id).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medfoundry.datasets.splits import covid_val_patients, kvasir_val_ids, medpix_val_cases
 from medfoundry.io import get_window, read_image
 
 PNEUMONIA_CAPTIONS = {
@@ -40,6 +45,48 @@ PNEUMONIA_CAPTIONS = {
 }
 POLYP_CAPTIONS = ["an endoscopic image of a {size} colon polyp", "colonoscopy showing a {size} polyp",
                   "a {size} polyp in the colon", "endoscopy frame with a {size} colorectal polyp"]
+
+
+#: Words for the MedPix attribute captions; the zero-shot prompts in the model card use related wording.
+MODALITY_WORDS = {"CT": ["CT", "CT scan", "computed tomography"],
+                  "MR": ["MRI", "MR image", "magnetic resonance imaging"]}
+PLANE_WORDS = {"axial": ["axial", "transverse"], "coronal": ["coronal"], "sagittal": ["sagittal"], "other": [""]}
+REGION_WORDS = {"head": ["the head", "the brain", "the head and neck"],
+                "thorax": ["the chest", "the thorax", "the lungs and mediastinum"],
+                "abdomen": ["the abdomen", "the abdominal organs", "the liver and bowel"],
+                "spine_and_muscles": ["the spine", "the musculoskeletal system", "the bones and muscles"],
+                "reproductive_and_urinary": ["the pelvis", "the genitourinary tract", "the kidneys and bladder"]}
+
+
+def medpix_attribute_captions(modality: str, plane: str, region: str) -> list[str]:
+    """Captions built from a MedPix image's labels only, e.g. ``"axial CT of the head"`` (several phrasings)."""
+    out = []
+    for i, mod in enumerate(MODALITY_WORDS[modality]):
+        plane_word = PLANE_WORDS.get(plane, [""])[i % len(PLANE_WORDS.get(plane, [""]))]
+        region_word = REGION_WORDS[region][i % len(REGION_WORDS[region])]
+        out.append(" ".join(w for w in (plane_word, mod, "of", region_word) if w))
+    return out
+
+
+def _medpix(root: Path) -> list[dict]:
+    """MedPix CT/MR: per image, its attribute captions and its own caption prefixed with the attributes."""
+    folder = root / "medpix_ct_mr_captions"
+    with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
+        records = list(csv.DictReader(fh))
+    val = medpix_val_cases(r["case_id"] for r in records)
+    rows = []
+    for r in records:
+        attrs = medpix_attribute_captions(r["modality"], r["plane"], r["body_region"])
+        texts = list(attrs)
+        caption = " ".join(r["caption"].split())
+        if caption and r["caption_placeholder"] != "1":
+            texts.append(f"{attrs[0]}: {caption}"[:600])
+        label = f"{r['modality']} {r['plane']} {r['body_region']}"
+        for text in texts:
+            rows.append({"image": str(folder / r["file"]), "text": text, "label": label,
+                         "split": "val" if r["case_id"] in val else "train", "source": "medpix",
+                         "group": r["case_id"]})
+    return rows
 
 
 def _write_png(array: np.ndarray, path: Path) -> str:
@@ -65,14 +112,12 @@ def _pneumonia(root: Path, out: Path, rng: random.Random) -> list[dict]:
 
 
 def covid_note_rows(root: Path, rng: random.Random) -> list[dict]:
-    """The COVID-19 chest X-ray collection as image–note rows (label, patient group, split by patient: 1 in 7
-    patients validation, seed 7)."""
+    """The COVID-19 chest X-ray collection as image–note rows (label, patient group, split by patient:
+    :func:`~medfoundry.datasets.splits.covid_val_patients`)."""
     folder = root / "covid_cxr_clinical_notes"
     with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
         records = list(csv.DictReader(fh))
-    patients = sorted({r["patientid"] for r in records})
-    random.Random(7).shuffle(patients)
-    val = set(patients[: max(1, len(patients) // 7)])
+    val = covid_val_patients(r["patientid"] for r in records)
     rows = []
     for r in records:
         note = " ".join(r["clinical_notes"].split())
@@ -89,9 +134,7 @@ def _kvasir(root: Path, rng: random.Random) -> list[dict]:
     folder = root / "kvasir_seg"
     with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
         records = list(csv.DictReader(fh))
-    ids = sorted(r["id"] for r in records)
-    random.Random(11).shuffle(ids)
-    val = set(ids[: len(ids) // 5])
+    val = kvasir_val_ids(r["id"] for r in records)
     rows = []
     for r in records:
         frac = float(r["mask_fraction"])
@@ -150,7 +193,7 @@ def build_shared_pairs(shared_root: str | Path, out: str | Path, seed: int = 0) 
     root, out = Path(shared_root).resolve(), Path(out).resolve()
     rng = random.Random(seed)
     rows = (_pneumonia(root, out, rng) + covid_note_rows(root, rng) + _kvasir(root, rng) + _ct_organs(root, out, rng)
-            + _ct_lesions(root, out, rng))
+            + _ct_lesions(root, out, rng) + _medpix(root))
     out.mkdir(parents=True, exist_ok=True)
     for r in rows:  # relative to the CSV, so the folder pair (data, pairs) can move together
         r["image"] = os.path.relpath(r["image"], out)
