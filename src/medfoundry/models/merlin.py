@@ -84,7 +84,7 @@ def strip_prefix(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> d
     """Keep only the encoder's tensors: drop the first of ``prefixes`` that some keys carry (Astra's
     ``visual_encoder.model.encode_image.i3_resnet.``, Merlin's ``encode_image.i3_resnet.``) and any heads."""
     for prefix in prefixes:
-        if any(k.startswith(prefix) for k in state):
+        if prefix and any(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             break
     return {k: v for k, v in state.items() if not k.startswith(("classifier.", "contrastive_head."))}
