@@ -92,15 +92,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_embed(args: argparse.Namespace) -> int:
     from medfoundry.predict.contrastive import open_contrastive
+    from medfoundry.predict.volume_encoder import is_volume_encoder
+    from medfoundry.registry.loading import resolve_model
 
     if bool(args.text) == bool(args.images):
         raise InputContractError("give either images or --text, not both and not neither")
+    if is_volume_encoder(resolve_model(args.model or DEFAULT_MODEL, args.weights)[0]):
+        return _embed_volumes(args)
     predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights).set_precision(args.precision)
     emb = predictor.embed_texts(args.text) if args.text else predictor.embed_images(
         _images(args.images, args.slice_index), progress=True)
     with atomic_output(args.out, args.overwrite) as tmp, open(tmp, "wb") as fh:
         np.save(fh, emb.astype(np.float32))
     print(f"wrote {args.out}: {emb.shape[0]} × {emb.shape[1]} embeddings from {predictor.record.name}")
+    return 0
+
+
+def _embed_volumes(args: argparse.Namespace) -> int:
+    """``embed`` with a 3D encoder: one vector per whole volume (NIfTI file or DICOM series folder)."""
+    from medfoundry.files import check_writable
+    from medfoundry.predict.volume_encoder import open_volume_encoder
+
+    if args.text:
+        raise InputContractError(f"{args.model} encodes CT volumes, not text")
+    if args.slice_index is not None:
+        raise InputContractError(f"{args.model} embeds whole volumes: drop --slice")
+    if args.precision == "int8":
+        raise InputContractError(f"{args.model} runs in fp32 or bf16, not int8")
+    check_writable(args.out, args.overwrite)  # before minutes of work
+    volumes = [read_image(p) for p in args.images]
+    predictor = open_volume_encoder(args.model, args.weights).set_precision(args.precision)
+    emb = predictor.embed_volumes(volumes, progress=True)
+    with atomic_output(args.out, args.overwrite) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, emb.astype(np.float32))
+    print(f"wrote {args.out}: {emb.shape[0]} × {emb.shape[1]} volume embeddings from {predictor.record.name}")
     return 0
 
 

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--image")
     ps.add_argument("--index", default="medfoundry-index.npz")
     ps.add_argument("-k", type=int, default=10)
-    ps.add_argument("--kind", choices=["image", "text"], default=None,
+    ps.add_argument("--kind", choices=["image", "text", "volume"], default=None,
                     help="return only images or only texts (default: images for --text, anything for --image)")
     ps.add_argument("--weights", default=None)
     ps.add_argument("--slice", type=int, default=None, dest="slice_index")
@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from medfoundry.cli.contrastive import DEFAULT_MODEL
     from medfoundry.predict.contrastive import open_contrastive
+    from medfoundry.predict.volume_encoder import is_volume_encoder
+    from medfoundry.registry.loading import resolve_model
     from medfoundry.tasks.retrieval import build_index
 
     texts = None
@@ -56,6 +58,18 @@ def run_build(args: argparse.Namespace) -> int:
             texts = [s for t in texts for s in split_sentences(t)]
     if args.folder is None and not texts:
         raise InputContractError("give an image FOLDER, --texts CSV, or both")
+    record = resolve_model(args.model or DEFAULT_MODEL, args.weights)[0]
+    if is_volume_encoder(record):
+        if texts or args.folder is None:
+            raise InputContractError(f"{record.name} indexes CT volumes only: give a FOLDER and no --texts")
+        from medfoundry.predict.volume_encoder import open_volume_encoder
+        from medfoundry.tasks.retrieval import build_volume_index
+
+        index, added, skipped = build_volume_index(open_volume_encoder(args.model, args.weights), args.folder,
+                                                   args.index, recursive=not args.no_recursive)
+        print(f"{args.index}: {len(index)} volumes ({added} added, {skipped} skipped: unreadable or not volumes) "
+              f"with {index.model}")
+        return 0
     predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights)
     index, added, skipped = build_index(predictor, args.folder, args.index, texts=texts,
                                         recursive=not args.no_recursive)
@@ -65,11 +79,35 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from medfoundry.cli.contrastive import _images
-    from medfoundry.predict.contrastive import open_contrastive
+    from medfoundry.predict.volume_encoder import is_volume_encoder
+    from medfoundry.registry.loading import resolve_model
     from medfoundry.tasks.retrieval import RetrievalIndex
 
     index = RetrievalIndex.load(args.index)
+    if is_volume_encoder(resolve_model(index.model, args.weights)[0]):
+        if args.text or args.slice_index is not None:
+            raise InputContractError(f"{args.index} holds {index.model} volume embeddings: search it with --image "
+                                     "VOLUME (a NIfTI file or DICOM series folder), without --slice")
+        from medfoundry.io import read_image
+        from medfoundry.predict.volume_encoder import open_volume_encoder
+
+        query = open_volume_encoder(index.model, args.weights).embed_volumes([read_image(args.image)])[0]
+        hits = index.search(query, args.k, kind=args.kind)
+    else:
+        hits = _search_contrastive(index, args)
+    if args.json:
+        print(json.dumps([h.__dict__ for h in hits], indent=2))
+    else:
+        for rank, h in enumerate(hits, 1):
+            name = h.item if h.kind == "text" else Path(h.item).name
+            print(f"{rank:3d}. {h.score:.3f}  {h.kind:6s}  {name[:100]}")
+    return 0
+
+
+def _search_contrastive(index, args: argparse.Namespace) -> list:
+    from medfoundry.cli.contrastive import _images
+    from medfoundry.predict.contrastive import open_contrastive
+
     predictor = open_contrastive(index.model, args.weights)
     index.check_model(predictor, args.index)
     if args.text:
@@ -78,11 +116,4 @@ def run_search(args: argparse.Namespace) -> int:
     else:
         query = predictor.embed_images(_images([args.image], args.slice_index))[0]
         kind = args.kind
-    hits = index.search(query, args.k, kind=kind)
-    if args.json:
-        print(json.dumps([h.__dict__ for h in hits], indent=2))
-    else:
-        for rank, h in enumerate(hits, 1):
-            name = h.item if h.kind == "text" else Path(h.item).name
-            print(f"{rank:3d}. {h.score:.3f}  {h.kind:5s}  {name[:100]}")
-    return 0
+    return index.search(query, args.k, kind=kind)

