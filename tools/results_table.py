@@ -24,7 +24,8 @@ def main() -> None:
                           f"{r['metrics'][n]['ci95'][1]:.3f}]" for n in names)
         base = ", ".join(f"{SHOW[n]} {r['baseline'][n]:.3f}" for n in names if r["baseline"].get(n) is not None)
         link = f"[`{r['benchmark']}`](benchmarks/results/eval/{path.parent.name}/report.html)"
-        print(f"| {link} | {r['task']} | {r['config']['model']} | {r['config']['cases']} | {value} | "
+        model = path.parent.name.split("__", 1)[1]  # the folder names the weights (e.g. ...-v1) beside the model
+        print(f"| {link} | {r['task']} | {model} | {r['config']['cases']} | {value} | "
               f"{r.get('baseline_name', '')}: {base} |")
         if "raw_pixel_baseline" in r:
             pix = r["raw_pixel_baseline"]
