@@ -71,8 +71,7 @@ def medpix_attribute_captions(modality: str, plane: str, region: str) -> list[st
 def _medpix(root: Path) -> list[dict]:
     """MedPix CT/MR: per image, its attribute captions and its own caption prefixed with the attributes."""
     folder = root / "medpix_ct_mr_captions"
-    with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
-        records = list(csv.DictReader(fh))
+    records = read_metadata(folder)
     val = medpix_val_cases(r["case_id"] for r in records)
     rows = []
     for r in records:
@@ -87,6 +86,12 @@ def _medpix(root: Path) -> list[dict]:
                          "split": "val" if r["case_id"] in val else "train", "source": "medpix",
                          "group": r["case_id"]})
     return rows
+
+
+def read_metadata(folder: Path, name: str = "metadata.csv") -> list[dict[str, str]]:
+    """The rows of a shared dataset's metadata table (CSV, UTF-8, RFC 4180 quoting)."""
+    with open(folder / name, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
 
 
 def _write_png(array: np.ndarray, path: Path) -> str:
@@ -115,8 +120,7 @@ def covid_note_rows(root: Path, rng: random.Random) -> list[dict]:
     """The COVID-19 chest X-ray collection as image–note rows (label, patient group, split by patient:
     :func:`~medfoundry.datasets.splits.covid_val_patients`)."""
     folder = root / "covid_cxr_clinical_notes"
-    with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
-        records = list(csv.DictReader(fh))
+    records = read_metadata(folder)
     val = covid_val_patients(r["patientid"] for r in records)
     rows = []
     for r in records:
@@ -132,8 +136,7 @@ def covid_note_rows(root: Path, rng: random.Random) -> list[dict]:
 
 def _kvasir(root: Path, rng: random.Random) -> list[dict]:
     folder = root / "kvasir_seg"
-    with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
-        records = list(csv.DictReader(fh))
+    records = read_metadata(folder)
     val = kvasir_val_ids(r["id"] for r in records)
     rows = []
     for r in records:
