@@ -40,3 +40,8 @@ def test_shared_splits_match_the_published_models(shared_data: Path, tmp_path: P
             medpix_cases.setdefault(r["group"], set()).add(r["split"])
     assert all(len(s) == 1 for s in medpix_cases.values())  # a case never straddles the split
     assert sum(s == {"val"} for s in medpix_cases.values()) == len(medpix_cases) // 5
+    # CT volume slices come only from the sarcoma patients of the tune split (the report ones stay unseen)
+    sts = {r["group"] for r in rows if r["source"] == "ct_volumes" and r["group"].startswith("STS_")}
+    with open(shared_data / "sts_ct_sarcoma_3d" / "cases.csv", newline="", encoding="utf-8") as fh:
+        split = splits.sts_split(r["patient_id"] for r in csv.DictReader(fh))
+    assert sts and sts == {p for p, s in split.items() if s == "tune"}

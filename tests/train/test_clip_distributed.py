@@ -115,3 +115,40 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_strong_augmentation_is_per_sample_and_keeps_light_draws() -> None:
+    light = augment_params(4, torch.Generator().manual_seed(3))
+    assert set(light) == {"angle", "scale", "shift", "gain", "bias"}  # version 2's recipe draws what it drew
+    strong = augment_params(64, torch.Generator().manual_seed(3), "strong")
+    assert {"flip_x", "flip_y", "gamma", "resolution"} <= set(strong)
+    assert float(strong["scale"].min()) >= 0.9 - 1e-6 and float(strong["scale"].max()) <= 1.6 + 1e-6
+    x = torch.randn(64, 3, 16, 16)
+    whole = augment(x.clone(), strong)
+    part = augment(x[10:20].clone(), {k: v[10:20] for k, v in strong.items()})
+    assert torch.allclose(whole[10:20], part, atol=1e-5)
+    with pytest.raises(Exception, match="strength"):
+        augment_params(2, torch.Generator(), "wild")
+
+
+def test_a_pure_left_right_flip() -> None:
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    params = {"angle": torch.zeros(2), "scale": torch.ones(2), "shift": torch.zeros(2, 2),
+              "gain": torch.ones(2, 1, 1, 1), "bias": torch.zeros(2, 1, 1, 1),
+              "flip_x": torch.tensor([True, False]), "flip_y": torch.tensor([False, False])}
+    out = augment(x.clone(), params)
+    assert torch.allclose(out[0], x[0].flip(-1), atol=1e-4) and torch.allclose(out[1], x[1], atol=1e-4)
+
+
+def test_training_can_start_from_given_weights(tmp_path: Path) -> None:
+    first = train_clip(_config(tmp_path, "a", 4, seed=1))
+    cfg = _config(tmp_path, "b", 4, seed=2, init_weights=str(first), stop_after_steps=0)
+    train_clip(cfg)  # stops before the first step: nothing trained, nothing written
+    from medfoundry.train import clip as clip_module
+
+    model = clip_module.build_dual_encoder(dict(ARCH), pretrained_text=False)
+    clip_module._init_from(model, str(first))
+    assert all(torch.equal(v, _weights(tmp_path / "a")[k]) for k, v in model.trainable_state_dict().items())
+    with pytest.raises(Exception, match="does not fit"):
+        other = clip_module.build_dual_encoder({**ARCH, "embed_dim": 8}, pretrained_text=False)
+        clip_module._init_from(other, str(first))

@@ -10,6 +10,10 @@ Sources (see each dataset's README in the shared folder for licence and provenan
 - DeepLesion CT sub-volumes: slices with and without the annotated lesion.
 - MedPix CT/MR: each image's own caption (written by the case's radiologist) and captions of its modality, plane
   and body region; split by case.
+- CT volumes in HU (the soft-tissue sarcoma CTs of the tune split, the larger TotalSegmentator example): axial
+  slices and coronal / sagittal reformats (resampled to square pixels), each rendered through two windows drawn
+  from the usual CT presets and the percentile window, so that "CT" is learnt from the anatomy under any window
+  rather than from one display convention; captioned with their modality, plane and body region.
 
 An image may have several rows (several captions): training draws one of them per epoch. Images that are not
 files of their own (npz stacks, volume slices) are written as 8-bit PNGs under ``out/images``. The CSV has
@@ -26,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medfoundry.datasets.splits import covid_val_patients, kvasir_val_ids, medpix_val_cases
+from medfoundry.datasets.splits import covid_val_patients, kvasir_val_ids, medpix_val_cases, sts_split
 from medfoundry.io import get_window, read_image
+from medfoundry.io.window import PRESETS, Window, percentile_window
 
 PNEUMONIA_CAPTIONS = {
     "pneumonia": [
@@ -191,12 +196,100 @@ def _ct_lesions(root: Path, out: Path, rng: random.Random) -> list[dict]:
     return rows
 
 
+#: windows a CT volume slice is rendered through (two drawn per image)
+CT_RENDER_WINDOWS = ("soft_tissue", "abdomen", "bone", "lung", "mediastinum", "percentile")
+LIMB_CAPTIONS = ["{plane} CT of the musculoskeletal soft tissues", "{plane} CT scan of muscles and bone",
+                 "computed tomography of a limb or the body wall, {plane} view"]
+
+
+def _render_windows(plane: np.ndarray, rng: random.Random) -> list[tuple[str, np.ndarray]]:
+    """``plane`` (H, W) in HU through two distinct windows of :data:`CT_RENDER_WINDOWS`, as uint8."""
+    out = []
+    for name in rng.sample(CT_RENDER_WINDOWS, 2):
+        window: Window = percentile_window(plane) if name == "percentile" else PRESETS[name]
+        out.append((name, window.to_uint8(plane)))
+    return out
+
+
+def _square_pixels(plane: np.ndarray, row_mm: float, col_mm: float) -> np.ndarray:
+    """Resample a (H, W) reformat so that rows and columns have the same pixel size (bilinear)."""
+    from PIL import Image
+
+    if abs(row_mm - col_mm) < 1e-3:
+        return plane
+    height = max(1, round(plane.shape[0] * row_mm / col_mm))
+    img = Image.fromarray(plane.astype(np.float32), mode="F").resize((plane.shape[1], height), Image.BILINEAR)
+    return np.asarray(img)
+
+
+def volume_planes(volume: np.ndarray, spacing: tuple[float, float, float], axial_step: int,
+                  reformats: int) -> list[tuple[str, int, np.ndarray]]:
+    """Slices of a (Z, Y, X) volume with spacing (dz, dy, dx) mm: every ``axial_step``-th axial slice and
+    ``reformats`` coronal and sagittal planes spread over the middle half, superior end up (square pixels).
+    Returns ``(plane, index, image)`` with images (H, W) float32."""
+    z, y, x = volume.shape
+    out = [("axial", k, volume[k].astype(np.float32)) for k in range(axial_step // 2, z, axial_step)]
+    for plane, size in (("coronal", y), ("sagittal", x)):
+        for k in np.linspace(size / 4, 3 * size / 4, reformats).round().astype(int):
+            cut = volume[:, k, :] if plane == "coronal" else volume[:, :, k]
+            col_mm = spacing[2] if plane == "coronal" else spacing[1]
+            out.append((plane, int(k), _square_pixels(cut[::-1].astype(np.float32), spacing[0], col_mm)))
+    return out
+
+
+def _trunk_region(axial_hu: np.ndarray) -> str:
+    """``thorax`` when aerated lung (−950..−500 HU) fills over 8 % of an axial slice, else ``abdomen``."""
+    lung = (axial_hu > -950) & (axial_hu < -500)
+    return "thorax" if lung.mean() > 0.08 else "abdomen"
+
+
+def _ct_volume_rows(volume: np.ndarray, spacing: tuple[float, float, float], tag: str, region: str,
+                    captions: list[str] | None, out: Path, rng: random.Random, source: str,
+                    axial_step: int = 4, reformats: int = 3) -> list[dict]:
+    rows = []
+    for plane, k, image in volume_planes(volume, spacing, axial_step, reformats):
+        where = region if region != "trunk" else _trunk_region(image) if plane == "axial" else "trunk"
+        if captions:
+            texts = [c.format(plane=plane) for c in captions]
+        elif where == "trunk":
+            texts = [f"{plane} CT of the chest and abdomen", f"{plane} computed tomography of the trunk"]
+        else:
+            texts = medpix_attribute_captions("CT", plane, where)
+        for window, pixels in _render_windows(image, rng):
+            path = _write_png(pixels, out / "images" / "ct_volumes" / f"{tag}_{plane}_{k:03d}_{window}.png")
+            for text in texts:
+                rows.append({"image": path, "text": text, "label": f"CT {plane} {where}", "split": "train",
+                             "source": source, "group": tag})
+    return rows
+
+
+def _ct_volumes(root: Path, out: Path, rng: random.Random) -> list[dict]:
+    """The sarcoma CTs of the tune split (limbs) and the larger TotalSegmentator example (trunk), as slices."""
+    rows = []
+    folder = root / "sts_ct_sarcoma_3d"
+    if folder.is_dir():
+        cases = read_metadata(folder, "cases.csv")
+        split = sts_split(r["patient_id"] for r in cases)
+        for r in cases:
+            if split[r["patient_id"]] != "tune":
+                continue  # the report patients stay unseen by every model
+            image = read_image(folder / r["volume_file"])
+            rows += _ct_volume_rows(image.array, image.spacing, r["patient_id"], "spine_and_muscles", LIMB_CAPTIONS,
+                                    out, rng, "ct_volumes")
+    example = root / "totalsegmentator_examples" / "nifti" / "example_ct.nii.gz"
+    if example.is_file():
+        image = read_image(example)
+        rows += _ct_volume_rows(image.array[:, ::-1, ::-1], image.spacing, "totalseg_ct", "trunk", None, out, rng,
+                                "ct_volumes")  # RAS storage → radiological display (anterior up, left on the right)
+    return rows
+
+
 def build_shared_pairs(shared_root: str | Path, out: str | Path, seed: int = 0) -> Path:
     """Write ``out/pairs.csv`` (+ PNGs for derived images) from the shared data folder; returns the CSV path."""
     root, out = Path(shared_root).resolve(), Path(out).resolve()
     rng = random.Random(seed)
     rows = (_pneumonia(root, out, rng) + covid_note_rows(root, rng) + _kvasir(root, rng) + _ct_organs(root, out, rng)
-            + _ct_lesions(root, out, rng) + _medpix(root))
+            + _ct_lesions(root, out, rng) + _medpix(root) + _ct_volumes(root, out, rng))
     out.mkdir(parents=True, exist_ok=True)
     for r in rows:  # relative to the CSV, so the folder pair (data, pairs) can move together
         r["image"] = os.path.relpath(r["image"], out)

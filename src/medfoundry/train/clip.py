@@ -44,6 +44,10 @@ class ClipTrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    #: :func:`augment_params` strength: ``light`` (version 2) or ``strong``
+    augment: str = "light"
+    #: start from these weights (a checkpoint file or model folder of the same architecture) instead of random
+    init_weights: str | None = None
     arch: dict[str, Any] = field(default_factory=lambda: {"image_backbone": "resnet18", "image_size": 192,
                                                           "embed_dim": 256})
     contract: dict[str, Any] = field(default_factory=lambda: {
@@ -97,24 +101,56 @@ def _load_images(rows: list[dict[str, str]], contract: Preprocess) -> torch.Tens
     return out
 
 
-def augment_params(batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def augment_params(batch: int, generator: torch.Generator, strength: str = "light") -> dict[str, torch.Tensor]:
     """Random parameters of :func:`augment` for ``batch`` samples (drawn for the global batch on every rank, so
-    a sample is augmented the same way whatever the number of processes)."""
-    return {"angle": (torch.rand(batch, generator=generator) - 0.5) * math.radians(20),
-            "scale": 1 + (torch.rand(batch, generator=generator) - 0.5) * 0.2,
-            "shift": (torch.rand(batch, 2, generator=generator) - 0.5) * 0.2,
-            "gain": 1 + (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5) * 0.3,
-            "bias": (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5) * 0.3}
+    a sample is augmented the same way whatever the number of processes).
+
+    ``light``: scale and shift ±10 %, rotation ±10°, contrast/brightness ±15 % (version 2's recipe).
+    ``strong`` adds what separates anatomy from how one archive frames and renders its images: zoom in up to
+    1.6× (cuts burned-in text and watermarks at the borders), left–right flips (p 0.5), up–down flips (p 0.1),
+    gamma 0.6–1.6, and a lower resolution (p 0.3; 1/4–1/1.5 of the side, as small or upsampled files have).
+    """
+    params = {"angle": (torch.rand(batch, generator=generator) - 0.5) * math.radians(20),
+              "scale": 1 + (torch.rand(batch, generator=generator) - 0.5) * 0.2,
+              "shift": (torch.rand(batch, 2, generator=generator) - 0.5) * 0.2,
+              "gain": 1 + (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5) * 0.3,
+              "bias": (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5) * 0.3}
+    if strength == "strong":
+        params["scale"] = torch.exp(torch.empty(batch).uniform_(math.log(0.9), math.log(1.6), generator=generator))
+        params["flip_x"] = torch.rand(batch, generator=generator) < 0.5
+        params["flip_y"] = torch.rand(batch, generator=generator) < 0.1
+        params["gamma"] = torch.exp(torch.empty(batch, 1, 1, 1).uniform_(math.log(0.6), math.log(1.6),
+                                                                         generator=generator))
+        low = torch.rand(batch, generator=generator) < 0.3
+        params["resolution"] = torch.where(low, torch.empty(batch).uniform_(0.25, 0.67, generator=generator),
+                                           torch.ones(batch))
+    elif strength != "light":
+        raise InputContractError(f"augmentation strength must be 'light' or 'strong', not {strength!r}")
+    return params
 
 
-def augment(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Random scale/shift (±10 %), small rotation and contrast/brightness jitter on a normalised (B, C, S, S)
-    batch, with parameters from :func:`augment_params` (one row per sample)."""
+def augment(x: torch.Tensor, params: dict[str, torch.Tensor], mean: float = 0.5, std: float = 0.25
+            ) -> torch.Tensor:
+    """Apply :func:`augment_params`' draws (one row per sample) to a normalised (B, C, S, S) batch: affine warp
+    (scale, rotation, shift, flips), then, for ``strong`` draws, gamma on the [0, 1] intensities (``mean``/``std``
+    of the contract's normalisation) and a lower resolution; then contrast/brightness jitter."""
     angle, scale, shift = params["angle"], params["scale"], params["shift"]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    fx = 1 - 2 * params["flip_x"].float() if "flip_x" in params else torch.ones_like(angle)
+    fy = 1 - 2 * params["flip_y"].float() if "flip_y" in params else torch.ones_like(angle)
+    theta = torch.stack([torch.stack([cos * fx, -sin * fy, shift[:, 0]], 1),
+                         torch.stack([sin * fx, cos * fy, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    if "gamma" in params:
+        unit = (x * std + mean).clamp(0, 1) ** params["gamma"].to(x.device, x.dtype)
+        x = (unit - mean) / std
+    if "resolution" in params:
+        size = x.shape[-1]
+        for i in torch.nonzero(params["resolution"] < 1).flatten().tolist():
+            small = max(8, round(size * float(params["resolution"][i])))
+            down = F.interpolate(x[i : i + 1], size=(small, small), mode="area")
+            x[i : i + 1] = F.interpolate(down, size=(size, size), mode="bilinear", align_corners=False)
     return x * params["gain"].to(x.device, x.dtype) + params["bias"].to(x.device, x.dtype)
 
 
@@ -221,6 +257,22 @@ def _step_progress(enabled: bool) -> Any:
     return report
 
 
+def _init_from(model: Any, source: str) -> None:
+    """Copy a checkpoint's weights (file or folder; any float dtype) into ``model``; every trainable tensor must
+    be present with the same shape."""
+    from medfoundry.registry.loading import find_checkpoint_file, load_state_dict
+
+    path = Path(source)
+    state = load_state_dict(find_checkpoint_file(path) if path.is_dir() else path)
+    own = model.trainable_state_dict()
+    missing = sorted(set(own) - set(state))
+    wrong = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or wrong:
+        raise InputContractError(f"{source} does not fit this architecture: missing {missing[:5]}, "
+                                 f"shape differs {wrong[:5]}")
+    model.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=False)
+
+
 def train_clip(cfg: ClipTrainConfig) -> Path:
     """Train, evaluate each epoch, checkpoint, and write a self-describing model folder to ``cfg.out/model``.
 
@@ -259,6 +311,8 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
 
     model = build_dual_encoder(asdict(arch), pretrained_text=False).to(ctx.device)
     model.text = None  # not needed during training: its features are cached above
+    if cfg.init_weights:
+        _init_from(model, cfg.init_weights)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sources = [r["source"] for r in train_rows]
@@ -299,11 +353,12 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
             step = epoch * steps_per_epoch + s
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            aug = augment_params(len(idx), gen)  # the same draws on every rank: the global batch's
+            aug = augment_params(len(idx), gen, cfg.augment)  # the same draws on every rank: the global batch's
             picks = torch.randint(0, 1 << 30, (len(idx),), generator=gen).tolist()
             texts = [train_texts[i][k % len(train_texts[i])] for i, k in zip(idx, picks, strict=True)]
             local = idx[lo:hi]
-            x = augment(images[local].float(), {k: v[lo:hi] for k, v in aug.items()}).to(ctx.device)
+            x = augment(images[local].float(), {k: v[lo:hi] for k, v in aug.items()}, contract.mean[0],
+                        contract.std[0]).to(ctx.device)
             tf = torch.stack([feats[t] for t in texts[lo:hi]]).to(ctx.device)
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 img, txt, scale = step_module(x, tf)
