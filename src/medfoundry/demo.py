@@ -32,7 +32,8 @@ def _save(rgb: np.ndarray, path: Path) -> str:
 
 
 def _plane(image: MedImage) -> MedImage:
-    return image.slice(image.array.shape[0] // 2) if image.is_volume else image
+    """The image (a volume's middle slice) as radiologists display it (anterior up, patient's left on the right)."""
+    return (image.slice(image.array.shape[0] // 2) if image.is_volume else image).radiological()
 
 
 def _kvasir_box(root: Path, image_path: Path) -> np.ndarray | None:

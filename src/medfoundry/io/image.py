@@ -119,6 +119,29 @@ class MedImage:
         # aff2axcodes names the RAS+ end each array axis points to; reverse to the X, Y, Z order.
         return "".join(codes[::-1])
 
+    def radiological(self) -> MedImage:
+        """The same image with its in-plane axes (rows, columns; the last two spatial axes) flipped where needed
+        so that it displays as radiologists read it: an axis along the body's long axis runs from superior (top
+        or left) to inferior, any other axis runs towards the patient's left or posterior (anterior at the top
+        and the patient's left on the image's right for an axial slice; anterior on the left of a sagittal one).
+        Geometry (origin, direction) is updated, so world positions of voxels are unchanged. A volume keeps its
+        slice axis. Images without geometry (identity direction) are returned unchanged."""
+        array = self.array
+        origin = np.asarray(self.origin, dtype=np.float64)
+        direction = np.asarray(self.direction, dtype=np.float64).copy()
+        nsp = self.spatial_ndim
+        for axis in (nsp - 2, nsp - 1):
+            d = direction[:, axis]
+            main = int(np.argmax(np.abs(d)))
+            wrong = d[main] > 0 if main == 2 else d[main] < 0
+            if wrong:
+                origin = origin + d * self.spacing[axis] * (array.shape[axis] - 1)
+                direction[:, axis] = -d
+                array = np.flip(array, axis=axis)
+        if array is self.array:
+            return self
+        return replace(self, array=np.ascontiguousarray(array), origin=tuple(origin), direction=direction)
+
     # -- display -----------------------------------------------------------------------------------------
     def default_window(self) -> Window:
         """The file's window if it has one; the soft-tissue preset for CT in HU; the full 0–255 range for 8-bit
