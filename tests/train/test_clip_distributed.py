@@ -152,3 +152,32 @@ def test_training_can_start_from_given_weights(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="does not fit"):
         other = clip_module.build_dual_encoder({**ARCH, "embed_dim": 8}, pretrained_text=False)
         clip_module._init_from(other, str(first))
+
+
+def test_attribute_heads_targets_and_loss_split_like_the_global_batch() -> None:
+    from medfoundry.train.clip import attribute_loss, attribute_targets
+
+    task = {"name": "modality", "part": 0, "classes": {"CT": ["ct", "ct scan"], "MR": ["mri"],
+                                                      "endoscopy": ["colonoscopy"]},
+            "source_values": {"kvasir": "endoscopy"}}
+    rows = [{"label": "CT axial head", "source": "medpix"}, {"label": "MR sagittal head", "source": "medpix"},
+            {"label": "polyp", "source": "kvasir"}, {"label": "pneumonia", "source": "pneumoniamnist"}]
+    assert attribute_targets(rows, task).tolist() == [0, 1, 2, -1]
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    prompts = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    target = attribute_targets(rows, task)
+    scale = torch.tensor(10.0)
+    whole = attribute_loss(img, prompts, scale, [task], [target], [3], 1)
+    halves = [attribute_loss(img[a:b], prompts, scale, [task], [target[a:b]], [3], 2) for a, b in ((0, 2), (2, 4))]
+    assert torch.allclose(whole, (halves[0] + halves[1]) / 2)  # what DDP's gradient averaging sees
+    protos = torch.stack([torch.nn.functional.normalize(prompts[:2].mean(0), dim=-1), prompts[2], prompts[3]])
+    expected = torch.nn.functional.cross_entropy(scale * img[:3] @ protos.t(), target[:3])
+    assert torch.allclose(whole, expected)
+
+
+def test_training_with_attribute_heads_runs(tmp_path: Path) -> None:
+    task = {"name": "finding", "part": 0, "classes": {"normal": ["normal lungs"], "pneumonia": ["pneumonia"]}}
+    cfg = _config(tmp_path, "attr", 4, train_attributes=[task], attribute_weight=0.5)
+    folder = train_clip(cfg)
+    assert (folder / "model.safetensors").is_file()

@@ -46,6 +46,13 @@ class ClipTrainConfig:
     amp: bool = True
     #: :func:`augment_params` strength: ``light`` (version 2) or ``strong``
     augment: str = "light"
+    #: attribute heads made of text, trained beside the contrastive loss with weight ``attribute_weight``: per task
+    #: ``{"name": "plane", "part": 1, "classes": {"axial": ["axial image", ...], ...}, "source_values":
+    #: {"kvasir": "endoscopy"}}``; a sample's class is ``source_values[source]`` or word ``part`` of its label
+    #: (samples without a class in ``classes`` are left out of that task). Its class prototype is the mean of
+    #: its prompts' projected text features, so training sharpens exactly what zero-shot classification uses.
+    train_attributes: list[dict[str, Any]] = field(default_factory=list)
+    attribute_weight: float = 0.0
     #: start from these weights (a checkpoint file or model folder of the same architecture) instead of random
     init_weights: str | None = None
     arch: dict[str, Any] = field(default_factory=lambda: {"image_backbone": "resnet18", "image_size": 192,
@@ -208,6 +215,39 @@ class ContrastiveStep(torch.nn.Module):
         return img, txt, self.model.logit_scale.exp().clamp(max=100)
 
 
+def attribute_targets(rows: list[dict[str, str]], task: dict[str, Any]) -> torch.Tensor:
+    """(N,) class index of each row for one :attr:`ClipTrainConfig.train_attributes` task; −1 where none."""
+    classes = list(task["classes"])
+    out = []
+    for r in rows:
+        value = task.get("source_values", {}).get(r.get("source", ""))
+        if value is None:
+            words = (r.get("label") or "").split()
+            value = words[task["part"]] if len(words) > task["part"] else None
+        out.append(classes.index(value) if value in classes else -1)
+    return torch.tensor(out, dtype=torch.long)
+
+
+def attribute_loss(img: torch.Tensor, prompt_txt: torch.Tensor, scale: torch.Tensor,
+                   tasks: list[dict[str, Any]], targets: list[torch.Tensor], global_valid: list[int],
+                   world_size: int) -> torch.Tensor:
+    """Cross-entropy of this rank's (B, D) unit image embeddings against each task's class prototypes (the mean
+    of its prompts' unit text embeddings, ``prompt_txt`` in the order of the tasks' prompts), summed over valid
+    samples and divided by the global batch's valid count (× world size, since DDP averages gradients)."""
+    total = img.new_zeros(())
+    start = 0
+    for task, target, valid in zip(tasks, targets, global_valid, strict=True):
+        protos = []
+        for prompts in task["classes"].values():
+            protos.append(F.normalize(prompt_txt[start : start + len(prompts)].mean(0), dim=-1))
+            start += len(prompts)
+        keep = target >= 0
+        if valid and bool(keep.any()):
+            logits = scale * img[keep] @ torch.stack(protos).t()
+            total = total + F.cross_entropy(logits, target[keep].to(img.device), reduction="sum") * world_size / valid
+    return total / max(1, len(tasks))
+
+
 def gather_features(x: torch.Tensor, world_size: int) -> torch.Tensor:
     """All ranks' (B, D) features concatenated in rank order, with gradients flowing back to each rank's own part
     (open_clip's ``gather_with_grad``), so the loss sees the negatives of the global batch."""
@@ -300,6 +340,8 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
     val_classes = sorted({r["label"] for r in val_rows})
     prompts = [t.format(c) for c in val_classes for t in cfg.eval_templates]
     prompts += [p for task in cfg.val_attributes for p in task["prompts"].values()]
+    attr_prompts = [p for task in cfg.train_attributes for ps in task["classes"].values() for p in ps]
+    prompts += attr_prompts
     unique = sorted({t for ts in train_texts for t in ts} | set(prompts))
     feats = {}
     with torch.no_grad():
@@ -334,6 +376,8 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed)
     use_amp = cfg.amp and (ctx.device.type == "cuda" or cfg.cpu_bf16)
     labels = [r["label"] for r in train_rows]
+    attr_targets = [attribute_targets(train_rows, task) for task in cfg.train_attributes]
+    attr_feats = torch.stack([feats[p] for p in attr_prompts]).to(ctx.device) if attr_prompts else None
     lo, hi = ctx.rank * cfg.batch_size, (ctx.rank + 1) * cfg.batch_size
     steps_run = 0
     progress = _step_progress(ctx.is_main)
@@ -360,11 +404,19 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
             x = augment(images[local].float(), {k: v[lo:hi] for k, v in aug.items()}, contract.mean[0],
                         contract.std[0]).to(ctx.device)
             tf = torch.stack([feats[t] for t in texts[lo:hi]]).to(ctx.device)
+            if attr_feats is not None:
+                tf = torch.cat([tf, attr_feats])
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 img, txt, scale = step_module(x, tf)
-            img = gather_features(img.float(), ctx.world_size)
+            img_local, prompt_txt, txt = img.float(), txt[len(local):].float(), txt[: len(local)]
+            img = gather_features(img_local, ctx.world_size)
             txt = gather_features(txt.float(), ctx.world_size)
             loss = clip_loss(img, txt, scale.float(), soft_targets([labels[i] for i in idx], texts, cfg.label_weight))
+            if attr_feats is not None and cfg.attribute_weight > 0:
+                loss = loss + cfg.attribute_weight * attribute_loss(
+                    img_local, prompt_txt, scale.float(), cfg.train_attributes,
+                    [t[torch.tensor(local)] for t in attr_targets],
+                    [int((t[torch.tensor(idx)] >= 0).sum()) for t in attr_targets], ctx.world_size)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
