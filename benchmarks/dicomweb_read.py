@@ -103,6 +103,8 @@ def main() -> None:
                 cached += timed(lambda: read_image(address), 1)
             with urllib.request.urlopen(server.url.rsplit("/dicom-web", 1)[0] + "/system", timeout=10) as r:
                 orthanc_version = json.load(r)["Version"]
+            where = ("in a private network namespace, through a relay on 127.0.0.1 (same machine)" if server.isolated
+                     else "on 127.0.0.1 (same machine)")
         finally:
             server.stop()
         size = sum(p.stat().st_size for p in folder.glob("*.dcm"))
@@ -117,7 +119,7 @@ def main() -> None:
         "disk_folder": summary(disk),
         "dicomweb_first_read": summary(first),
         "dicomweb_cached_read": summary(cached),
-        "server": f"Orthanc {orthanc_version} + DICOMweb plugin on 127.0.0.1 (same machine)",
+        "server": f"Orthanc {orthanc_version} + DICOMweb plugin {where}",
         "client": f"dicomweb-client {dicomweb_client.__version__}", "medfoundry": medfoundry.__version__,
         "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
         "load_average_1min_at_start": load_start, "load_average_1min_at_end": round(os.getloadavg()[0], 2),
