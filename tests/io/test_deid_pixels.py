@@ -188,3 +188,22 @@ def test_server_entry_point_logs_and_says_no_phi(tmp_path, caplog, capfd, recwar
         assert value not in said, value
         assert value.encode() not in out and value.encode() not in out_from_path, value
     assert out == out_from_path
+
+
+def test_one_deidentifier_shared_by_server_threads_keeps_patients_apart():
+    """A server de-identifies concurrent uploads with one Deidentifier: each keeps its own patient's pseudonym."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pydicom.data
+
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    uploads = []
+    for i in range(24):
+        ds.PatientID, ds.PatientName = f"THREAD-{i}", f"Thread^{i}"
+        uploads.append((f"THREAD-{i}", _bytes(ds)))
+    deid = Deidentifier("shift-dates")
+    with ThreadPoolExecutor(6) as pool:
+        outs = list(pool.map(lambda u: deidentify_bytes(u[1], deid, "upload.dcm"), uploads))
+    for (patient, _), out in zip(uploads, outs, strict=True):
+        new = pydicom.dcmread(io.BytesIO(out))
+        assert new.PatientID == deid.pseudonym(patient) == str(new.PatientName)

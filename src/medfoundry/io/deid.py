@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -113,6 +114,7 @@ class Deidentifier:
             for tag in self._date_tags:
                 self._rules[tag] = self._shift_date
         self._patient = ""
+        self._lock = threading.Lock()  # one dataset at a time: a server shares one deidentifier between threads
 
     # ----- keyed mappings -------------------------------------------------------------------------------------
     def _digest(self, kind: str, value: str) -> bytes:
@@ -192,7 +194,12 @@ class Deidentifier:
         """De-identify a pydicom dataset in place (its file meta too); with ``clean_pixels``, its burned-in
         text regions first. Raises :class:`~medfoundry.io.deid_pixels.BurnedInAnnotationError` for burned-in
         annotation that is not (or cannot be) cleaned, :class:`DeidentificationError` for a dataset the table's
-        actions cannot handle. Error reasons name no attribute values (they may reach a server's log)."""
+        actions cannot handle. Error reasons name no attribute values (they may reach a server's log).
+        Thread-safe (datasets are de-identified one at a time)."""
+        with self._lock:
+            self._deidentify_dataset(ds, source)
+
+    def _deidentify_dataset(self, ds: Any, source: str | Path) -> None:
         try:
             regions = self._clean_or_refuse(ds, source)
             self._patient = str(ds.get("PatientID", "") or ds.get("PatientName", "") or "")
