@@ -15,7 +15,10 @@ path needs on top of the table:
   by the same number of days (Modified Dates Option);
 - private attributes are removed; De-identification Method (Code Sequence), Patient Identity Removed and
   Longitudinal Temporal Information Modified record what was done;
-- objects that declare ``BurnedInAnnotation = YES`` are refused: medfoundry has no pixel cleaning.
+- objects that declare ``BurnedInAnnotation = YES`` are refused, unless pixel cleaning is asked for
+  (``clean_pixels``): then the regions that the curated filters of pydicom's ``deid`` package name for the
+  object's device are blanked (:mod:`medfoundry.io.deid_pixels`, every image, declared or not), and an image that
+  declares burned-in text with no filter for its device is still refused, never passed through.
 
 Pixel data, geometry (position, orientation, spacing) and the modality LUT are not in the table and are kept,
 so a de-identified series reads as the same volume.
@@ -30,12 +33,14 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from medfoundry.errors import DeidentificationError, ImageReadError, InputContractError, OutputExistsError
+from medfoundry.io.deid_pixels import BurnedInAnnotationError, CleanedRegions
 
 PROFILES: tuple[str, ...] = ("basic", "retain-dates", "shift-dates")
 #: The edition of PS3.15 Table E.1-1 whose actions are applied (a module of dicom-anonymizer).
@@ -73,6 +78,10 @@ class Deidentifier:
         profile: ``"basic"``, ``"retain-dates"`` or ``"shift-dates"`` (see the module docstring).
         secret: the key of the UID and pseudonym hashes; the same secret maps the same inputs the same way
             (keep it, with the mapping, in a key file only when asked). A fresh random one by default.
+        clean_pixels: blank the burned-in text regions that ``deid``'s filters name for each object's device
+            (:func:`medfoundry.io.deid_pixels.clean_burned_in`); without it, burned-in annotation is refused.
+
+    ``cleaned`` maps each source whose pixels were cleaned to the regions and filters applied.
     """
 
     profile: str = "basic"
@@ -80,6 +89,8 @@ class Deidentifier:
     uids: dict[str, str] = field(default_factory=dict)
     patients: dict[str, str] = field(default_factory=dict)
     date_shifts: dict[str, int] = field(default_factory=dict)
+    clean_pixels: bool = False
+    cleaned: dict[str, CleanedRegions] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -103,6 +114,7 @@ class Deidentifier:
             for tag in self._date_tags:
                 self._rules[tag] = self._shift_date
         self._patient = ""
+        self._lock = threading.Lock()  # one dataset at a time: a server shares one deidentifier between threads
 
     # ----- keyed mappings -------------------------------------------------------------------------------------
     def _digest(self, kind: str, value: str) -> bytes:
@@ -179,23 +191,48 @@ class Deidentifier:
 
     # ----- datasets -------------------------------------------------------------------------------------------
     def deidentify_dataset(self, ds: Any, source: str | Path = "<dataset>") -> None:
-        """De-identify a pydicom dataset in place (its file meta too). Raises :class:`DeidentificationError`
-        for burned-in annotation or a dataset the table's actions cannot handle."""
-        if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
-            raise DeidentificationError(source, "it declares BurnedInAnnotation YES (identifying text in the "
-                                                "pixels) and medfoundry has no pixel cleaning; remove the text "
-                                                "with a pixel-cleaning tool first, or leave this image out")
-        self._patient = str(ds.get("PatientID", "") or ds.get("PatientName", "") or "")
+        """De-identify a pydicom dataset in place (its file meta too); with ``clean_pixels``, its burned-in
+        text regions first. Raises :class:`~medfoundry.io.deid_pixels.BurnedInAnnotationError` for burned-in
+        annotation that is not (or cannot be) cleaned, :class:`DeidentificationError` for a dataset the table's
+        actions cannot handle. Error reasons name no attribute values (they may reach a server's log).
+        Thread-safe (datasets are de-identified one at a time)."""
+        with self._lock:
+            self._deidentify_dataset(ds, source)
+
+    def _deidentify_dataset(self, ds: Any, source: str | Path) -> None:
         try:
+            regions = self._clean_or_refuse(ds, source)
+            self._patient = str(ds.get("PatientID", "") or ds.get("PatientName", "") or "")
             self._apply(ds)
             meta = getattr(ds, "file_meta", None)
             if meta is not None:
                 self._replace_uid(meta, (0x0002, 0x0003))
                 if ds.get("SOPInstanceUID"):
                     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        except (NotImplementedError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise DeidentificationError(source, f"{type(exc).__name__}: {exc}") from exc
-        self._record(ds)
+        except DeidentificationError:
+            raise
+        except Exception as exc:  # the table's actions, or pydicom decoding a (truncated, malformed) element late
+            # the exception's text can quote a header value: only its type is named
+            raise DeidentificationError(source, f"the Table E.1-1 actions failed on its header "
+                                                f"({type(exc).__name__})") from exc
+        self._record(ds, cleaned=regions is not None)
+        if regions is not None:
+            self.cleaned[str(source)] = regions
+
+    def _clean_or_refuse(self, ds: Any, source: str | Path) -> Any:
+        """Burned-in annotation: refused without ``clean_pixels``; with it, the regions the deid filters name are
+        blanked (declared or not). The regions cleaned, or None."""
+        declared = str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
+        if self.clean_pixels:
+            from medfoundry.io.deid_pixels import clean_burned_in, find_regions
+
+            if declared or ("PixelData" in ds and find_regions(ds, str(source))[1].regions):
+                return clean_burned_in(ds, str(source))
+        elif declared:
+            raise BurnedInAnnotationError(source, "it declares BurnedInAnnotation YES (identifying text in the "
+                                                  "pixels); ask for pixel cleaning (--clean-pixels) or leave this "
+                                                  "image out")
+        return None
 
     def _apply(self, ds: Any) -> None:
         """Table actions inside every sequence item first, then on this level; private attributes removed."""
@@ -206,7 +243,7 @@ class Deidentifier:
         self._simple.anonymize_dataset(ds, None, True, lambda: dict(self._rules))
         ds.remove_private_tags()
 
-    def _record(self, ds: Any) -> None:
+    def _record(self, ds: Any, cleaned: bool = False) -> None:
         from pydicom.dataset import Dataset
         from pydicom.sr.codedict import codes
 
@@ -215,8 +252,14 @@ class Deidentifier:
                   "retain-dates": "PS3.15 Annex E Basic Profile, Retain Longitudinal Temporal Information Full Dates",
                   "shift-dates": "PS3.15 Annex E Basic Profile, Retain Longitudinal Temporal Information Modified "
                                  "Dates"}[self.profile]
-        ds.DeidentificationMethod = f"medfoundry deid: {method} (Table E.1-1 {TABLE_VERSION[-5:]})"[:64]
+        methods = [f"medfoundry deid: {method} (Table E.1-1 {TABLE_VERSION[-5:]})"[:64]]
         concepts = [codes.DCM.BasicApplicationConfidentialityProfile]
+        if cleaned:
+            from medfoundry.io.deid_pixels import deid_version
+
+            methods.append(f"Clean Pixel Data: regions of the deid {deid_version()} filters")
+            concepts.append(codes.DCM.CleanPixelDataOption)
+        ds.DeidentificationMethod = methods if len(methods) > 1 else methods[0]
         if self.profile == "retain-dates":
             concepts.append(codes.DCM.RetainLongitudinalTemporalInformationFullDatesOption)
         elif self.profile == "shift-dates":
@@ -275,27 +318,57 @@ def _vr(tag: tuple[int, ...]) -> str:
         return ""
 
 
-def deidentify_bytes(data: bytes, deidentifier: Deidentifier, source: str = "<upload>") -> bytes:
-    """De-identify one DICOM file given as bytes; returns the de-identified file's bytes."""
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Silence pydicom's warnings and log records (they can quote header values) while a file is handled."""
+    import logging
+    import warnings
+
+    logger = logging.getLogger("pydicom")
+    disabled = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = disabled
+
+
+def deidentify_bytes(data: bytes | str | Path, deidentifier: Deidentifier, source: str = "<upload>") -> bytes:
+    """De-identify one DICOM file, given as its bytes or its path; returns the de-identified file's bytes.
+
+    This is the entry point for a server (``serve --deid``): call it on the received bytes (or the temporary
+    file they were written to) before anything is stored, and store only what it returns. ``source`` is the
+    name used in errors, so pass a neutral one (not the upload's own file name). Nothing is written anywhere;
+    pydicom's warnings and log records are silenced while it runs, and error reasons name no attribute value.
+
+    Raises :class:`DeidentificationError` (or its :class:`~medfoundry.io.deid_pixels.BurnedInAnnotationError`)
+    for a non-DICOM or unusable file, burned-in annotation not cleaned, or a result that cannot be encoded.
+    """
     import io
 
     import pydicom
 
     from medfoundry.io.dicom import read_dataset
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "in.dcm"
-        path.write_bytes(data)
+    with _quiet():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(data) if isinstance(data, (str, Path)) else Path(tmp) / "in.dcm"
+            if not isinstance(data, (str, Path)):
+                path.write_bytes(data)
+            try:
+                ds = read_dataset(path)
+            except ImageReadError:
+                raise DeidentificationError(source, "not a readable DICOM file") from None
+            except OSError as exc:
+                raise DeidentificationError(source, f"cannot read it ({type(exc).__name__})") from None
+        deidentifier.deidentify_dataset(ds, source)
+        buffer = io.BytesIO()
         try:
-            ds = read_dataset(path)
-        except ImageReadError as exc:
-            raise DeidentificationError(source, exc.reason) from exc
-    deidentifier.deidentify_dataset(ds, source)
-    buffer = io.BytesIO()
-    try:
-        pydicom.dcmwrite(buffer, ds)
-    except Exception as exc:  # pydicom raises many types for datasets it cannot encode
-        raise DeidentificationError(source, f"cannot write the result ({type(exc).__name__}: {exc})") from exc
+            pydicom.dcmwrite(buffer, ds)
+        except Exception as exc:  # pydicom raises many types for datasets it cannot encode (text may quote values)
+            raise DeidentificationError(source, f"cannot write the result ({type(exc).__name__})") from exc
     return buffer.getvalue()
 
 
@@ -312,7 +385,8 @@ def _dicom_files(folder: Path) -> list[Path]:
 
 
 def deidentify(src: str | Path, out: str | Path, *, profile: str = "basic", key: str | Path | None = None,
-               overwrite: bool = False) -> list[Path]:
+               overwrite: bool = False, clean_pixels: bool = False,
+               report: dict[str, CleanedRegions] | None = None) -> list[Path]:
     """De-identify a DICOM file, or every DICOM file under a folder, into ``out``.
 
     A file becomes the file ``out``; a folder becomes the folder ``out`` holding ``<new SOP Instance
@@ -320,6 +394,10 @@ def deidentify(src: str | Path, out: str | Path, *, profile: str = "basic", key:
     folder beside ``out`` and renamed into place only when every object succeeded: a failure leaves no output.
     With ``key``, the mapping is continued from that key file when it exists and written back to it (mode
     0600); without it, the secret lives only in memory and the mapping cannot be reversed.
+
+    Objects that declare burned-in annotation are refused, unless ``clean_pixels`` (see :class:`Deidentifier`);
+    every such refusal in a folder is collected and reported in one :class:`BurnedInAnnotationError` naming each
+    file, and nothing is written. ``report``, when given, receives the source path → regions cleaned.
 
     Returns the written file paths. Raises :class:`DeidentificationError` (naming the file) or
     :class:`OutputExistsError`.
@@ -330,18 +408,30 @@ def deidentify(src: str | Path, out: str | Path, *, profile: str = "basic", key:
     if out.exists() and not overwrite:
         raise OutputExistsError(out)
     deid = Deidentifier.from_key(key, profile) if key and Path(key).exists() else Deidentifier(profile=profile)
+    deid.clean_pixels = clean_pixels
     files = [src] if src.is_file() else _dicom_files(src)
     if not files:
         raise DeidentificationError(src, "no DICOM files found")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     written: list[tuple[Path, str]] = []
+    burned: list[BurnedInAnnotationError] = []
     try:
         for path in files:
-            data = deidentify_bytes(path.read_bytes(), deid, str(path))
+            try:
+                data = deidentify_bytes(path, deid, str(path))
+            except BurnedInAnnotationError as exc:
+                burned.append(exc)  # go on: every such image is named at once
+                continue
             name = f"{len(written):06d}.dcm"
             (tmp / name).write_bytes(data)
             written.append((tmp / name, _sop_uid(data) or name))
+        if burned:
+            if len(files) == 1:
+                raise burned[0]
+            listed = "; ".join(f"{exc.path}: {exc.reason}" for exc in burned)
+            raise BurnedInAnnotationError(src, f"{len(burned)} of {len(files)} images were refused for burned-in "
+                                               f"annotation, nothing was written: {listed}")
         if src.is_file():
             final = [out]
             if out.is_dir():
@@ -363,6 +453,8 @@ def deidentify(src: str | Path, out: str | Path, *, profile: str = "basic", key:
             shutil.rmtree(tmp)
     if key:
         deid.save_key(key)
+    if report is not None:
+        report.update(deid.cleaned)
     return final
 
 
