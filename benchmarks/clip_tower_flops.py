@@ -31,8 +31,9 @@ def main() -> None:
     clip = open_contrastive("medfoundry-clip-tiny")
     lite = open_segmenter("litemedsam")
     clip_size = clip.record.preprocess.image_size
+    tower = clip.backend.model.encode_image
     rows = {
-        f"medfoundry-clip-tiny image tower (resnet18, {clip_size} px)": gflops(clip.backend.model.encode_image, clip_size),
+        f"medfoundry-clip-tiny image tower (resnet18, {clip_size} px)": gflops(tower, clip_size),
         "LiteMedSAM TinyViT encoder (its contract, 256 px)": gflops(lite.model.embed, 256),
         f"LiteMedSAM TinyViT encoder at {clip_size} px": gflops(lite.model.image_encoder, clip_size),
     }
