@@ -71,7 +71,7 @@ def test_embeddings_equal_reference(setup, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     files = []
     for i, shape in enumerate([(500, 470, 3), (460, 520)]):
-        base = rng.integers(0, 256, (shape[0] // 8, shape[1] // 8) + shape[2:], dtype=np.uint8)
+        base = rng.integers(0, 256, (shape[0] // 8, shape[1] // 8, *shape[2:]), dtype=np.uint8)
         arr = np.asarray(Image.fromarray(base).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
         Image.fromarray(arr).save(tmp_path / f"{i}.png")
         files.append(tmp_path / f"{i}.png")
@@ -88,7 +88,7 @@ def test_embeddings_equal_reference(setup, tmp_path: Path) -> None:
 
 
 def test_wrong_inputs_are_typed_errors(setup, tmp_path: Path) -> None:
-    record, path, config = setup
+    record, path, _ = setup
     predictor = load_contrastive(record, path)
     with pytest.raises(InputContractError, match="pixels"):
         predictor.backend.encode_image(torch.zeros(1, 1, 448, 448))

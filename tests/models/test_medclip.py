@@ -126,7 +126,7 @@ def test_wrong_inputs_are_typed_errors(setup, tmp_path: Path) -> None:
         predictor.backend.encode_image(torch.zeros(1, 2, 224, 224))
     with zipfile.ZipFile(tmp_path / "empty.zip", "w") as archive:
         archive.writestr("README.txt", "no weights")
-    with pytest.raises(WeightsError, match="pytorch_model.bin"):
+    with pytest.raises(WeightsError, match=r"pytorch_model\.bin"):
         load_contrastive(record, tmp_path / "empty.zip")
     state = torch.load(root / "pytorch_model.bin", weights_only=True)
     state.pop("text_model.projection_head.weight")

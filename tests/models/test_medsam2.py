@@ -93,10 +93,10 @@ def test_image_predictor_matches_sam2(checkpoint: Path) -> None:
 
 
 def test_volume_propagation_matches_video_predictor(checkpoint: Path, monkeypatch) -> None:
+    import sam2.sam2_video_predictor as video
     from PIL import Image
     from scipy import ndimage
 
-    import sam2.sam2_video_predictor as video
     from medfoundry.predict.medsam2 import load_sam2_segmenter, volume_frames, window_volume
 
     volume = _volume()

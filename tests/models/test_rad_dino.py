@@ -94,7 +94,7 @@ def test_dense_features_and_errors(folder: Path, tmp_path: Path) -> None:
         predictor.embed_texts(["a chest x-ray"])
     with pytest.raises(InputContractError, match="pixels"):
         predictor.backend.encode_image(torch.zeros(1, 1, 518, 518))
-    with pytest.raises(WeightsNotFoundError, match="config.json"):
+    with pytest.raises(WeightsNotFoundError, match=r"config\.json"):
         load_contrastive(get_record("rad-dino"), tmp_path)
     np.save(tmp_path / "vol.npy", np.zeros((4, 32, 32), dtype=np.float32))
     with pytest.raises(InputContractError, match="volume"):

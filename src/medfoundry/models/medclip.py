@@ -92,7 +92,7 @@ def read_medclip_state(weights: Any) -> dict[str, Any]:
             data = archive.read(members[0])
         try:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 (torch raises several types for a bad pickle)
+        except Exception as exc:
             raise WeightsError(f"{path}: {members[0]} is not a loadable state dict ({exc})") from exc
         return load_state_dict(state)
     return load_state_dict(weights)

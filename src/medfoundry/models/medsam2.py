@@ -72,5 +72,6 @@ def load_medsam2(weights: Any, config: str = BASE_CONFIG, overrides: Sequence[st
     except RuntimeError as exc:
         raise WeightsError(f"{name}: the weights do not fit MedSAM2: {str(exc)[:300]}") from exc
     if missing or unexpected:
-        raise WeightsError(f"{name}: the weights do not fit MedSAM2: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise WeightsError(f"{name}: the weights do not fit MedSAM2: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
     return model

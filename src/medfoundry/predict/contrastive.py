@@ -246,13 +246,13 @@ def _load_contrastive(record: ModelRecord, weights: Any, device: str) -> Contras
         import importlib
 
         module, function = _ADAPTERS[arch].split(":")
-        backend = getattr(importlib.import_module(module), function)(weights, device, record.name,
-                                                                     **record.arch_config)
+        load = getattr(importlib.import_module(module), function)
+        backend = load(weights, device, record.name, **record.arch_config)
         return ContrastivePredictor(backend, record, device)
     raise RegistryError(f"{record.name}: architecture {arch!r} is registered but medfoundry cannot run it yet")
 
 
-#: arch → "module:function(weights, device, name, **arch_config) -> backend" for the published systems with their own module
+#: arch → "module:function(weights, device, name, **arch_config) -> backend": published systems in their own modules
 _ADAPTERS = {
     "hf_dinov2": "medfoundry.models.rad_dino:load_dinov2",
     "conch": "medfoundry.models.conch:load_conch",
