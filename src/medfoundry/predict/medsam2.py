@@ -39,7 +39,7 @@ def window_volume(array: np.ndarray, window: Window) -> np.ndarray:
     lo, hi = float(clipped.min()), float(clipped.max())
     if hi <= lo:
         raise InputContractError(f"the volume is constant inside the window {window.low}..{window.high}")
-    return np.uint8((clipped - lo) / (hi - lo) * 255.0)
+    return np.asarray((clipped - lo) / (hi - lo) * 255.0).astype(np.uint8)  # truncation, as np.uint8(x)
 
 
 def volume_frames(volume_u8: np.ndarray, size: int = 512) -> torch.Tensor:
@@ -124,7 +124,8 @@ class Sam2Segmenter:
 
         if self.image is None:
             raise InputContractError("call set_image() before predict()")
-        points, point_labels, boxes = check_prompts(self.image.spatial_shape, points, point_labels, boxes)
+        h, w = self.image.spatial_shape[:2]
+        points, point_labels, boxes = check_prompts((h, w), points, point_labels, boxes)
         if mask_input is not None:
             raise InputContractError(f"{self.record.name}: mask prompts are not supported here; use boxes or points")
         results = []
