@@ -150,3 +150,8 @@ def test_wrong_inputs_are_typed_errors(checkpoint: Path, tmp_path: Path) -> None
     torch.save({"model": state}, tmp_path / "cut.pt")
     with pytest.raises(WeightsError, match="missing"):
         load_sam2_segmenter(_record(), tmp_path / "cut.pt")
+    # open_segmenter builds the registered MedSAM2 (the full Hiera-T at 512), which the tiny weights do not fit
+    from medfoundry.predict.segment import open_segmenter
+
+    with pytest.raises(WeightsError, match="do not fit MedSAM2"):
+        open_segmenter("medsam2", weights=checkpoint)

@@ -86,7 +86,9 @@ def test_embeddings_equal_dinov2(folder: Path, images: list[Path]) -> None:
 
 
 def test_dense_features_and_errors(folder: Path, tmp_path: Path) -> None:
-    predictor = load_contrastive(get_record("rad-dino"), folder)
+    from medfoundry.predict.contrastive import open_contrastive
+
+    predictor = open_contrastive("rad-dino", weights=folder)  # through the registry, weights given
     with torch.no_grad():
         dense = predictor.backend.encode_image_dense(torch.randn(1, 3, 518, 518))
     assert dense.shape == (1, 48, 37, 37)
