@@ -11,6 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# reference packages the tests compare against that cannot be plain dependencies (see pyproject's extras)
+	SAM2_BUILD_CUDA=0 $(BIN)/python -m pip install --quiet --no-build-isolation "sam2>=1.1" "hydra-core>=1.3" "iopath>=0.1.10"
+	$(BIN)/python -m pip install --quiet --no-deps "medclip==0.0.3"
 	touch $@
 
 demo: setup

@@ -113,6 +113,28 @@ def test_to_ras_reorients_lps_volume() -> None:
     assert ras[0, 0, 0] == arr[0, 2, 3]  # RAS voxel 0 is the rightmost, most anterior column of slice 0
 
 
+def test_precision_follows_the_cpu() -> None:
+    """auto: bfloat16 where the CPU has it natively, float32 where it is emulated; bf16 asked on an AVX2 CPU
+    warns and stays float32 (the network here is random: only the dtype decision is under test)."""
+    from medfoundry.models.hardware import CpuFeatures
+    from medfoundry.predict.volume_encoder import VolumeEncoderPredictor
+
+    avx2 = CpuFeatures("AVX2 CPU", "AVX2", frozenset({"avx2"}))
+    amx = CpuFeatures("AMX CPU", "AVX512", frozenset({"avx512_bf16", "amx_bf16"}))
+    predictor = VolumeEncoderPredictor(RECORD, I3ResNet())
+    assert predictor.set_precision("auto", avx2).dtype == torch.float32
+    assert "emulated" in predictor.precision_choice.reason
+    assert predictor.set_precision("auto", amx).dtype == torch.bfloat16
+    assert next(predictor.model.parameters()).dtype == torch.bfloat16
+    with pytest.warns(RuntimeWarning, match="bf16 ignored"):
+        assert predictor.set_precision("bf16", avx2).dtype == torch.float32
+    assert next(predictor.model.parameters()).dtype == torch.float32
+    assert predictor.set_precision("bf16", amx).dtype == torch.bfloat16
+    assert predictor.set_precision("fp32", amx).dtype == torch.float32
+    with pytest.raises(InputContractError, match="int8"):
+        predictor.set_precision("int8")
+
+
 def test_bad_volumes_raise_typed_errors() -> None:
     with pytest.raises(InputContractError, match="single slice"):
         to_ras(MedImage(array=np.zeros((1, 8, 8), np.float32), spacing=(1.0, 1.0, 1.0)))

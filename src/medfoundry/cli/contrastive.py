@@ -47,8 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pe.add_argument("--text", action="append", default=None, help="embed this text instead (repeatable)")
     add_model_flags(pe, required=False)
     pe.add_argument("--slice", type=int, default=None, dest="slice_index", help="slice of volumes to embed")
-    pe.add_argument("--precision", choices=["fp32", "bf16", "int8"], default="fp32",
-                    help="bf16 autocast, or int8 dynamic quantisation of Linear layers (CPU)")
+    pe.add_argument("--precision", choices=["fp32", "bf16", "int8", "auto"], default="fp32",
+                    help="bf16 autocast, or int8 dynamic quantisation of Linear layers (CPU); auto: 3D encoders run "
+                         "bf16 where the CPU has native bfloat16 and fp32 where it is emulated (2D models: fp32)")
     pe.add_argument("--out", required=True, help="output .npy (N × D float32)")
     pe.add_argument("--overwrite", action="store_true")
     pe.set_defaults(func=run_embed, model=None)
@@ -99,7 +100,8 @@ def run_embed(args: argparse.Namespace) -> int:
         raise InputContractError("give either images or --text, not both and not neither")
     if is_volume_encoder(resolve_model(args.model or DEFAULT_MODEL, args.weights)[0]):
         return _embed_volumes(args)
-    predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights).set_precision(args.precision)
+    precision = "fp32" if args.precision == "auto" else args.precision
+    predictor = open_contrastive(args.model or DEFAULT_MODEL, args.weights).set_precision(precision)
     emb = predictor.embed_texts(args.text) if args.text else predictor.embed_images(
         _images(args.images, args.slice_index), progress=True)
     with atomic_output(args.out, args.overwrite) as tmp, open(tmp, "wb") as fh:
@@ -122,6 +124,7 @@ def _embed_volumes(args: argparse.Namespace) -> int:
     check_writable(args.out, args.overwrite)  # before minutes of work
     volumes = [read_image(p) for p in args.images]
     predictor = open_volume_encoder(args.model, args.weights).set_precision(args.precision)
+    print(f"precision: {predictor.precision_choice.precision} ({predictor.precision_choice.reason})")
     emb = predictor.embed_volumes(volumes, progress=True)
     with atomic_output(args.out, args.overwrite) as tmp, open(tmp, "wb") as fh:
         np.save(fh, emb.astype(np.float32))

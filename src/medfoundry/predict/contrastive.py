@@ -242,7 +242,22 @@ def _load_contrastive(record: ModelRecord, weights: Any, device: str) -> Contras
         model = loaded.to(device)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         return ContrastivePredictor(HFClipBackend(model, tokenizer), record, device)
+    if arch in _ADAPTERS:  # architectures whose adapters live in their own modules (models/<arch>.py)
+        import importlib
+
+        module, function = _ADAPTERS[arch].split(":")
+        load = getattr(importlib.import_module(module), function)
+        backend = load(weights, device, record.name, **record.arch_config)
+        return ContrastivePredictor(backend, record, device)
     raise RegistryError(f"{record.name}: architecture {arch!r} is registered but medfoundry cannot run it yet")
+
+
+#: arch → "module:function(weights, device, name, **arch_config) -> backend": published systems in their own modules
+_ADAPTERS = {
+    "hf_dinov2": "medfoundry.models.rad_dino:load_dinov2",
+    "conch": "medfoundry.models.conch:load_conch",
+    "medclip": "medfoundry.models.medclip:load_medclip",
+}
 
 
 def open_contrastive(model: str, weights: Any = None, device: str = "cpu") -> ContrastivePredictor:

@@ -428,6 +428,10 @@ def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwa
     from medfoundry.models.sam import build_sam
     from medfoundry.registry.loading import load_state_dict
 
+    if record.arch == "sam2":  # MedSAM2: the sam2 package's predictors (medfoundry.predict.medsam2)
+        from medfoundry.predict.medsam2 import load_sam2_segmenter
+
+        return load_sam2_segmenter(record, weights, device)  # type: ignore[return-value]
     if record.arch != "sam":
         raise RegistryError(f"{record.name}: architecture {record.arch!r} is registered but medfoundry cannot run "
                             "it yet")

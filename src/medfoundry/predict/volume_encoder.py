@@ -95,13 +95,32 @@ class VolumeEncoderPredictor:
         self.record, self.model, self.device = record, model.eval().to(device), torch.device(device)
         self.contract = dict(record.arch_config)
         self.dtype = torch.float32
+        self.precision_choice: Any = None  # predict.precision.PrecisionChoice: what ran and why
 
-    def set_precision(self, precision: str) -> VolumeEncoderPredictor:
-        """``fp32`` (default; the bfloat16 checkpoint is widened once) or ``bf16`` (weights and activations in
-        bfloat16: only worth it where the CPU has native bfloat16, AVX512-BF16/AMX, or on a GPU)."""
-        if precision not in ("fp32", "bf16"):
-            raise InputContractError(f"{self.record.name} runs in fp32 or bf16, not {precision!r}")
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    def set_precision(self, precision: str, features: Any = None) -> VolumeEncoderPredictor:
+        """Follow the hardware: ``auto`` runs bfloat16 where it is native (a CPU with AVX512-BF16/AMX/Arm BF16, or
+        a GPU) and float32 where it would be emulated (AVX2 CPUs, where bf16 is several times slower); ``bf16``
+        asks for bfloat16 (on a CPU without native support it warns and stays float32); ``fp32`` always widens
+        the bfloat16 checkpoint once. ``features``: a :class:`~medfoundry.models.hardware.CpuFeatures` (default:
+        this machine's). The decision is kept in ``precision_choice``."""
+        from medfoundry.models.hardware import cpu_features
+        from medfoundry.predict.precision import PrecisionChoice, choose_precision
+
+        if precision not in ("auto", "fp32", "bf16"):
+            raise InputContractError(f"{self.record.name} runs in auto, fp32 or bf16, not {precision!r}")
+        if self.device.type != "cpu":
+            choice = PrecisionChoice("fp32" if precision == "fp32" else "bf16", f"{precision} on {self.device.type}")
+        else:
+            features = features or cpu_features()
+            if precision == "auto" and features.native_bf16:
+                choice = PrecisionChoice("bf16", f"auto: bfloat16 is native on this CPU ({features.model})")
+            else:
+                choice = choose_precision("fp32" if precision == "auto" else precision, features)
+                if precision == "auto":
+                    choice = PrecisionChoice("fp32", f"auto: bfloat16 would be emulated on this CPU "
+                                                     f"({features.model or 'unknown'}, {features.capability})")
+        self.precision_choice = choice
+        self.dtype = torch.bfloat16 if choice.precision == "bf16" else torch.float32
         self.model.to(self.dtype)
         return self
 
