@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from medfoundry.errors import InputContractError
 from medfoundry.io.image import MedImage
-from medfoundry.predict.preprocess import preprocess, to_unit_range
+from medfoundry.predict.boxes import box_in_window
+from medfoundry.predict.preprocess import pixel_values, preprocess, preprocess_window
 from medfoundry.registry.loading import LoadedWeights
 from medfoundry.registry.records import ModelRecord
 
@@ -263,24 +264,11 @@ class PromptSegmenter:
         return self.image
 
     def _crop_pixels(self, window: np.ndarray) -> torch.Tensor:
-        """Crop (window XYXY, ints) of the image, squashed to the model's input and normalised."""
+        """Crop (window XYXY, ints) of the image as the model's input: :func:`preprocess_window`, the one
+        function that also builds training samples (:func:`medfoundry.train.seg_data.training_sample`)."""
         if self._unit is None:
-            self._unit = to_unit_range(self._require_image(), self.record.preprocess)
-        contract = self.record.preprocess
-        x0, y0, x1, y1 = window
-        crop = torch.from_numpy(self._unit[y0:y1, x0:x1]).permute(2, 0, 1)[None]
-        size = contract.image_size
-        if contract.intensity != "minmax":  # match training: 8-bit values resized bilinearly by Pillow
-            from PIL import Image
-
-            u8 = np.round(self._unit[y0:y1, x0:x1] * 255).astype(np.uint8)
-            resized = np.asarray(Image.fromarray(u8).resize((size, size), Image.Resampling.BILINEAR))
-            crop = torch.from_numpy(resized.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-        else:
-            crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
-        mean = torch.tensor(contract.mean)[:, None, None]
-        std = torch.tensor(contract.std)[:, None, None]
-        return (crop[0] * contract.scale - mean) / std
+            self._unit = pixel_values(self._require_image(), self.record.preprocess)
+        return preprocess_window(self._unit, window, self.record.preprocess)
 
     # -- prompts -----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -347,7 +335,7 @@ class PromptSegmenter:
             x0, y0, x1, y1 = window
             s = np.array([size / (x1 - x0), size / (y1 - y0)], dtype=np.float32)
             origin = np.array([x0, y0], dtype=np.float32)
-            bx = None if box is None else torch.from_numpy(_box_in_crop(box, window, size))[None].to(self.device)
+            bx = None if box is None else torch.from_numpy(box_in_window(box, window, size))[None].to(self.device)
             pts = None
             if points is not None:
                 pts = (torch.from_numpy((points - origin) * s)[None].to(self.device),
@@ -390,7 +378,7 @@ class PromptSegmenter:
         emb, _ = self._embedding(window)
         size = self.record.preprocess.image_size
         x0, y0, x1, y1 = window
-        bx = torch.from_numpy(_box_in_crop(box, window, size))[None].to(self.device)
+        bx = torch.from_numpy(box_in_window(box, window, size))[None].to(self.device)
         mi = torch.from_numpy(previous_mask_prompt(previous[y0:y1, x0:x1], 4 * emb.shape[-1]))[None].to(self.device)
         logits, iou = self.model.decode(emb, boxes=bx, mask_input=mi, head="propagation")
         return SegmentResult(_paste(logits, window, h, w)[None], iou.float().cpu().numpy(),
@@ -403,14 +391,6 @@ class PromptSegmenter:
         fmi = None if mi is None else mi.flip(-1)
         flog, fiou = self.model.decode(emb, points=fpts, boxes=fbx, mask_input=fmi, multimask=multimask)
         return (logits + flog.flip(-1)) / 2, (iou + fiou) / 2
-
-
-def _box_in_crop(box: np.ndarray, window: np.ndarray, size: int) -> np.ndarray:
-    """An XYXY box in image pixels → the same box in the model input made from ``window`` squashed to
-    ``size`` × ``size`` (float32, (4,))."""
-    x0, y0, x1, y1 = window
-    scale = np.array([size / (x1 - x0), size / (y1 - y0)] * 2, dtype=np.float32)
-    return ((np.asarray(box, np.float32) - np.array([x0, y0, x0, y0], np.float32)) * scale).astype(np.float32)
 
 
 def _paste(logits: torch.Tensor, window: np.ndarray, h: int, w: int) -> np.ndarray:
