@@ -36,35 +36,25 @@ def _record(intensity: str = "window", interpolation: str = "bilinear") -> Model
                                   "commercial_use": False, "paper": "t", "training_data": "t", "preprocess": pre})
 
 
-class _Recorder(torch.nn.Module):
-    """A box-crop SAM whose ``embed`` keeps every input it is given (what inference feeds the encoder)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from medfoundry.models.sam import build_sam
-
-        torch.manual_seed(0)
-        self.inner = build_sam(dict(ARCH)).eval()
-        self.config = self.inner.config
-        self.seen: list[torch.Tensor] = []
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(x.clone())
-        return self.inner.embed(x)
-
-    def decode(self, *args, **kwargs):
-        return self.inner.decode(*args, **kwargs)
-
-
 def _inference_input(image, box: np.ndarray, record: ModelRecord) -> torch.Tensor:
-    model = _Recorder()
-    seg = PromptSegmenter(model.inner, record)
-    seg.model = model  # keep the segmenter's own set-up, record the encoder's inputs
-    seg.prepare_embeddings = False
+    """The tensor a PromptSegmenter feeds the image encoder for ``box`` on ``image``."""
+    from medfoundry.models.sam import build_sam
+
+    torch.manual_seed(0)
+    model = build_sam(dict(ARCH)).eval()
+    seen: list[torch.Tensor] = []
+    encode = model.embed
+
+    def recording_embed(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return encode(x)
+
+    model.embed = recording_embed  # type: ignore[method-assign]
+    seg = PromptSegmenter(model, record)
     seg.set_image(image)
     seg.predict(boxes=box[None])
-    assert len(model.seen) == 1
-    return model.seen[0][0]
+    assert len(seen) == 1
+    return seen[0][0]
 
 
 def _ct_volume(tmp_path: Path) -> tuple[Path, Path]:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from medfoundry.errors import InputContractError
 from medfoundry.io.image import MedImage
+from medfoundry.predict.backend import SegmentationBackend
 from medfoundry.predict.boxes import box_in_window
 from medfoundry.predict.preprocess import pixel_values, preprocess, preprocess_window
 from medfoundry.registry.loading import LoadedWeights
@@ -102,23 +103,28 @@ def image_key(image: MedImage) -> str:
 
 
 class PromptSegmenter:
-    """Holds one SAM-family model; ``set_image`` once, ``predict`` per prompt."""
+    """Holds one SAM-family model (any :class:`~medfoundry.predict.backend.SegmentationBackend`: PyTorch or
+    ONNX runtime); ``set_image`` once, ``predict`` per prompt."""
 
-    def __init__(self, model: Any, record: ModelRecord, device: str = "cpu", cache_dir: str | Path | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int = 16, tta: str = "none") -> None:
+    def __init__(self, model: SegmentationBackend, record: ModelRecord, device: str = "cpu",
+                 cache_dir: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int = 16,
+                 tta: str = "none") -> None:
         if tta not in TTA_MODES:
             raise InputContractError(f"unknown test-time augmentation {tta!r}: use one of {', '.join(TTA_MODES)}")
-        self.model = model.eval().to(device)
+        if not isinstance(model, SegmentationBackend):
+            raise InputContractError(f"{type(model).__name__} is not a segmentation backend (see "
+                                     "medfoundry.predict.backend.SegmentationBackend)")
+        self.model: SegmentationBackend = model.eval().to(device)
         self.record = record
         self.device = torch.device(device)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.max_pixels = max_pixels
-        self.crop = float(getattr(model.config, "prompt_crop", 0.0))
+        self.crop = float(model.config.prompt_crop)
         if tta == "logits" and self.crop <= 0:
             raise InputContractError(f"{record.name}: logits test-time augmentation applies to box-crop models; "
                                      "use tta='embedding'")
         self.tta = tta
-        self.prepare_embeddings = True  # False: every prompt runs segment_anything's whole decoder (reference)
+        self.prepare_embeddings = True  # False: every prompt runs segment_anything's own decoder (reference)
         self._cache: OrderedDict[str, Any] = OrderedDict()  # embeddings (PreparedEmbedding for SamModel)
         self._recent: OrderedDict[str, Any] = OrderedDict()  # the last few used, which keep prepared parts
         self._cache_size = cache_size
@@ -141,11 +147,7 @@ class PromptSegmenter:
         if precision == self.precision:
             return self
         if precision == "bf16":
-            from medfoundry.models.sam_fast import accelerate_encoder
-
-            if not hasattr(self.model, "image_encoder"):
-                raise InputContractError("bf16 applies to PyTorch models, not to ONNX sessions")
-            self.model.image_encoder = accelerate_encoder(self.model.image_encoder, bf16=True)
+            self.model.set_encoder_precision("bf16")
         else:
             raise InputContractError("a bf16 segmenter cannot go back to fp32: load the model again")
         self.precision = precision
@@ -157,19 +159,9 @@ class PromptSegmenter:
         """Run the mask decoder(s) with fused attention (``fp32``: equal to segment_anything's to ~1e-5) or,
         with ``bf16``, also in bfloat16 — the cost of each further prompt roughly halves on CPUs with native
         bfloat16; measure the agreement for your model (benchmarks/seg_kvasir.py --decoder-precision)."""
-        from medfoundry.models.sam_fast import accelerate_decoder
-
         if precision not in ("fp32", "bf16"):
             raise InputContractError(f"unknown decoder precision {precision!r}: use fp32 or bf16")
-        if not hasattr(self.model, "mask_decoder"):
-            raise InputContractError("decoder precision applies to PyTorch models, not to ONNX sessions")
-        decoders = [self.model.mask_decoder]
-        if self.can_propagate:
-            decoders.append(self.model.propagation["mask_decoder"])
-        for decoder in decoders:
-            accelerate_decoder(decoder, bf16=precision == "bf16")
-            if precision == "fp32":
-                decoder.float()
+        self.model.set_decoder_precision(precision)  # prepared parts follow the decoder's dtype
         return self
 
     # -- image -------------------------------------------------------------------------------------------
@@ -192,10 +184,7 @@ class PromptSegmenter:
         ``flip``), from cache when possible; for PyTorch SAM models a
         :class:`~medfoundry.models.sam_prepared.PreparedEmbedding`, so that further prompts on it skip the
         decoder's prompt-independent work. Also returns the whole image's preprocessing info (None for crops)."""
-        from medfoundry.models.sam import SamModel
-        from medfoundry.models.sam_prepared import PreparedEmbedding
-
-        pool = getattr(self.model.config, "embed_pool", 1)
+        pool = self.model.config.embed_pool
         mirror_avg = self.tta == "embedding"
         key = (f"{self.record.name}:{self._weights_id()}:{self.precision}:{pool}:{self._hash}:"
                f"{None if window is None else window.tolist()}:{flip}:{mirror_avg}")
@@ -222,8 +211,7 @@ class PromptSegmenter:
             if disk is not None:
                 disk.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(emb.cpu(), disk)
-        prepare = self.prepare_embeddings and isinstance(self.model, SamModel)
-        entry = self._cache[key] = PreparedEmbedding(emb) if prepare else emb
+        entry = self._cache[key] = self.model.prepare(emb) if self.prepare_embeddings else emb
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return self._hot(key, entry), info
@@ -237,10 +225,8 @@ class PromptSegmenter:
         if self._weights_sha256 is None:
             if self.loaded_weights is not None:
                 self._weights_sha256 = self.loaded_weights.sha256
-            elif hasattr(self.model, "state_dict"):
-                self._weights_sha256 = LoadedWeights(self.model.state_dict()).sha256
             else:
-                self._weights_sha256 = f"unknown-{id(self.model)}"  # never shared with another model
+                self._weights_sha256 = self.model.weights_sha256()
         return self._weights_sha256
 
     def _hot(self, key: str, entry: Any = None) -> Any:
@@ -257,6 +243,10 @@ class PromptSegmenter:
             if isinstance(old, PreparedEmbedding):
                 old.release()
         return entry
+
+    def _decode(self, embedding: Any, **prompts: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backend's decoder on a cached embedding; without prepared embeddings, segment_anything's own."""
+        return self.model.decode(embedding, reference=not self.prepare_embeddings, **prompts)
 
     def _require_image(self) -> MedImage:
         if self.image is None:
@@ -309,7 +299,7 @@ class PromptSegmenter:
             bx = torch.from_numpy(boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
                                   + np.array([ox, oy, ox, oy], dtype=np.float32)).to(self.device)
         mi = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32)[None].repeat(n, 1, 1, 1)
-        logits, iou = self.model.decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
+        logits, iou = self._decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
         size = self.record.preprocess.image_size
         up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
         up = up[..., : info.content[0], : info.content[1]] if self.record.preprocess.resize == "longest_pad" else up
@@ -341,7 +331,7 @@ class PromptSegmenter:
                 pts = (torch.from_numpy((points - origin) * s)[None].to(self.device),
                        torch.from_numpy(point_labels)[None].to(self.device))
             mi = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32)[None]
-            logits, iou = self.model.decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
+            logits, iou = self._decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
             if self.tta == "logits":  # average with the decoding of the left-right mirrored crop
                 logits, iou = self._mirrored(window, logits, iou, bx, pts, mi, multimask, size)
             all_masks.append(_paste(logits, window, h, w))
@@ -352,7 +342,7 @@ class PromptSegmenter:
     @property
     def can_propagate(self) -> bool:
         """Whether the model has a trained slice-propagation head (box-crop models only)."""
-        return self.crop > 0 and isinstance(getattr(self.model, "propagation", None), torch.nn.Module)
+        return self.crop > 0 and self.model.can_propagate
 
     @torch.inference_mode()
     def predict_next(self, previous: np.ndarray) -> SegmentResult:
@@ -380,7 +370,7 @@ class PromptSegmenter:
         x0, y0, x1, y1 = window
         bx = torch.from_numpy(box_in_window(box, window, size))[None].to(self.device)
         mi = torch.from_numpy(previous_mask_prompt(previous[y0:y1, x0:x1], 4 * emb.shape[-1]))[None].to(self.device)
-        logits, iou = self.model.decode(emb, boxes=bx, mask_input=mi, head="propagation")
+        logits, iou = self._decode(emb, boxes=bx, mask_input=mi, head="propagation")
         return SegmentResult(_paste(logits, window, h, w)[None], iou.float().cpu().numpy(),
                              logits.float().cpu().numpy())
 
@@ -389,7 +379,7 @@ class PromptSegmenter:
         fbx = None if bx is None else torch.stack([size - bx[:, 2], bx[:, 1], size - bx[:, 0], bx[:, 3]], 1)
         fpts = None if pts is None else (torch.stack([size - pts[0][..., 0], pts[0][..., 1]], -1), pts[1])
         fmi = None if mi is None else mi.flip(-1)
-        flog, fiou = self.model.decode(emb, points=fpts, boxes=fbx, mask_input=fmi, multimask=multimask)
+        flog, fiou = self._decode(emb, points=fpts, boxes=fbx, mask_input=fmi, multimask=multimask)
         return (logits + flog.flip(-1)) / 2, (iou + fiou) / 2
 
 
@@ -458,4 +448,5 @@ def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: s
         segmenter.set_precision(segmenter.precision_choice.precision)
     if embed_pool != 1:
         segmenter.model.set_embed_pool(embed_pool)
+        segmenter._cache.clear()
     return segmenter
