@@ -50,7 +50,7 @@ def run_demo(out: Path, log=print) -> dict[str, Any]:
     from medfoundry.predict.contrastive import open_contrastive
     from medfoundry.predict.segment import open_segmenter
     from medfoundry.registry import list_models
-    from medfoundry.tasks.measure import measure
+    from medfoundry.tasks.segmentation import segment
     from medfoundry.tasks.zero_shot import label_set, zero_shot_classify
 
     out.mkdir(parents=True, exist_ok=True)
@@ -109,16 +109,10 @@ def run_demo(out: Path, log=print) -> dict[str, Any]:
     if not jobs and "ct-small" in images:  # no shared data: a box around the centre of the CT slice
         jobs.append(("ct-small", images["ct-small"][1], np.array([40.0, 40.0, 88.0, 88.0]), None))
     for name, image, box, key in jobs:
-        if key is None:
-            seg.set_image(image)
-            mask = seg.predict(boxes=box[None]).best()[0]
-            shown, shown_mask = image, mask
-        else:
-            from medfoundry.tasks.volume import segment_volume
-
-            mask = segment_volume(seg, image, key, box=box).mask
-            shown, shown_mask = image.slice(key), mask[key]
-        m = measure(mask, image)
+        outcome = segment(seg, image, box[None], slice_index=key, propagate=key is not None)
+        shown = outcome.plane
+        shown_mask = outcome.mask if key is None else outcome.mask[key]
+        m = outcome.measurement
         picture = overlay_mask(draw_box(display_rgb(shown), box), shown_mask)
         report["segmentation"].append({"name": name, "box_xyxy": box.round(1).tolist(), "key_slice": key,
                                        "overlay": _save(picture, out / f"{name}_mask.png"), **m.to_dict()})

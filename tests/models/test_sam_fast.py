@@ -102,7 +102,7 @@ def test_fused_decoder_equals_segment_anything_and_bf16_stays_close() -> None:
     prompts = {"boxes": torch.tensor([[30.0, 40.0, 200.0, 220.0]]),
                "points": (torch.tensor([[[100.0, 120.0], [20.0, 20.0]]]), torch.tensor([[1, 0]]))}
     with torch.no_grad():
-        ref_logits, ref_iou = model.decode(emb, multimask=True, **prompts)
+        ref_logits, ref_iou = model.decode(emb, multimask=True, reference=True, **prompts)
         accelerate_decoder(model.mask_decoder)
         assert not any(isinstance(m, Attention) for m in model.mask_decoder.modules())
         assert sum(isinstance(m, SdpaDecoderAttention) for m in model.mask_decoder.modules()) == 7

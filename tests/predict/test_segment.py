@@ -201,3 +201,18 @@ def test_onnx_runtime_matches_torch(arch: dict, tmp_path: Path) -> None:
     a, b = torch_seg.predict(**prompts), onnx_seg.predict(**prompts)
     iou = (a.masks & b.masks).sum() / max((a.masks | b.masks).sum(), 1)
     assert iou >= 0.99 and np.allclose(a.iou, b.iou, atol=1e-3)
+    # both run behind the one backend protocol; what ONNX cannot do is refused by the backend, not by the predictor
+    from medfoundry.predict.backend import SegmentationBackend
+
+    assert isinstance(torch_seg.model, SegmentationBackend) and isinstance(onnx_seg.model, SegmentationBackend)
+    for change in (lambda: onnx_seg.set_precision("bf16"), lambda: onnx_seg.set_decoder_precision("bf16")):
+        with pytest.raises(InputContractError, match="ONNX"):
+            change()
+    assert not onnx_seg.can_propagate and len(onnx_seg._weights_id()) == 0  # in memory: no weights in the key
+
+
+def test_segmenter_refuses_what_is_not_a_backend() -> None:
+    from medfoundry.predict.segment import PromptSegmenter
+
+    with pytest.raises(InputContractError, match="not a segmentation backend"):
+        PromptSegmenter(torch.nn.Linear(2, 2), _record({"encoder": "vit_test", "image_size": 256}))

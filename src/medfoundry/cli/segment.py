@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from medfoundry.cli.models import add_model_flags
 from medfoundry.errors import InputContractError
-from medfoundry.io import MedImage, read_image, write_image
+from medfoundry.io import MedImage, read_image
 from medfoundry.io.dicomweb import is_dicomweb
 
 DEFAULT_MODEL = "medfoundry-sam-lite"
@@ -135,32 +134,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _mask_image(mask: np.ndarray, like: MedImage) -> MedImage:
-    return replace(like, array=mask.astype(np.uint8), photometric="MONOCHROME2", units="mask",
-                   window=None, meta={"mask_of": like.source}, phi={})
-
-
 def segment_one(segmenter, image: MedImage, boxes: list, points: list, slice_index: int | None,
                 propagate: bool, use_head: bool = False) -> tuple[np.ndarray, MedImage]:
-    """One image's mask and the image it lives on (the volume for 3D, the slice or 2D image otherwise)."""
-    from medfoundry.tasks.volume import segment_volume
+    """One image's mask and the image it lives on (the volume for 3D, the slice or 2D image otherwise): the
+    segmentation flow's :func:`medfoundry.tasks.segmentation.segment`."""
+    from medfoundry.tasks.segmentation import segment
 
-    pts = np.array([p[:2] for p in points], dtype=np.float32) if points else None
-    labels = np.array([int(p[2]) if len(p) > 2 else 1 for p in points]) if points else None
-    if image.is_volume:
-        if slice_index is None:
-            raise InputContractError(f"{image.source} is a volume of {image.array.shape[0]} slices: "
-                                     "choose the prompted slice with --slice K")
-        if propagate:
-            if len(boxes) > 1:
-                raise InputContractError("3D propagation follows one object: give one box")
-            result = segment_volume(segmenter, image, slice_index, box=np.array(boxes[0]) if boxes else None,
-                                    points=pts, point_labels=labels, use_head=use_head, progress=True)
-            return result.mask, image
-        image = image.slice(slice_index)
-    segmenter.set_image(image)
-    out = segmenter.predict(boxes=np.array(boxes) if boxes else None, points=pts, point_labels=labels)
-    return out.best().any(axis=0), image
+    outcome = segment(segmenter, image, boxes, points, slice_index, propagate, use_head, progress=True)
+    return outcome.mask, outcome.image
 
 
 def _report_and_store(args: argparse.Namespace, image: str, folder: str, seg_path: str, measured: dict) -> dict:
@@ -216,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
     report = []
     if args.text:
         from medfoundry.predict.contrastive import open_contrastive
+        from medfoundry.tasks.segmentation import SegmentationOutcome, write_mask
         from medfoundry.tasks.text_to_mask import segment_by_text
 
         if args.prompts or args.box or args.point:
@@ -225,39 +207,26 @@ def run(args: argparse.Namespace) -> int:
         if image.is_volume:
             raise InputContractError("--text on a volume needs --slice K")
         result = segment_by_text(open_contrastive(args.text_model), segmenter, image, args.text)
-        jobs = []
-        write_image(replace(_mask_image(result.mask, image), array=result.mask.astype(np.uint8) *
-                            (255 if args.out.endswith(".png") else 1)), args.out, overwrite=args.overwrite)
+        outcome = SegmentationOutcome(result.mask, image, image, measure(result.mask, image))
+        write_mask(outcome, args.out, overwrite=args.overwrite)
         entry = {"image": args.image, "mask": args.out, "text": args.text, "box_xyxy": result.box.tolist(),
-                 **measure(result.mask, image).to_dict()}
+                 **outcome.measurement.to_dict()}
         print(json.dumps(entry, indent=2) if args.json else f"{args.out}: box {result.box.round(1).tolist()}, "
               f"{entry['pixels']} px")
         return 0
-    for job in jobs:
-        image = read_image(job["image"])
-        mask, grid = segment_one(segmenter, image, job.get("boxes") or [], job.get("points") or [],
-                                 job.get("slice"), args.propagate or bool(job.get("propagate")),
-                                 args.propagation_head)
-        out = job.get("out") or str(Path(args.out_dir) / f"{Path(job['image']).name.split('.')[0]}_mask.nii.gz")
-        stored = None
-        if out.endswith(".dcm"):
-            from medfoundry.io.dicom_seg import write_dicom_seg
+    from medfoundry.tasks.segmentation import segment_file
 
+    for job in jobs:
+        out = job.get("out") or str(Path(args.out_dir) / f"{Path(job['image']).name.split('.')[0]}_mask.nii.gz")
+        outcome, image = segment_file(segmenter, job["image"], job.get("boxes") or [], job.get("points") or [],
+                                      job.get("slice"), args.propagate or bool(job.get("propagate")),
+                                      args.propagation_head, out=out, label=job.get("label", "object"),
+                                      overwrite=args.overwrite, progress=not args.json)
+        stored = None
+        if out.endswith(".dcm") and (args.sr or args.store):
             folder = image.meta.get("series_folder") if is_dicomweb(job["image"]) else job["image"]
-            if mask.ndim != 3 or not Path(folder).is_dir():
-                raise InputContractError("DICOM SEG output (.dcm) needs a DICOM series (folder or dicomweb+ address) "
-                                         "and --propagate")
-            write_dicom_seg(mask, folder, out, label=job.get("label", "object"), overwrite=args.overwrite)
-            if args.sr or args.store:
-                stored = _report_and_store(args, job["image"], folder, out, measure(mask, grid).to_dict())
-        elif out.endswith(".png"):
-            if mask.ndim == 3:
-                raise InputContractError("a 3D mask cannot be a PNG: use .nii.gz")
-            write_image(replace(_mask_image(mask, grid), array=mask.astype(np.uint8) * 255), out,
-                        overwrite=args.overwrite)
-        else:
-            write_image(_mask_image(mask, grid), out, overwrite=args.overwrite)
-        sizes = measure(mask, grid)
+            stored = _report_and_store(args, job["image"], folder, out, outcome.measurement.to_dict())
+        sizes = outcome.measurement
         entry = {"image": job["image"], "mask": out, **sizes.to_dict(), **(stored or {})}
         report.append(entry)
         if not args.json:

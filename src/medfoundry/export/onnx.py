@@ -4,7 +4,8 @@ The decoder graph is segment_anything's own ``SamOnnxModel`` (the format its ONN
 ``image_embeddings``, ``point_coords`` (1, N, 2) in model-input pixels with box corners as labels 2 and 3,
 ``point_labels``, ``mask_input`` (1, 1, 4g, 4g), ``has_mask_input``, ``orig_im_size``; outputs masks, scores
 and low-resolution logits. :class:`OnnxSam` runs both with onnxruntime behind the ``embed``/``decode``
-interface of :class:`medfoundry.models.sam.SamModel`, so a PromptSegmenter can use it unchanged.
+interface of :class:`medfoundry.models.sam.SamModel` (the segmentation backend protocol,
+:class:`medfoundry.predict.backend.SegmentationBackend`), so a PromptSegmenter can use it unchanged.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medfoundry.errors import MedfoundryError
+from medfoundry.errors import InputContractError, MedfoundryError
 
 
 def export_sam_onnx(model: Any, folder: str | Path, opset: int = 17) -> tuple[Path, Path]:
@@ -59,6 +60,7 @@ class OnnxSam:
         self.encoder = ort.InferenceSession(str(folder / "encoder.onnx"), opts, providers=providers)
         self.decoder = ort.InferenceSession(str(folder / "decoder.onnx"), opts, providers=providers)
         self.config = config
+        self.folder = folder
 
     def eval(self) -> OnnxSam:
         return self
@@ -69,9 +71,36 @@ class OnnxSam:
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.encoder.run(None, {"image": x.float().numpy()})[0])
 
-    def decode(self, embedding: torch.Tensor, points=None, boxes=None, mask_input=None, multimask: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image embedding and B prompts → (low-res logits (B, K, 4g, 4g), IoU (B, K))."""
+    def prepare(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The decoder graph takes the embedding itself: nothing to prepare."""
+        return embedding
+
+    @property
+    def can_propagate(self) -> bool:
+        """The export holds the prompt decoder only."""
+        return False
+
+    def set_encoder_precision(self, precision: str) -> None:
+        raise InputContractError("precision applies to PyTorch models; an ONNX export runs as it was exported")
+
+    def set_decoder_precision(self, precision: str) -> None:
+        raise InputContractError("decoder precision applies to PyTorch models, not to ONNX sessions")
+
+    def set_embed_pool(self, pool: int) -> OnnxSam:
+        raise InputContractError("embedding pooling applies to PyTorch lite models, not to ONNX sessions")
+
+    def weights_sha256(self) -> str:
+        """sha256 over the two graphs (as :class:`~medfoundry.registry.loading.LoadedWeights` hashes a folder)."""
+        from medfoundry.registry.loading import LoadedWeights
+
+        return LoadedWeights(self.folder).sha256
+
+    def decode(self, embedding: torch.Tensor, points=None, boxes=None, mask_input=None, multimask: bool = False,
+               head: str = "prompt", reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image embedding and B prompts → (low-res logits (B, K, 4g, 4g), IoU (B, K)). The graph is
+        segment_anything's own decoder (``reference`` changes nothing); only the ``prompt`` head is exported."""
+        if head != "prompt":
+            raise InputContractError(f"the ONNX export has no {head!r} head")
         n = 1 if boxes is None else boxes.shape[0]
         grid = embedding.shape[-1]
         logits, ious = [], []

@@ -210,6 +210,45 @@ class SamModel(nn.Module):
             return self.propagation["prompt_encoder"], self.propagation["mask_decoder"]
         raise InputContractError(f"this model has no {head!r} head")
 
+    # -- the segmentation backend protocol (medfoundry.predict.backend) ---------------------------------------
+    @property
+    def can_propagate(self) -> bool:
+        """Whether the model has a slice-propagation head (box-crop models only)."""
+        return self.config.prompt_crop > 0 and self.config.propagation and "propagation" in self._modules
+
+    def prepare(self, embedding: torch.Tensor) -> Any:
+        """A :class:`~medfoundry.models.sam_prepared.PreparedEmbedding` of one (1, 256, g, g) embedding: further
+        prompts on it skip the decoder's image side."""
+        from medfoundry.models.sam_prepared import PreparedEmbedding
+
+        return PreparedEmbedding(embedding)
+
+    def set_encoder_precision(self, precision: str) -> None:
+        """``bf16``: the image encoder runs in bfloat16 with fused attention (:mod:`medfoundry.models.sam_fast`)."""
+        from medfoundry.models.sam_fast import accelerate_encoder
+
+        if precision != "bf16":
+            raise InputContractError(f"encoder precision {precision!r}: only bf16 can be switched on")
+        self.image_encoder = accelerate_encoder(self.image_encoder, bf16=True)
+
+    def set_decoder_precision(self, precision: str) -> None:
+        """Fused attention in the mask decoder(s), in float32 (``fp32``) or bfloat16 (``bf16``)."""
+        from medfoundry.models.sam_fast import accelerate_decoder
+
+        if precision not in ("fp32", "bf16"):
+            raise InputContractError(f"unknown decoder precision {precision!r}: use fp32 or bf16")
+        decoders = [self.mask_decoder] + ([self.propagation["mask_decoder"]] if self.config.propagation else [])
+        for decoder in decoders:
+            accelerate_decoder(decoder, bf16=precision == "bf16")
+            if precision == "fp32":
+                decoder.float()
+
+    def weights_sha256(self) -> str:
+        """sha256 of the state dict (names, dtypes, shapes and bytes), as :class:`LoadedWeights` computes it."""
+        from medfoundry.registry.loading import LoadedWeights
+
+        return LoadedWeights(self.state_dict()).sha256
+
     def set_embed_pool(self, pool: int) -> SamModel:
         """Lite encoders only: pool the embedding by ``pool`` from now on (1 = as trained). The same weights
         then decode on a (64 / pool)² grid: each further prompt runs about 3× faster at pool 2, at a small
@@ -239,15 +278,17 @@ class SamModel(nn.Module):
 
     def decode(
         self,
-        embedding: torch.Tensor,
+        embedding: Any,
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask: bool = False,
         head: str = "prompt",
+        reference: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode prompts on one image embedding (1, 256, g, g), a tensor or a
-        :class:`~medfoundry.models.sam_prepared.PreparedEmbedding` (faster from the second prompt on).
+        """Decode B prompts on one image embedding (1, 256, g, g), a tensor or a
+        :class:`~medfoundry.models.sam_prepared.PreparedEmbedding` (which keeps the decoder's image side, so
+        further prompts without a mask input skip it).
 
         Args:
             points: (coords (B, N, 2) XY in input pixels, labels (B, N): 1 foreground, 0 background).
@@ -255,29 +296,31 @@ class SamModel(nn.Module):
             mask_input: (B, 1, 4g, 4g) low-resolution logits of a previous prediction (``propagation`` head:
                 the previous slice's mask as ±4 logits).
             head: ``prompt`` (interactive prompts) or ``propagation`` (slice-to-slice, if the model has it).
+            reference: run segment_anything's own ``MaskDecoder.forward`` instead (for comparisons).
         Returns:
-            low-resolution mask logits (B, K, 4g, 4g) and predicted IoU (B, K); K = 3 if multimask else 1.
+            low-resolution mask logits (B, K, 4g, 4g) and predicted IoU (B, K) in float32; K = 3 if multimask
+            else 1.
         """
-        from medfoundry.models.sam_prepared import PreparedEmbedding, decode_prepared
+        from medfoundry.models.sam_prepared import PreparedEmbedding, decode_prepared, prepare_image_parts
 
         prompt_encoder, mask_decoder = self._heads(head)
         sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         dtype = mask_decoder.iou_token.weight.dtype  # bfloat16 after sam_fast.accelerate_decoder(bf16=True)
-        if isinstance(embedding, PreparedEmbedding):
-            if mask_input is None:  # the image side of the decoder is computed once per image
-                logits, iou = decode_prepared(mask_decoder, embedding.parts(prompt_encoder, mask_decoder),
-                                              sparse.to(dtype))
-                sl = slice(1, None) if multimask else slice(0, 1)
-                return logits[:, sl].float(), iou[:, sl].float()
-            embedding = embedding.embedding
-        logits, iou = mask_decoder(
-            image_embeddings=embedding.to(dtype),
-            image_pe=prompt_encoder.get_dense_pe().to(dtype),
-            sparse_prompt_embeddings=sparse.to(dtype),
-            dense_prompt_embeddings=dense.to(dtype),
-            multimask_output=multimask,
-        )
-        return logits.float(), iou.float()
+        tensor = embedding.embedding if isinstance(embedding, PreparedEmbedding) else embedding
+        if reference:
+            logits, iou = mask_decoder(image_embeddings=tensor.to(dtype),
+                                       image_pe=prompt_encoder.get_dense_pe().to(dtype),
+                                       sparse_prompt_embeddings=sparse.to(dtype),
+                                       dense_prompt_embeddings=dense.to(dtype), multimask_output=multimask)
+            return logits.float(), iou.float()
+        if isinstance(embedding, PreparedEmbedding) and mask_input is None:
+            parts = embedding.parts(prompt_encoder, mask_decoder)  # computed once per image
+        else:
+            parts = prepare_image_parts(prompt_encoder, mask_decoder, tensor,
+                                        None if mask_input is None else dense)
+        logits, iou = decode_prepared(mask_decoder, parts, sparse.to(dtype))
+        sl = slice(1, None) if multimask else slice(0, 1)
+        return logits[:, sl].float(), iou[:, sl].float()
 
     def decode_batch(
         self,
@@ -289,26 +332,16 @@ class SamModel(nn.Module):
         head: str = "prompt",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`decode`, for B images with one prompt each (embeddings (B, 256, g, g), prompts batched
-        along B). segment_anything's decoder repeats one image over its prompts; this runs its same
-        submodules without that repeat, so a training batch is one decoder call."""
-        prompt_encoder, dec = self._heads(head)
+        along B), so a training batch is one decoder call; the same forward
+        (:func:`~medfoundry.models.sam_prepared.decode_prepared`), in the dtype autocast gives it."""
+        from medfoundry.models.sam_prepared import decode_prepared, prepare_image_parts
+
+        prompt_encoder, decoder = self._heads(head)
         sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        b = embeddings.shape[0]
-        out_tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-        tokens = torch.cat((out_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)
-        src = embeddings + dense
-        pos = prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
-        _, c, h, w = src.shape
-        hs, src = dec.transformer(src, pos, tokens)
-        src = src.transpose(1, 2).reshape(b, c, h, w)
-        upscaled = dec.output_upscaling(src)
-        mask_tokens = hs[:, 1 : 1 + dec.num_mask_tokens, :]
-        hyper = torch.stack([mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], 1)
-        _, c2, h2, w2 = upscaled.shape
-        masks = (hyper @ upscaled.reshape(b, c2, h2 * w2)).reshape(b, -1, h2, w2)
-        iou = dec.iou_prediction_head(hs[:, 0, :])
+        parts = prepare_image_parts(prompt_encoder, decoder, embeddings, dense)
+        logits, iou = decode_prepared(decoder, parts, sparse.to(decoder.iou_token.weight.dtype))
         sl = slice(1, None) if multimask else slice(0, 1)
-        return masks[:, sl], iou[:, sl]
+        return logits[:, sl], iou[:, sl]
 
 
 def build_sam(arch_config: dict[str, Any]) -> SamModel:

@@ -1,13 +1,16 @@
-"""Decode many prompts on one image faster: the prompt-independent part of SAM's mask decoder, once per image.
+"""SAM's mask decoder forward, written once: the image side computed apart, so it can be kept per image.
 
 segment_anything's ``MaskDecoder`` repeats the image embedding for every prompt and recomputes, for each one,
 work that does not depend on the prompt: the dense positional encoding (sin/cos of a grid), the embedding plus
-the "no mask" embedding, and in the first two-way block the image-side projections of both cross-attentions
-(keys and values of tokens→image, queries of image→token), because the image tokens are changed only at the
-end of that block. With no mask input, those are fixed per image, so a :class:`PreparedEmbedding` computes
-them once (contiguous, token-major) and :func:`decode_prepared` runs the rest. Same weights, same arithmetic
-(tests compare with segment_anything's decoder to float32 rounding); it pays off from the second prompt on the
-same image (interactive clicks; several boxes on one whole-image embedding).
+the dense prompt embedding ("no mask" when there is no mask input), and in the first two-way block the
+image-side projections of both cross-attentions (keys and values of tokens→image, queries of image→token),
+because the image tokens are changed only at the end of that block. :func:`prepare_image_parts` computes those
+(for one image, or for a batch of images with their own dense prompts) and :func:`decode_prepared` runs the
+rest. Every medfoundry decoding goes through these two functions — interactive prompts
+(``SamModel.decode``, where a :class:`PreparedEmbedding` keeps the parts of an image without mask input, so
+further prompts skip them) and training batches (``SamModel.decode_batch``). Same weights, same arithmetic:
+tests/models/test_sam_decoder.py compares them with segment_anything's ``MaskDecoder.forward`` to float32
+rounding.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class DecoderImageParts:
-    """The prompt-independent tensors of one image for one mask decoder (all token-major, batch 1).
+    """The prompt-independent tensors of B' images for one mask decoder (all token-major; B' = 1 for one image
+    shared by every prompt, or the batch size).
 
-    ``keys`` (1, N, C): image embedding + no-mask embedding; ``pe`` (1, N, C): dense positional encoding;
-    ``k0``/``v0`` (1, heads, N, c): first block's tokens→image keys and values; ``q0`` (1, heads, N, c): its
-    image→tokens queries; ``grid`` (h, w) with N = h · w.
+    ``keys`` (B', N, C): image embedding + dense prompt embedding; ``pe`` (1, N, C): dense positional
+    encoding; ``k0``/``v0`` (B', heads, N, c): first block's tokens→image keys and values; ``q0``
+    (B', heads, N, c): its image→tokens queries; ``grid`` (h, w) with N = h · w.
     """
 
     keys: torch.Tensor
@@ -50,18 +54,26 @@ class DecoderImageParts:
     grid: tuple[int, int]
 
 
-def prepare_image_parts(prompt_encoder: nn.Module, decoder: nn.Module, embedding: torch.Tensor) -> DecoderImageParts:
-    """Compute :class:`DecoderImageParts` of one embedding (1, C, h, w) in the decoder's dtype."""
-    if embedding.ndim != 4 or embedding.shape[0] != 1:
-        raise ValueError(f"expected one image embedding (1, C, h, w), got {tuple(embedding.shape)}")
+def prepare_image_parts(prompt_encoder: nn.Module, decoder: nn.Module, embedding: torch.Tensor,
+                        dense: torch.Tensor | None = None) -> DecoderImageParts:
+    """Compute :class:`DecoderImageParts` in the decoder's dtype.
+
+    Args:
+        embedding: (B', C, h, w) image embeddings (B' = 1: one image for all prompts).
+        dense: (B, C, h, w) dense prompt embeddings from the prompt encoder (mask inputs), B = B' or B' = 1;
+            None: the "no mask" embedding.
+    """
+    if embedding.ndim != 4:
+        raise ValueError(f"expected image embeddings (B, C, h, w), got {tuple(embedding.shape)}")
     dtype = decoder.iou_token.weight.dtype
     h, w = embedding.shape[-2:]
     pe = dense_positional_encoding(prompt_encoder, dtype)
     if pe.shape[1] != h * w:
         raise ValueError(f"embedding grid {(h, w)} does not match the prompt encoder's "
                          f"{tuple(prompt_encoder.image_embedding_size)}")
-    no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-    keys = (embedding + no_mask).to(dtype).flatten(2).transpose(1, 2).contiguous()
+    if dense is None:
+        dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    keys = (embedding + dense).to(dtype).flatten(2).transpose(1, 2).contiguous()
     block = decoder.transformer.layers[0]
     t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
     keys_pe = keys + pe
@@ -76,11 +88,12 @@ def dense_positional_encoding(prompt_encoder: nn.Module, dtype: torch.dtype) -> 
     grid, dtype and device and shared by every prepared image (recomputed if its frequencies change)."""
     gaussian = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
     key = (dtype, gaussian.device, tuple(prompt_encoder.image_embedding_size), gaussian._version,
-           gaussian.data_ptr())
+           gaussian.data_ptr(), torch.is_inference_mode_enabled())  # inference tensors stay out of training
     cache = prompt_encoder.__dict__.setdefault("_medfoundry_dense_pe", {})
     if key not in cache:
         cache.clear()
-        cache[key] = prompt_encoder.get_dense_pe().to(dtype).flatten(2).transpose(1, 2).contiguous()
+        with torch.autocast(gaussian.device.type, enabled=False), torch.no_grad():  # full precision, no graph
+            cache[key] = prompt_encoder.get_dense_pe().to(dtype).flatten(2).transpose(1, 2).contiguous()
     return cache[key]
 
 
@@ -112,7 +125,8 @@ class PreparedEmbedding:
 
 def decode_prepared(decoder: nn.Module, parts: DecoderImageParts, sparse: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """segment_anything's ``MaskDecoder.predict_masks`` for B prompts on one prepared image (no mask input).
+    """segment_anything's ``MaskDecoder.predict_masks`` for B prompts on prepared images: one image shared by
+    all prompts (parts of batch 1) or one image per prompt (parts of batch B).
 
     Args:
         sparse: (B, T, C) sparse prompt embeddings, in the decoder's dtype.
@@ -136,6 +150,8 @@ def decode_prepared(decoder: nn.Module, parts: DecoderImageParts, sparse: torch.
     queries = block.norm1(queries)
     t2i = block.cross_attn_token_to_image
     q = _heads(t2i.q_proj(queries + query_pe), t2i.num_heads)
+    if parts.keys.shape[0] not in (1, b):
+        raise ValueError(f"{b} prompts on {parts.keys.shape[0]} prepared images: give one image or one per prompt")
     attn = attention(q, parts.k0.expand(b, -1, -1, -1), parts.v0.expand(b, -1, -1, -1))
     queries = block.norm2(queries + t2i.out_proj(_merge(attn)))
     queries = block.norm3(queries + block.mlp(queries))
@@ -143,7 +159,7 @@ def decode_prepared(decoder: nn.Module, parts: DecoderImageParts, sparse: torch.
     k = _heads(i2t.k_proj(queries + query_pe), i2t.num_heads)
     v = _heads(i2t.v_proj(queries), i2t.num_heads)
     attn = attention(parts.q0.expand(b, -1, -1, -1), k, v)
-    keys = block.norm4(parts.keys + i2t.out_proj(_merge(attn)))
+    keys = block.norm4(parts.keys + i2t.out_proj(_merge(attn)))  # (B, N, C), broadcast from one image
 
     for block in transformer.layers[1:]:
         queries, keys = block(queries=queries, keys=keys, query_pe=query_pe, key_pe=parts.pe)

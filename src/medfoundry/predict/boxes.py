@@ -27,6 +27,14 @@ def crop_box(box: np.ndarray, margin: float, height: int, width: int) -> np.ndar
     return c
 
 
+def box_in_window(box: np.ndarray, window: np.ndarray, size: int) -> np.ndarray:
+    """An XYXY box in image pixels → the same box in the model input made from crop ``window`` (XYXY integers)
+    squashed to ``size`` × ``size`` (float32, (4,)); inference and training both map boxes with it."""
+    x0, y0, x1, y1 = window
+    scale = np.array([size / (x1 - x0), size / (y1 - y0)] * 2, dtype=np.float32)
+    return ((np.asarray(box, np.float32) - np.array([x0, y0, x0, y0], np.float32)) * scale).astype(np.float32)
+
+
 PROPAGATION_LOGIT = 4.0
 
 

@@ -82,42 +82,71 @@ def resize_info(height: int, width: int, contract: Preprocess) -> ResizeInfo:
     return ResizeInfo((height, width), size, (rh / height, rw / width), (-float(oy), -float(ox)), (rh, rw))
 
 
-def _resize(unit: np.ndarray, size: tuple[int, int], contract: Preprocess) -> torch.Tensor:
-    """Resize (H, W, C) values in [0, 1] to ``size`` → (1, C, h, w). Display-value contracts go through Pillow
-    on 8-bit values, as torchvision and open_clip do, so inputs match the reference pipelines bit for bit."""
+def pixel_values(image: MedImage, contract: Preprocess) -> np.ndarray:
+    """The (H, W, C) values that resizing works on, for the whole image: uint8 display values for display-value
+    contracts (``window``, ``uint8``: Pillow resizes 8-bit values, as torchvision and open_clip do), float32 in
+    [0, 1] for ``minmax``. Whole images, crops and training samples are all cut from these values."""
+    unit = to_unit_range(image, contract)
     if contract.intensity != "minmax":
+        return np.round(unit * 255.0).astype(np.uint8)
+    return unit
+
+
+def resize_values(values: np.ndarray, size: tuple[int, int], contract: Preprocess) -> torch.Tensor:
+    """Resize (H, W, C) :func:`pixel_values` to ``size`` (h, w) with the contract's interpolation → (1, C, h, w)
+    float32 in [0, 1]. uint8 values go through Pillow (which filters over the whole source footprint when
+    shrinking), float values through ``F.interpolate`` with antialiasing, so both filter the same way."""
+    if values.dtype == np.uint8:
         from PIL import Image
 
         resample = {"bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}.get(
             contract.interpolation, Image.Resampling.BILINEAR)
-        u8 = np.round(unit * 255.0).astype(np.uint8)
-        channels = [np.asarray(Image.fromarray(u8[..., c]).resize(size[::-1], resample)) for c in range(u8.shape[-1])]
-        return torch.from_numpy(np.stack(channels).astype(np.float32) / 255.0)[None]
-    tensor = torch.from_numpy(unit).permute(2, 0, 1)[None]
+        out = [np.asarray(Image.fromarray(np.ascontiguousarray(values[..., c])).resize(size[::-1], resample))
+               for c in range(values.shape[-1])]
+        return torch.from_numpy(np.stack(out).astype(np.float32) / 255.0)[None]
+    tensor = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).permute(2, 0, 1)[None]
     mode = contract.interpolation
     if mode == "nearest":
         return F.interpolate(tensor, size=size, mode="nearest")
     return F.interpolate(tensor, size=size, mode=mode, align_corners=False, antialias=True).clamp(0.0, 1.0)
 
 
-def preprocess(image: MedImage, contract: Preprocess) -> tuple[torch.Tensor, ResizeInfo]:
-    """A ``(C, S, S)`` float32 tensor ready for the model, and the mapping back to original pixels."""
-    unit = to_unit_range(image, contract)
-    height, width = unit.shape[:2]
-    info = resize_info(height, width, contract)
-    resized = _resize(unit, info.content, contract) * contract.scale
-    size = contract.image_size
+def normalise(resized: torch.Tensor, contract: Preprocess) -> torch.Tensor:
+    """(…, C, h, w) values in [0, 1] → ``(values · scale − mean) / std`` per channel, as the contract says."""
     mean = torch.tensor(contract.mean, dtype=torch.float32)[:, None, None]
     std = torch.tensor(contract.std, dtype=torch.float32)[:, None, None]
+    return (resized * contract.scale - mean) / std
+
+
+def preprocess_window(values: np.ndarray, window: np.ndarray, contract: Preprocess) -> torch.Tensor:
+    """The model input made from a crop ``window`` (XYXY integers, pixel edges) of :func:`pixel_values`: the
+    crop squashed to ``image_size`` × ``image_size`` with the contract's interpolation and normalised → (C, S, S).
+
+    Box-crop models (``prompt_crop > 0``) see exactly this at inference (:class:`PromptSegmenter`) and in
+    training (:func:`medfoundry.train.seg_data.training_sample`)."""
+    x0, y0, x1, y1 = (int(v) for v in window)
+    if not (0 <= x0 < x1 <= values.shape[1] and 0 <= y0 < y1 <= values.shape[0]):
+        raise InputContractError(f"crop window {[x0, y0, x1, y1]} is empty or outside the "
+                                 f"{values.shape[1]}×{values.shape[0]} image")
+    size = contract.image_size
+    return normalise(resize_values(values[y0:y1, x0:x1], (size, size), contract)[0], contract).contiguous()
+
+
+def preprocess(image: MedImage, contract: Preprocess) -> tuple[torch.Tensor, ResizeInfo]:
+    """A ``(C, S, S)`` float32 tensor ready for the model, and the mapping back to original pixels."""
+    values = pixel_values(image, contract)
+    height, width = values.shape[:2]
+    info = resize_info(height, width, contract)
+    normalised = normalise(resize_values(values, info.content, contract)[0], contract)
+    size = contract.image_size
     if contract.resize == "longest_pad":
-        normalised = (resized[0] - mean) / std
         out = torch.zeros((normalised.shape[0], size, size), dtype=torch.float32)
         out[:, : info.content[0], : info.content[1]] = normalised
         return out, info
     if contract.resize == "shortest_crop":
         oy, ox = round(-info.offset[0]), round(-info.offset[1])
-        resized = resized[..., oy : oy + size, ox : ox + size]
-    return ((resized[0] - mean) / std).contiguous(), info
+        normalised = normalised[..., oy : oy + size, ox : ox + size]
+    return normalised.contiguous(), info
 
 
 def preprocess_batch(images: list[MedImage], contract: Preprocess) -> torch.Tensor:

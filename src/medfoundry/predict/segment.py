@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 from medfoundry.errors import InputContractError
 from medfoundry.io.image import MedImage
-from medfoundry.predict.preprocess import preprocess, to_unit_range
+from medfoundry.predict.backend import SegmentationBackend
+from medfoundry.predict.boxes import box_in_window
+from medfoundry.predict.preprocess import pixel_values, preprocess, preprocess_window
 from medfoundry.registry.loading import LoadedWeights
 from medfoundry.registry.records import ModelRecord
 
@@ -101,23 +103,28 @@ def image_key(image: MedImage) -> str:
 
 
 class PromptSegmenter:
-    """Holds one SAM-family model; ``set_image`` once, ``predict`` per prompt."""
+    """Holds one SAM-family model (any :class:`~medfoundry.predict.backend.SegmentationBackend`: PyTorch or
+    ONNX runtime); ``set_image`` once, ``predict`` per prompt."""
 
-    def __init__(self, model: Any, record: ModelRecord, device: str = "cpu", cache_dir: str | Path | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int = 16, tta: str = "none") -> None:
+    def __init__(self, model: SegmentationBackend, record: ModelRecord, device: str = "cpu",
+                 cache_dir: str | Path | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, cache_size: int = 16,
+                 tta: str = "none") -> None:
         if tta not in TTA_MODES:
             raise InputContractError(f"unknown test-time augmentation {tta!r}: use one of {', '.join(TTA_MODES)}")
-        self.model = model.eval().to(device)
+        if not isinstance(model, SegmentationBackend):
+            raise InputContractError(f"{type(model).__name__} is not a segmentation backend (see "
+                                     "medfoundry.predict.backend.SegmentationBackend)")
+        self.model: SegmentationBackend = model.eval().to(device)
         self.record = record
         self.device = torch.device(device)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.max_pixels = max_pixels
-        self.crop = float(getattr(model.config, "prompt_crop", 0.0))
+        self.crop = float(model.config.prompt_crop)
         if tta == "logits" and self.crop <= 0:
             raise InputContractError(f"{record.name}: logits test-time augmentation applies to box-crop models; "
                                      "use tta='embedding'")
         self.tta = tta
-        self.prepare_embeddings = True  # False: every prompt runs segment_anything's whole decoder (reference)
+        self.prepare_embeddings = True  # False: every prompt runs segment_anything's own decoder (reference)
         self._cache: OrderedDict[str, Any] = OrderedDict()  # embeddings (PreparedEmbedding for SamModel)
         self._recent: OrderedDict[str, Any] = OrderedDict()  # the last few used, which keep prepared parts
         self._cache_size = cache_size
@@ -140,11 +147,7 @@ class PromptSegmenter:
         if precision == self.precision:
             return self
         if precision == "bf16":
-            from medfoundry.models.sam_fast import accelerate_encoder
-
-            if not hasattr(self.model, "image_encoder"):
-                raise InputContractError("bf16 applies to PyTorch models, not to ONNX sessions")
-            self.model.image_encoder = accelerate_encoder(self.model.image_encoder, bf16=True)
+            self.model.set_encoder_precision("bf16")
         else:
             raise InputContractError("a bf16 segmenter cannot go back to fp32: load the model again")
         self.precision = precision
@@ -156,19 +159,9 @@ class PromptSegmenter:
         """Run the mask decoder(s) with fused attention (``fp32``: equal to segment_anything's to ~1e-5) or,
         with ``bf16``, also in bfloat16 — the cost of each further prompt roughly halves on CPUs with native
         bfloat16; measure the agreement for your model (benchmarks/seg_kvasir.py --decoder-precision)."""
-        from medfoundry.models.sam_fast import accelerate_decoder
-
         if precision not in ("fp32", "bf16"):
             raise InputContractError(f"unknown decoder precision {precision!r}: use fp32 or bf16")
-        if not hasattr(self.model, "mask_decoder"):
-            raise InputContractError("decoder precision applies to PyTorch models, not to ONNX sessions")
-        decoders = [self.model.mask_decoder]
-        if self.can_propagate:
-            decoders.append(self.model.propagation["mask_decoder"])
-        for decoder in decoders:
-            accelerate_decoder(decoder, bf16=precision == "bf16")
-            if precision == "fp32":
-                decoder.float()
+        self.model.set_decoder_precision(precision)  # prepared parts follow the decoder's dtype
         return self
 
     # -- image -------------------------------------------------------------------------------------------
@@ -191,10 +184,7 @@ class PromptSegmenter:
         ``flip``), from cache when possible; for PyTorch SAM models a
         :class:`~medfoundry.models.sam_prepared.PreparedEmbedding`, so that further prompts on it skip the
         decoder's prompt-independent work. Also returns the whole image's preprocessing info (None for crops)."""
-        from medfoundry.models.sam import SamModel
-        from medfoundry.models.sam_prepared import PreparedEmbedding
-
-        pool = getattr(self.model.config, "embed_pool", 1)
+        pool = self.model.config.embed_pool
         mirror_avg = self.tta == "embedding"
         key = (f"{self.record.name}:{self._weights_id()}:{self.precision}:{pool}:{self._hash}:"
                f"{None if window is None else window.tolist()}:{flip}:{mirror_avg}")
@@ -221,8 +211,7 @@ class PromptSegmenter:
             if disk is not None:
                 disk.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(emb.cpu(), disk)
-        prepare = self.prepare_embeddings and isinstance(self.model, SamModel)
-        entry = self._cache[key] = PreparedEmbedding(emb) if prepare else emb
+        entry = self._cache[key] = self.model.prepare(emb) if self.prepare_embeddings else emb
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return self._hot(key, entry), info
@@ -236,10 +225,8 @@ class PromptSegmenter:
         if self._weights_sha256 is None:
             if self.loaded_weights is not None:
                 self._weights_sha256 = self.loaded_weights.sha256
-            elif hasattr(self.model, "state_dict"):
-                self._weights_sha256 = LoadedWeights(self.model.state_dict()).sha256
             else:
-                self._weights_sha256 = f"unknown-{id(self.model)}"  # never shared with another model
+                self._weights_sha256 = self.model.weights_sha256()
         return self._weights_sha256
 
     def _hot(self, key: str, entry: Any = None) -> Any:
@@ -257,30 +244,21 @@ class PromptSegmenter:
                 old.release()
         return entry
 
+    def _decode(self, embedding: Any, **prompts: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backend's decoder on a cached embedding; without prepared embeddings, segment_anything's own."""
+        return self.model.decode(embedding, reference=not self.prepare_embeddings, **prompts)
+
     def _require_image(self) -> MedImage:
         if self.image is None:
             raise InputContractError("call set_image() before predict()")
         return self.image
 
     def _crop_pixels(self, window: np.ndarray) -> torch.Tensor:
-        """Crop (window XYXY, ints) of the image, squashed to the model's input and normalised."""
+        """Crop (window XYXY, ints) of the image as the model's input: :func:`preprocess_window`, the one
+        function that also builds training samples (:func:`medfoundry.train.seg_data.training_sample`)."""
         if self._unit is None:
-            self._unit = to_unit_range(self._require_image(), self.record.preprocess)
-        contract = self.record.preprocess
-        x0, y0, x1, y1 = window
-        crop = torch.from_numpy(self._unit[y0:y1, x0:x1]).permute(2, 0, 1)[None]
-        size = contract.image_size
-        if contract.intensity != "minmax":  # match training: 8-bit values resized bilinearly by Pillow
-            from PIL import Image
-
-            u8 = np.round(self._unit[y0:y1, x0:x1] * 255).astype(np.uint8)
-            resized = np.asarray(Image.fromarray(u8).resize((size, size), Image.Resampling.BILINEAR))
-            crop = torch.from_numpy(resized.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-        else:
-            crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
-        mean = torch.tensor(contract.mean)[:, None, None]
-        std = torch.tensor(contract.std)[:, None, None]
-        return (crop[0] * contract.scale - mean) / std
+            self._unit = pixel_values(self._require_image(), self.record.preprocess)
+        return preprocess_window(self._unit, window, self.record.preprocess)
 
     # -- prompts -----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -321,7 +299,7 @@ class PromptSegmenter:
             bx = torch.from_numpy(boxes * np.array([sx, sy, sx, sy], dtype=np.float32)
                                   + np.array([ox, oy, ox, oy], dtype=np.float32)).to(self.device)
         mi = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32)[None].repeat(n, 1, 1, 1)
-        logits, iou = self.model.decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
+        logits, iou = self._decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
         size = self.record.preprocess.image_size
         up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
         up = up[..., : info.content[0], : info.content[1]] if self.record.preprocess.resize == "longest_pad" else up
@@ -347,13 +325,13 @@ class PromptSegmenter:
             x0, y0, x1, y1 = window
             s = np.array([size / (x1 - x0), size / (y1 - y0)], dtype=np.float32)
             origin = np.array([x0, y0], dtype=np.float32)
-            bx = None if box is None else torch.from_numpy(_box_in_crop(box, window, size))[None].to(self.device)
+            bx = None if box is None else torch.from_numpy(box_in_window(box, window, size))[None].to(self.device)
             pts = None
             if points is not None:
                 pts = (torch.from_numpy((points - origin) * s)[None].to(self.device),
                        torch.from_numpy(point_labels)[None].to(self.device))
             mi = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float32)[None]
-            logits, iou = self.model.decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
+            logits, iou = self._decode(emb, points=pts, boxes=bx, mask_input=mi, multimask=multimask)
             if self.tta == "logits":  # average with the decoding of the left-right mirrored crop
                 logits, iou = self._mirrored(window, logits, iou, bx, pts, mi, multimask, size)
             all_masks.append(_paste(logits, window, h, w))
@@ -364,7 +342,7 @@ class PromptSegmenter:
     @property
     def can_propagate(self) -> bool:
         """Whether the model has a trained slice-propagation head (box-crop models only)."""
-        return self.crop > 0 and isinstance(getattr(self.model, "propagation", None), torch.nn.Module)
+        return self.crop > 0 and self.model.can_propagate
 
     @torch.inference_mode()
     def predict_next(self, previous: np.ndarray) -> SegmentResult:
@@ -390,9 +368,9 @@ class PromptSegmenter:
         emb, _ = self._embedding(window)
         size = self.record.preprocess.image_size
         x0, y0, x1, y1 = window
-        bx = torch.from_numpy(_box_in_crop(box, window, size))[None].to(self.device)
+        bx = torch.from_numpy(box_in_window(box, window, size))[None].to(self.device)
         mi = torch.from_numpy(previous_mask_prompt(previous[y0:y1, x0:x1], 4 * emb.shape[-1]))[None].to(self.device)
-        logits, iou = self.model.decode(emb, boxes=bx, mask_input=mi, head="propagation")
+        logits, iou = self._decode(emb, boxes=bx, mask_input=mi, head="propagation")
         return SegmentResult(_paste(logits, window, h, w)[None], iou.float().cpu().numpy(),
                              logits.float().cpu().numpy())
 
@@ -401,16 +379,8 @@ class PromptSegmenter:
         fbx = None if bx is None else torch.stack([size - bx[:, 2], bx[:, 1], size - bx[:, 0], bx[:, 3]], 1)
         fpts = None if pts is None else (torch.stack([size - pts[0][..., 0], pts[0][..., 1]], -1), pts[1])
         fmi = None if mi is None else mi.flip(-1)
-        flog, fiou = self.model.decode(emb, points=fpts, boxes=fbx, mask_input=fmi, multimask=multimask)
+        flog, fiou = self._decode(emb, points=fpts, boxes=fbx, mask_input=fmi, multimask=multimask)
         return (logits + flog.flip(-1)) / 2, (iou + fiou) / 2
-
-
-def _box_in_crop(box: np.ndarray, window: np.ndarray, size: int) -> np.ndarray:
-    """An XYXY box in image pixels → the same box in the model input made from ``window`` squashed to
-    ``size`` × ``size`` (float32, (4,))."""
-    x0, y0, x1, y1 = window
-    scale = np.array([size / (x1 - x0), size / (y1 - y0)] * 2, dtype=np.float32)
-    return ((np.asarray(box, np.float32) - np.array([x0, y0, x0, y0], np.float32)) * scale).astype(np.float32)
 
 
 def _paste(logits: torch.Tensor, window: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -482,4 +452,5 @@ def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: s
         segmenter.set_precision(segmenter.precision_choice.precision)
     if embed_pool != 1:
         segmenter.model.set_embed_pool(embed_pool)
+        segmenter._cache.clear()
     return segmenter

@@ -241,20 +241,45 @@ def write_checkpoint_record(record: ModelRecord, folder: str | Path, *, overwrit
 def resolve_model(model: str, weights: WeightsSpec | None = None) -> tuple[ModelRecord, WeightsSpec | None]:
     """Resolve a ``--model`` value and an optional ``--weights`` override to (record, weights spec).
 
-    ``model`` is a registry name/alias or ``local-dir:PATH`` (a self-describing checkpoint folder).
-    Without an override the record's first direct source is used (None when it has only manual
-    instructions: the caller then reports them).
+    ``model`` is a registry name/alias or ``local-dir:PATH``: a checkpoint folder or file in any format
+    :mod:`medfoundry.registry.formats` recognises (a medfoundry folder, an open_clip folder, a Hugging Face
+    folder, a SAM-family checkpoint). A local ``--weights`` folder or file is sniffed the same way and must
+    be of the record's architecture. Without an override the record's first direct source is used (None when
+    it has only manual instructions: the caller then reports them).
+
+    Raises:
+        RegistryError: an unknown name, a path in none of the recognised formats (the message names them), or
+            ``--weights`` of another architecture than the model's.
     """
     from medfoundry.registry.catalog import get_record
+    from medfoundry.registry.formats import sniff_record, sniffed_arch
 
-    if model.startswith("local-dir:"):
-        record = read_checkpoint_record(model.removeprefix("local-dir:"))
-    else:
-        record = get_record(model)
+    local_dir = model.startswith("local-dir:")
+    record = sniff_record(model.removeprefix("local-dir:")) if local_dir else get_record(model)
     if weights is not None:
+        local = _local_weights_path(weights)
+        if local is not None:
+            kind, arch = sniffed_arch(local)
+            if arch is not None and arch != record.arch:
+                raise RegistryError(f"--weights {local} is a {kind} checkpoint (architecture {arch}), but "
+                                    f"{record.name} is a {record.arch} model; load it with --model local-dir:{local}")
         return record, weights
     source = record.primary_weights
     return record, (source.uri if source is not None and source.uri else None)
+
+
+def _local_weights_path(weights: WeightsSpec) -> Path | None:
+    """The local folder or file a ``--weights`` value names (``local-dir:``, ``file:`` or a plain path of a
+    weights file type), or None for in-memory state dicts, remote sources and other files."""
+    if isinstance(weights, Mapping):
+        return None
+    text = str(weights)
+    if text.startswith(("hf-hub:", "http://", "https://", "package:", "pypi:")):
+        return None
+    path = Path(text.removeprefix("local-dir:").removeprefix("file:")).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix in (".safetensors", ".pth", ".pt", ".bin")):
+        return path
+    return None
 
 
 def fetch_weights(model: str, weights: WeightsSpec | None = None, *, offline: bool | None = None

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from medfoundry.models.sam import SamModel, build_sam
 from medfoundry.predict.boxes import crop_box, mask_box
 from medfoundry.train.distributed import load_resume_point, save_resume_point, start_run
-from medfoundry.train.seg_data import SegSample, crop_resize, jitter_box, load_manifest
+from medfoundry.train.seg_data import SegSample, box_crop_contract, jitter_box, load_manifest, training_sample
 
 
 @dataclass
@@ -77,8 +77,7 @@ class BoxCropDataset(torch.utils.data.Dataset):
         self.samples, self.cfg, self.length, self.train = samples, cfg, length, train
         self.size = cfg.arch["image_size"]
         self.crop = cfg.arch.get("prompt_crop", 0.0)
-        self.mean = np.asarray(cfg.mean, dtype=np.float32)
-        self.std = np.asarray(cfg.std, dtype=np.float32)
+        self.contract = box_crop_contract(self.size, cfg.mean, cfg.std)  # the record's, as inference applies it
 
     def __len__(self) -> int:
         return self.length
@@ -100,15 +99,10 @@ class BoxCropDataset(torch.utils.data.Dataset):
             window = crop_box(box, margin, h, w)
         else:
             window = np.array([0, 0, w, h])
-        img, msk = crop_resize(np.ascontiguousarray(image), np.ascontiguousarray(mask), window, self.size)
-        sx, sy = self.size / (window[2] - window[0]), self.size / (window[3] - window[1])
-        in_box = np.array([(box[0] - window[0]) * sx, (box[1] - window[1]) * sy, (box[2] - window[0]) * sx,
-                           (box[3] - window[1]) * sy], dtype=np.float32)
-        x = (img.astype(np.float32) - self.mean) / self.std
+        item = training_sample(image, mask, box, window, self.contract)
         if self.train:
-            x = x * rng.uniform(0.85, 1.15) + rng.uniform(-0.2, 0.2)
-        return {"image": torch.from_numpy(x).permute(2, 0, 1).contiguous(),
-                "mask": torch.from_numpy(msk[None].astype(np.float32)), "box": torch.from_numpy(in_box)}
+            item["image"] = item["image"] * rng.uniform(0.85, 1.15) + rng.uniform(-0.2, 0.2)
+        return item
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -204,7 +198,7 @@ def train_sam(cfg: SamTrainConfig) -> Path:
     from medfoundry.registry.loading import load_state_dict
 
     ctx, out = start_run(cfg.device, cfg.out, cfg.seed)
-    data = load_manifest(cfg.manifest, max_side=640)
+    data = load_manifest(cfg.manifest, box_crop_contract(cfg.arch["image_size"], cfg.mean, cfg.std))
     train, val = data.get("train", []), data.get("val", [])
     ctx.log(f"{len(train)} training objects, {len(val)} validation objects")
     model = build_sam(dict(cfg.arch)).to(ctx.device)
@@ -304,8 +298,7 @@ def box_crop_record(name: str, arch: dict[str, Any], mean: Any, std: Any, traini
         "tasks": ["segmentation-2d", "segmentation-3d"], "modalities": modalities,
         "license": "see MODEL_CARD.md and the training data", "commercial_use": False, "paper": "medfoundry",
         "training_data": training_data,
-        "preprocess": {"image_size": arch["image_size"], "resize": "squash", "channels": 3, "intensity": "window",
-                       "scale": 255.0, "mean": list(mean), "std": list(std), "interpolation": "bilinear"},
+        "preprocess": asdict(box_crop_contract(arch["image_size"], mean, std)),
     })
 
 

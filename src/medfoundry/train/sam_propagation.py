@@ -39,7 +39,7 @@ from medfoundry.models.sam import SamModel, build_sam
 from medfoundry.predict.boxes import crop_box, mask_box, previous_mask_prompt
 from medfoundry.train.distributed import load_resume_point, save_resume_point, start_run
 from medfoundry.train.sam import box_crop_record, dice_loss, finish_run, optimizer_step
-from medfoundry.train.seg_data import MIN_AREA, crop_resize
+from medfoundry.train.seg_data import MIN_AREA, box_crop_contract, training_sample
 from medfoundry.viz import display_rgb
 
 
@@ -168,8 +168,7 @@ class PropagationDataset(torch.utils.data.Dataset):
         if not self.flat:
             raise InputContractError("no slice pairs: objects need at least one slice of "
                                      f"{MIN_AREA} pixels and a neighbour")
-        self.mean = np.asarray(cfg.mean, dtype=np.float32)
-        self.std = np.asarray(cfg.std, dtype=np.float32)
+        self.contract = box_crop_contract(self.size, cfg.mean, cfg.std)  # the record's, as inference applies it
 
     def __len__(self) -> int:
         return self.length if self.train else len(self.flat)
@@ -191,18 +190,12 @@ class PropagationDataset(torch.utils.data.Dataset):
         box = mask_box(prev)
         margin = rng.uniform(*self.cfg.margin_range) if self.train else self.cfg.arch.get("prompt_crop", 0.25)
         window = crop_box(box, margin, h, w)
-        img, msk = crop_resize(np.ascontiguousarray(image), np.ascontiguousarray(target), window, self.size)
+        item = training_sample(image, target, box, window, self.contract)
         x0, y0, x1, y1 = window
-        mask_in = previous_mask_prompt(prev[y0:y1, x0:x1], 4 * self.grid)
-        sx, sy = self.size / (x1 - x0), self.size / (y1 - y0)
-        in_box = np.array([(box[0] - x0) * sx, (box[1] - y0) * sy, (box[2] - x0) * sx, (box[3] - y0) * sy],
-                          dtype=np.float32)
-        x = (img.astype(np.float32) - self.mean) / self.std
+        item["mask_input"] = torch.from_numpy(previous_mask_prompt(prev[y0:y1, x0:x1], 4 * self.grid))
         if self.train:
-            x = x * rng.uniform(0.85, 1.15) + rng.uniform(-0.2, 0.2)
-        return {"image": torch.from_numpy(x).permute(2, 0, 1).contiguous(),
-                "mask": torch.from_numpy(msk[None].astype(np.float32)), "box": torch.from_numpy(in_box),
-                "mask_input": torch.from_numpy(mask_in)}
+            item["image"] = item["image"] * rng.uniform(0.85, 1.15) + rng.uniform(-0.2, 0.2)
+        return item
 
 
 def _step(model: SamModel, batch: dict[str, torch.Tensor], device: torch.device

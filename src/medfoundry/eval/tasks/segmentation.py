@@ -2,14 +2,15 @@
 
 - ``segmentation-2d``: the prompt is the tight box of the true mask; baseline: the ellipse inscribed in it.
 - ``segmentation-3d``: the prompt is the tight box of the true mask on its key slice (the ``dataset.key_slice``
-  column, else the slice where the object is largest) only; the mask is propagated slice by slice
-  (:func:`medfoundry.tasks.volume.segment_volume`); baseline: the ellipsoid inscribed in the true 3D bounding
-  box (which knows the object's extent in z, the model does not).
+  column, else the slice where the object is largest) only; the mask is propagated slice by slice; baseline:
+  the ellipsoid inscribed in the true 3D bounding box (which knows the object's extent in z, the model does
+  not).
 
 ``dataset.units: HU`` marks images whose files do not say they are CT (NIfTI) as Hounsfield units, so that
 models see them through the same CT window as a DICOM series. A label map selects its object by the
 ``mask_value`` column; a mask stored with another orientation than its image is flipped onto the image's
-voxel grid. Predicted masks are written to ``out/predictions/<id>.png``
+voxel grid. Both run the segmentation flow the CLI runs (:func:`medfoundry.tasks.segmentation.segment`).
+Predicted masks are written to ``out/predictions/<id>.png``
 (2D) or ``.npz`` (3D) so the report can show them.
 """
 
@@ -75,6 +76,8 @@ def predict(spec, cases, model, weights, cache_path, progress):
     from medfoundry.io import read_image
     from medfoundry.predict.boxes import mask_box
     from medfoundry.predict.segment import open_segmenter
+    from medfoundry.tasks.measure import measure
+    from medfoundry.tasks.segmentation import segment
 
     segmenter = open_segmenter(model, weights)
     predictions = Path(cache_path).parent / "predictions"
@@ -85,24 +88,21 @@ def predict(spec, cases, model, weights, cache_path, progress):
             image = replace(image, units="HU", modality="CT")
         truth = truth_mask(case, image, spec.dataset.mask_key)
         if spec.task == "segmentation-3d":
-            from medfoundry.tasks.measure import measure
-            from medfoundry.tasks.volume import segment_volume
-
             key = case["key_slice"] if "key_slice" in case else int(truth.sum(axis=(1, 2)).argmax())
             if not 0 <= key < truth.shape[0] or not truth[key].any():
                 raise InputContractError(f"{case['id']}: key slice {key} holds no object "
                                          f"(slices 0..{truth.shape[0] - 1})")
             box = mask_box(truth[key])
-            result = segment_volume(segmenter, image, key, box=box)
-            pred, baseline = result.mask, ellipsoid_in_box(truth)
+            outcome = segment(segmenter, image, box[None], slice_index=key, propagate=True)
+            assert outcome.volume is not None  # propagated
+            pred, baseline = outcome.mask, ellipsoid_in_box(truth)
             z = np.nonzero(truth.any(axis=(1, 2)))[0]
-            extra = {"key_slice": key, "slices_pred": [result.first, result.last],
-                     "slices_true": [int(z[0]), int(z[-1])], "volume_ml_pred": measure(pred, image).volume_ml,
+            extra = {"key_slice": key, "slices_pred": [outcome.volume.first, outcome.volume.last],
+                     "slices_true": [int(z[0]), int(z[-1])], "volume_ml_pred": outcome.measurement.volume_ml,
                      "volume_ml_true": measure(truth, image).volume_ml}
         else:
             box = mask_box(truth)
-            segmenter.set_image(image)
-            pred, baseline = segmenter.predict(boxes=box[None]).best()[0], ellipse_in_box(truth.shape, box)
+            pred, baseline = segment(segmenter, image, box[None]).mask, ellipse_in_box(truth.shape, box)
             extra = {}
         return {"box": box.tolist(), "model": segmentation_case(pred, truth, image.spacing),
                 "baseline": segmentation_case(baseline, truth, image.spacing),
