@@ -22,6 +22,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from medfoundry.datasets.splits import UNSEEN_LESION_PATIENTS, sts_split  # noqa: E402
 from medfoundry.eval.baselines import ellipsoid_in_box  # noqa: E402
 from medfoundry.io import read_image  # noqa: E402
 from medfoundry.predict.boxes import mask_box  # noqa: E402
@@ -44,20 +46,26 @@ def lesion1(mask: np.ndarray, image) -> dict:
 
 def cases(shared: Path, n_sts: int):
     """DeepLesion and sarcoma cases alternately (so a time budget still samples both), loaded one at a time."""
-    lesion = [(p.stem, lambda p=p: (read_image(p, key="imgs"), read_image(p, key="gts").array > 0))
+    lesion = [(p.stem, "held-out" if p.stem.split("_")[2] in UNSEEN_LESION_PATIENTS else "trained on",
+               lambda p=p: (read_image(p, key="imgs"), read_image(p, key="gts").array > 0))
               for p in sorted((shared / "deeplesion_ct_lesion_3d" / "volumes").glob("*.npz"))]
     base = shared / "sts_ct_sarcoma_3d"
     with open(base / "cases.csv", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))[:n_sts]
-    sts = [(r["patient_id"], lambda r=r: (read_image(base / r["volume_file"]),
-                                          read_image(base / r["mask_file"]).array > 0)) for r in rows]
+        rows = list(csv.DictReader(fh))
+    split = sts_split([r["patient_id"] for r in rows])
+    rows = rows[:n_sts]
+    # the crops are HU, which their NIfTI files do not say: read them as the sts-3d benchmark does (soft-tissue
+    # window), not through a percentile window
+    sts = [(r["patient_id"], "held-out" if split[r["patient_id"]] == "report" else "tuned on",
+            lambda r=r: (replace(read_image(base / r["volume_file"]), units="HU", modality="CT"),
+                         read_image(base / r["mask_file"]).array > 0)) for r in rows]
     order = []
     for i in range(max(len(lesion), len(sts))):
         order += [("deeplesion", *lesion[i])] if i < len(lesion) else []
         order += [("sts", *sts[i])] if i < len(sts) else []
-    for dataset, name, load in order:
+    for dataset, name, role, load in order:
         volume, truth = load()
-        yield dataset, name, volume, truth
+        yield dataset, name, role, volume, truth
 
 
 def main() -> None:
@@ -72,7 +80,7 @@ def main() -> None:
     seg = open_segmenter(args.model, None)
     rows = []
     start = time.perf_counter()
-    for dataset, name, volume, truth in cases(Path(args.shared), args.sts):
+    for dataset, name, role, volume, truth in cases(Path(args.shared), args.sts):
         if time.perf_counter() - start > args.budget_s:
             break
         t0 = time.perf_counter()
@@ -80,7 +88,8 @@ def main() -> None:
         pred = segment_volume(seg, volume, key, box=mask_box(truth[key])).mask
         ref, ours, base = lesion1(truth, volume), lesion1(pred, volume), lesion1(ellipsoid_in_box(truth), volume)
         rows.append({
-            "dataset": dataset, "case": name, "key_slice": key, "spacing_mm": [round(s, 4) for s in volume.spacing],
+            "dataset": dataset, "case": name, "role": role, "key_slice": key,
+            "spacing_mm": [round(s, 4) for s in volume.spacing],
             "reference_long_axis_mm": ref["long_axis"], "reference_volume_ml": ref["volume_ml"],
             "model_long_axis_mm": ours["long_axis"], "model_volume_ml": ours["volume_ml"],
             "baseline_long_axis_mm": base["long_axis"], "baseline_volume_ml": base["volume_ml"],
@@ -113,10 +122,12 @@ def write(args, rows: list[dict]) -> None:
         "all": summary(rows),
         "deeplesion": summary([r for r in rows if r["dataset"] == "deeplesion"]),
         "sts": summary([r for r in rows if r["dataset"] == "sts"]),
+        "held_out": {ds: summary([r for r in rows if r["dataset"] == ds and r["role"] == "held-out"])
+                     for ds in ("deeplesion", "sts")},
         "cases": rows,
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps({k: result[k] for k in ("all", "deeplesion", "sts")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("all", "deeplesion", "sts", "held_out")}, indent=1))
 
 
 if __name__ == "__main__":

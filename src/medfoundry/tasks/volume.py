@@ -88,6 +88,26 @@ def gate_mask(mask: np.ndarray, values: np.ndarray, span: tuple[float, float] | 
     return ndi.binary_fill_holes(mask)
 
 
+def propagation_step(
+    segmenter: PromptSegmenter, values: np.ndarray, prev: np.ndarray, box_scales: tuple[float, ...],
+    span: tuple[float, float] | None,
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """One slice of box propagation, on the slice already set on ``segmenter`` (its (H, W) pixel ``values``, HU
+    for CT), from the (H, W) bool mask ``prev`` of the neighbouring slice: the box of ``prev`` scaled by each of
+    ``box_scales``, the mask with the highest predicted IoU, cut to the box of ``prev``, then gated by ``span``
+    (:func:`gate_mask`). Returns that (H, W) bool mask, the model's predicted IoU of it, and the mask before
+    the gate."""
+    box_prev = mask_box(prev)
+    result = segmenter.predict(boxes=shrunk_boxes(box_prev, box_scales, values.shape))
+    best = int(np.argmax(result.iou.max(axis=1)))
+    mask = result.best()[best]
+    x0, y0, x1, y1 = np.round(box_prev).astype(int)
+    inside = np.zeros_like(mask)
+    inside[y0:y1, x0:x1] = True
+    raw = mask & inside
+    return (gate_mask(raw, values, span) if span is not None else raw), float(result.iou[best].max()), raw
+
+
 def segment_volume(
     segmenter: PromptSegmenter,
     volume: MedImage,
@@ -163,14 +183,7 @@ def segment_volume(
                 if use_head:
                     mask = segmenter.predict_next(prev).best()[0]
                 else:
-                    box_prev = mask_box(prev)
-                    candidates = shrunk_boxes(box_prev, box_scales, volume.spatial_shape[1:])
-                    result = segmenter.predict(boxes=candidates)
-                    mask = result.best()[int(np.argmax(result.iou.max(axis=1)))]
-                    x0, y0, x1, y1 = np.round(box_prev).astype(int)
-                    inside = np.zeros_like(mask)
-                    inside[y0:y1, x0:x1] = True
-                    mask = gate_mask(mask & inside, volume.array[z], span) if span is not None else mask & inside
+                    mask = propagation_step(segmenter, volume.array[z], prev, box_scales, span)[0]
                 bar.advance(task)
                 reason = ""
                 if mask.sum() < min_pixels:
