@@ -41,8 +41,12 @@ from medfoundry.io.image import MedImage
 from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import PromptSegmenter, check_prompts
 
-#: The box propagation before the intensity gate (issue 12), for comparisons (benchmarks/seg_sts3d.py).
-PREVIOUS_DEFAULTS: dict = {"intensity_quantile": None}
+#: Shape-prior defaults (chosen on the tuning patients only: benchmarks/tune_shape_prior.py).
+MAX_EXTENT = 2.0
+ELLIPSOID_SCALE = 1.2
+
+#: The box propagation before the shape prior (issue 12, second round), for comparisons (benchmarks/seg_sts3d.py).
+PREVIOUS_DEFAULTS: dict = {"max_extent": None, "ellipsoid_scale": None}
 
 
 @dataclass
@@ -108,6 +112,23 @@ def propagation_step(
     return (gate_mask(raw, values, span) if span is not None else raw), float(result.iou[best].max()), raw
 
 
+def half_ellipsoids(shape: tuple[int, int, int], key: int, box: np.ndarray, first: int, last: int,
+                    scale: float = 1.0, pad: float = 0.5) -> np.ndarray:
+    """(Z, Y, X) bool: two half-ellipsoids joined on slice ``key``, the blob a key-slice box and a slice range
+    describe. In-plane: the ellipse inscribed in ``box`` (XYXY pixels of the key slice) scaled by ``scale``
+    about its centre; along z its cross-section shrinks as an ellipsoid's, to nothing ``pad`` slices beyond
+    ``first`` (towards lower indices) and ``last`` (towards higher ones)."""
+    x0, y0, x1, y1 = np.asarray(box, dtype=np.float64)
+    rx, ry = max((x1 - x0) / 2 * scale, 0.5), max((y1 - y0) / 2 * scale, 0.5)
+    yy, xx = np.mgrid[: shape[1], : shape[2]] + 0.5
+    q = ((xx - (x0 + x1) / 2) / rx) ** 2 + ((yy - (y0 + y1) / 2) / ry) ** 2
+    out = np.zeros(shape, dtype=bool)
+    for z in range(max(first, 0), min(last, shape[0] - 1) + 1):
+        half = (last - key + pad) if z >= key else (key - first + pad)
+        out[z] = q <= 1 - ((z - key) / half) ** 2
+    return out
+
+
 def segment_volume(
     segmenter: PromptSegmenter,
     volume: MedImage,
@@ -122,6 +143,8 @@ def segment_volume(
     use_head: bool = False,
     box_scales: tuple[float, ...] = (0.75, 0.9, 1.0),
     intensity_quantile: float | None = 5.0,
+    max_extent: float | None = MAX_EXTENT,
+    ellipsoid_scale: float | None = ELLIPSOID_SCALE,
     progress: bool = False,
 ) -> VolumeResult:
     """Segment an object through ``volume`` from prompts on ``key_slice`` (box XYXY / points XY in that
@@ -139,6 +162,12 @@ def segment_volume(
             ``q``–``100 - q`` percentiles of the key-slice mask (:func:`intensity_range`; HU for CT),
             then its largest part with holes filled: box-prompted models fill their box with whatever lies in
             it (bone, fat, muscle beside a tumour) and the next box grows with it. ``None`` turns it off.
+        max_extent: shape prior on the extent along z: propagation stops (``"extent prior"``) more than this
+            many times the key-slice object's equivalent radius (of a disc of its area, in mm) away from the
+            key slice (in mm, from the volume's spacing). ``None``: no limit.
+        ellipsoid_scale: shape prior on the cross-sections: the masks are kept within
+            :func:`half_ellipsoids` of the key-slice box (scaled by this) and the propagated slice range, i.e.
+            within the blob that box and range describe. ``None``: masks as the model gives them.
 
     Raises:
         InputContractError: not a volume, key slice outside it, prompts outside the slice, or a head asked of a
@@ -156,6 +185,9 @@ def segment_volume(
         raise InputContractError(f"{segmenter.record.name} has no propagation head: use box propagation")
     if intensity_quantile is not None and not 0 <= intensity_quantile < 50:
         raise InputContractError(f"intensity_quantile must be in [0, 50) percent, got {intensity_quantile}")
+    if (max_extent is not None and max_extent <= 0) or (ellipsoid_scale is not None and ellipsoid_scale <= 0):
+        raise InputContractError(f"max_extent and ellipsoid_scale must be positive, got {max_extent}, "
+                                 f"{ellipsoid_scale}")
     # prompts are checked against the slice here, whatever the segmenter checks itself
     check_prompts(volume.spatial_shape[1:], points, point_labels, None if box is None else np.asarray(box)[None])
     out = np.zeros(volume.spatial_shape, dtype=bool)
@@ -172,6 +204,8 @@ def segment_volume(
     out[key_slice] = first
     ref = values[first].astype(np.float64)
     ref_mean, ref_std = ref.mean(), ref.std() + 1e-6
+    dz, dy, dx = volume.spacing
+    reach = np.inf if max_extent is None or use_head else max_extent * np.sqrt(first.sum() * dy * dx / np.pi) / dz
     lo = hi = key_slice
     stopped = ["volume end", "volume end"]
     with Progress(disable=not progress) as bar:
@@ -179,6 +213,9 @@ def segment_volume(
         for side, step in ((1, 1), (0, -1)):
             prev, z = first, key_slice + step
             while 0 <= z < depth:
+                if abs(z - key_slice) > reach:
+                    stopped[side] = "extent prior"
+                    break
                 segmenter.set_image(volume.slice(z))
                 if use_head:
                     mask = segmenter.predict_next(prev).best()[0]
@@ -199,4 +236,10 @@ def segment_volume(
                 out[z] = mask
                 lo, hi = min(lo, z), max(hi, z)
                 prev, z = mask, z + step
+    if ellipsoid_scale is not None and not use_head:
+        key_box = np.asarray(box, dtype=np.float64) if box is not None else mask_box(first)
+        out &= half_ellipsoids(out.shape, key_slice, key_box, lo, hi, ellipsoid_scale)
+        out[key_slice] |= first & ~out.any()  # never empty: the key slice's mask stays if the cut removed all
+        zs = np.nonzero(out.any(axis=(1, 2)))[0]
+        lo, hi = int(zs[0]), int(zs[-1])
     return VolumeResult(out, lo, hi, (stopped[0], stopped[1]))
