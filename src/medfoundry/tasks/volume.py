@@ -23,6 +23,17 @@ shared 2-core machine allowed) the gate raised mean 3D Dice from 0.814 to 0.842 
 0.754 (sarcomas); 10th–90th percentiles, or the range of the central half of the box only, did better on the
 two sarcomas and worse on the two DeepLesion volumes, and one box scale instead of three did worse on both.
 
+Shape priors (issue 12, second round): lesions and tumours are blobs, and the no-model ellipsoid inscribed in
+the true 3D box scores about as well as box propagation did, while a box-prompted model keeps finding
+"something" past the lesion's end and fills loose boxes with neighbouring tissue of the same density. So
+propagation also stops (``"extent prior"``) beyond ``max_extent`` × the key-slice object's equivalent radius
+from the key slice, and (``min_fraction``) when the mask falls below a fraction of the key slice's area; and the
+masks are kept within two half-ellipsoids joined on the key slice (:func:`half_ellipsoids`): in-plane the
+ellipse inscribed in the key-slice box (scaled by ``ellipsoid_scale``), shrinking along z as an ellipsoid's
+cross-section to the propagated slice range. The three values were chosen by replaying recorded
+trajectories of the tuning patients only (benchmarks/record_propagation.py, benchmarks/tune_shape_prior.py,
+results/tune_shape_prior.json); ``PREVIOUS_DEFAULTS`` turns them off.
+
 Models with a trained propagation head (``medfoundry train sam-propagation``) can instead carry the mask with
 that head (``use_head=True``): it sees the next slice around the previous mask, with that mask and its box as
 prompts, and returns the object there — empty where it has ended.
@@ -42,11 +53,12 @@ from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import PromptSegmenter, check_prompts
 
 #: Shape-prior defaults (chosen on the tuning patients only: benchmarks/tune_shape_prior.py).
-MAX_EXTENT = 2.0
-ELLIPSOID_SCALE = 1.2
+MAX_EXTENT = 1.75
+ELLIPSOID_SCALE = 1.1
+MIN_FRACTION = 0.1
 
 #: The box propagation before the shape prior (issue 12, second round), for comparisons (benchmarks/seg_sts3d.py).
-PREVIOUS_DEFAULTS: dict = {"max_extent": None, "ellipsoid_scale": None}
+PREVIOUS_DEFAULTS: dict = {"max_extent": None, "ellipsoid_scale": None, "min_fraction": None}
 
 
 @dataclass
@@ -138,6 +150,7 @@ def segment_volume(
     point_labels: np.ndarray | None = None,
     *,
     min_pixels: int = 8,
+    min_fraction: float | None = MIN_FRACTION,
     max_growth: float = 1.6,
     max_intensity_z: float = 2.0,
     use_head: bool = False,
@@ -152,6 +165,7 @@ def segment_volume(
 
     Args:
         min_pixels: a slice mask smaller than this ends propagation in that direction.
+        min_fraction: so does a slice mask smaller than this fraction of the key slice's (``None``: off).
         max_growth, max_intensity_z: the stopping rules of box propagation (the head stops by itself).
         use_head: carry the mask with the model's propagation head (it must have one) instead of boxes.
         box_scales: box propagation tries the previous box scaled by each factor about its centre (objects
@@ -205,6 +219,7 @@ def segment_volume(
     ref = values[first].astype(np.float64)
     ref_mean, ref_std = ref.mean(), ref.std() + 1e-6
     dz, dy, dx = volume.spacing
+    least = 0 if min_fraction is None or use_head else min_fraction * first.sum()
     reach = np.inf if max_extent is None or use_head else max_extent * np.sqrt(first.sum() * dy * dx / np.pi) / dz
     lo = hi = key_slice
     stopped = ["volume end", "volume end"]
@@ -223,7 +238,7 @@ def segment_volume(
                     mask = propagation_step(segmenter, volume.array[z], prev, box_scales, span)[0]
                 bar.advance(task)
                 reason = ""
-                if mask.sum() < min_pixels:
+                if mask.sum() < max(min_pixels, least):
                     reason = "object vanished"
                 elif not use_head and mask.sum() > max_growth * prev.sum():  # the head decides itself
                     reason = "mask grew"
@@ -238,7 +253,7 @@ def segment_volume(
                 prev, z = mask, z + step
     if ellipsoid_scale is not None and not use_head:
         key_box = np.asarray(box, dtype=np.float64) if box is not None else mask_box(first)
-        out &= half_ellipsoids(out.shape, key_slice, key_box, lo, hi, ellipsoid_scale)
+        out &= half_ellipsoids(out.shape, key_slice, key_box, lo, hi, ellipsoid_scale, pad=1.0)
         out[key_slice] |= first & ~out.any()  # never empty: the key slice's mask stays if the cut removed all
         zs = np.nonzero(out.any(axis=(1, 2)))[0]
         lo, hi = int(zs[0]), int(zs[-1])
