@@ -53,7 +53,7 @@ from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import PromptSegmenter, check_prompts
 
 #: Shape-prior defaults (chosen on the tuning patients only: benchmarks/tune_shape_prior.py).
-MAX_EXTENT = 1.75
+MAX_EXTENT = 2.0
 ELLIPSOID_SCALE = 1.1
 MIN_FRACTION = 0.1
 
