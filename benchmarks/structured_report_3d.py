@@ -10,8 +10,10 @@ structured report (:func:`medfoundry.tasks.structured_report.structured_report`)
 mask give lesion 1's long axis (mm, RECIST-style on its longest slice) and volume (mL). Errors: absolute long-axis
 error (mm) and relative volume error, medians over cases. Baseline, measured the same way: the ellipsoid inscribed
 in the reference mask's 3D bounding box (it knows the true z-extent, which the box on one slice does not give).
-Writes ``benchmarks/results/structured_report_3d.json``. The propagation code is whatever ``tasks/volume.py`` is
-on this branch (its commit is recorded).
+``--predictions DIR ...`` takes the masks an evaluation run already wrote (``medfoundry eval --benchmark
+lesion-3d|sts-3d``: ``<run>/predictions/<case>.npz``) instead of running the segmenter again, and measures only
+those cases. Writes ``benchmarks/results/structured_report_3d.json``. The propagation code is whatever
+``tasks/volume.py`` is on this branch (its commit is recorded).
 """
 
 from __future__ import annotations
@@ -74,18 +76,27 @@ def main() -> None:
     ap.add_argument("--model", default="medfoundry-sam-lite")
     ap.add_argument("--sts", type=int, default=20, help="how many sarcoma patients (of 20)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "structured_report_3d.json"))
+    ap.add_argument("--predictions", nargs="*", default=[],
+                    help="eval-run prediction folders: measure their saved masks instead of segmenting")
     ap.add_argument("--budget-s", type=float, default=1e9,
                     help="stop starting new cases after this many seconds (the results say how many ran)")
     args = ap.parse_args()
-    seg = open_segmenter(args.model, None)
+    saved = {p.stem: p for folder in args.predictions for p in Path(folder).glob("*.npz")}
+    seg = None if saved else open_segmenter(args.model, None)
     rows = []
     start = time.perf_counter()
     for dataset, name, role, volume, truth in cases(Path(args.shared), args.sts):
         if time.perf_counter() - start > args.budget_s:
             break
+        if saved and name not in saved:
+            continue
         t0 = time.perf_counter()
         key = int(truth.sum(axis=(1, 2)).argmax())
-        pred = segment_volume(seg, volume, key, box=mask_box(truth[key])).mask
+        if saved:
+            packed = np.load(saved[name])
+            pred = np.unpackbits(packed["mask"])[: truth.size].reshape(tuple(packed["shape"])).astype(bool)
+        else:
+            pred = segment_volume(seg, volume, key, box=mask_box(truth[key])).mask
         ref, ours, base = lesion1(truth, volume), lesion1(pred, volume), lesion1(ellipsoid_in_box(truth), volume)
         rows.append({
             "dataset": dataset, "case": name, "role": role, "key_slice": key,
@@ -116,8 +127,9 @@ def write(args, rows: list[dict]) -> None:
         "what": "lesion 1 of the structured report: long axis (mm) and volume (mL) vs the reference mask's",
         "prompt": "tight box of the reference mask on its largest slice, propagated (tasks/volume.segment_volume)",
         "baseline": "ellipsoid inscribed in the reference mask's 3D bounding box (knows the true z-extent)",
-        "model": args.model, "code_commit": commit, "targets": {"median_abs_long_axis_error_mm": 2.0,
-                                                                "median_rel_volume_error": 0.10},
+        "model": args.model, "code_commit": commit,
+        "masks_from_eval_runs": [Path(p).parent.name for p in args.predictions],
+        "targets": {"median_abs_long_axis_error_mm": 2.0, "median_rel_volume_error": 0.10},
         "cases_run": len(rows), "cpu_note": "run on a shared 2-core CPU; --budget-s may stop before all cases",
         "all": summary(rows),
         "deeplesion": summary([r for r in rows if r["dataset"] == "deeplesion"]),
