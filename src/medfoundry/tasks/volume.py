@@ -165,7 +165,8 @@ def segment_volume(
 
     Args:
         min_pixels: a slice mask smaller than this ends propagation in that direction.
-        min_fraction: so does a slice mask smaller than this fraction of the key slice's (``None``: off).
+        min_fraction: so does (also ``"object vanished"``) a slice mask smaller than this fraction of the key
+            slice's (``None``: off).
         max_growth, max_intensity_z: the stopping rules of box propagation (the head stops by itself).
         use_head: carry the mask with the model's propagation head (it must have one) instead of boxes.
         box_scales: box propagation tries the previous box scaled by each factor about its centre (objects
