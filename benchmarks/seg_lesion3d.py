@@ -2,7 +2,8 @@
 
 Key slice: the slice where the lesion is largest; the prompt is the tight box of the true mask there; the
 mask is propagated through the volume (medfoundry.tasks.volume: box hypotheses chosen by predicted IoU, each
-mask gated by the key-slice lesion's intensity range), and
+mask gated by the key-slice lesion's intensity range, shape priors on the extent and the cross-sections), beside
+the previous defaults (``PREVIOUS_DEFAULTS``: no shape prior), and
 for comparison with the single previous box of earlier versions (``box_scales=(1.0,)``) and with every lesion
 slice prompted with its own true box (not a method: the upper bound of propagation). Baseline: the ellipsoid
 inscribed in the true 3D bounding box. Patients 000009 and 000010 were never used in training;
@@ -24,7 +25,7 @@ from medfoundry.io import read_image
 from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import TTA_MODES, open_segmenter
 from medfoundry.tasks.measure import measure
-from medfoundry.tasks.volume import segment_volume
+from medfoundry.tasks.volume import PREVIOUS_DEFAULTS, segment_volume
 
 UNSEEN = ("000009", "000010")
 
@@ -48,6 +49,7 @@ def main() -> None:
         key = int(truth.sum(axis=(1, 2)).argmax())
         result = segment_volume(seg, volume, key, box=mask_box(truth[key]))
         single = segment_volume(seg, volume, key, box=mask_box(truth[key]), box_scales=(1.0,))
+        previous = segment_volume(seg, volume, key, box=mask_box(truth[key]), **PREVIOUS_DEFAULTS)
         oracle = np.zeros_like(truth)  # upper bound of propagation: every lesion slice prompted with its true box
         for z in np.nonzero(truth.any(axis=(1, 2)))[0]:
             seg.set_image(volume.slice(int(z)))
@@ -58,6 +60,7 @@ def main() -> None:
         patient = path.stem.split("_")[2]
         cases.append({"case": path.stem, "patient": patient, "unseen": patient in UNSEEN, "key_slice": key,
                       "dice_3d": dice(result.mask, truth), "dice_3d_single_box": dice(single.mask, truth),
+                      "dice_3d_previous_defaults": dice(previous.mask, truth), "stopped": list(result.stopped),
                       "dice_3d_true_box_every_slice": dice(oracle, truth),
                       **({"dice_3d_propagation_head": dice(head.mask, truth)} if head is not None else {}),
                       "baseline_ellipsoid_dice_3d": dice(ellipsoid_in_box(truth), truth),
@@ -73,6 +76,8 @@ def main() -> None:
         "unseen_cases": len(unseen),
         "dice_3d_mean_unseen": float(np.mean([c["dice_3d"] for c in unseen])),
         "dice_3d_single_box_mean_unseen": float(np.mean([c["dice_3d_single_box"] for c in unseen])),
+        "dice_3d_previous_defaults_mean_unseen (no shape prior)": float(
+            np.mean([c["dice_3d_previous_defaults"] for c in unseen])),
         "dice_3d_true_box_every_slice_mean_unseen (not a method: the upper bound of propagation)": float(
             np.mean([c["dice_3d_true_box_every_slice"] for c in unseen])),
         **({"dice_3d_propagation_head_mean_unseen": float(np.mean([c["dice_3d_propagation_head"] for c in unseen]))}

@@ -9,8 +9,8 @@ used to choose anything; the summary is on ``--split`` (default ``report``). The
 
 Per patient: Dice of the propagated mask; of every tumour slice prompted with its own true box (not a method:
 the upper bound of box propagation); and of the ellipsoid inscribed in the true 3D bounding box (the no-model
-baseline, which knows the true extent in z). ``--compare-previous`` also runs the propagation from before
-issue 12 (``PREVIOUS_DEFAULTS``: no intensity gate) on the same volumes.
+baseline, which knows the true extent in z). ``--compare-previous`` also runs the propagation without the
+shape priors (``PREVIOUS_DEFAULTS``: the intensity-gated propagation measured before) on the same volumes.
 
     nice -n 10 python benchmarks/seg_sts3d.py --shared ../shared/data --out benchmarks/results/seg_sts3d.json
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medfoundry.datasets.splits import sts_split
 from medfoundry.eval.baselines import dice, ellipsoid_in_box
-from medfoundry.eval.prepare import sts_split
 from medfoundry.io import read_image
 from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import open_segmenter

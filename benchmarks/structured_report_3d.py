@@ -10,8 +10,10 @@ structured report (:func:`medfoundry.tasks.structured_report.structured_report`)
 mask give lesion 1's long axis (mm, RECIST-style on its longest slice) and volume (mL). Errors: absolute long-axis
 error (mm) and relative volume error, medians over cases. Baseline, measured the same way: the ellipsoid inscribed
 in the reference mask's 3D bounding box (it knows the true z-extent, which the box on one slice does not give).
-Writes ``benchmarks/results/structured_report_3d.json``. The propagation code is whatever ``tasks/volume.py`` is
-on this branch (its commit is recorded).
+``--predictions DIR ...`` takes the masks an evaluation run already wrote (``medfoundry eval --benchmark
+lesion-3d|sts-3d``: ``<run>/predictions/<case>.npz``) instead of running the segmenter again, and measures only
+those cases. Writes ``benchmarks/results/structured_report_3d.json``. The propagation code is whatever
+``tasks/volume.py`` is on this branch (its commit is recorded).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from medfoundry.datasets.splits import UNSEEN_LESION_PATIENTS, sts_split  # noqa: E402
 from medfoundry.eval.baselines import ellipsoid_in_box  # noqa: E402
 from medfoundry.io import read_image  # noqa: E402
 from medfoundry.predict.boxes import mask_box  # noqa: E402
@@ -44,20 +48,26 @@ def lesion1(mask: np.ndarray, image) -> dict:
 
 def cases(shared: Path, n_sts: int):
     """DeepLesion and sarcoma cases alternately (so a time budget still samples both), loaded one at a time."""
-    lesion = [(p.stem, lambda p=p: (read_image(p, key="imgs"), read_image(p, key="gts").array > 0))
+    lesion = [(p.stem, "held-out" if p.stem.split("_")[2] in UNSEEN_LESION_PATIENTS else "trained on",
+               lambda p=p: (read_image(p, key="imgs"), read_image(p, key="gts").array > 0))
               for p in sorted((shared / "deeplesion_ct_lesion_3d" / "volumes").glob("*.npz"))]
     base = shared / "sts_ct_sarcoma_3d"
     with open(base / "cases.csv", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))[:n_sts]
-    sts = [(r["patient_id"], lambda r=r: (read_image(base / r["volume_file"]),
-                                          read_image(base / r["mask_file"]).array > 0)) for r in rows]
+        rows = list(csv.DictReader(fh))
+    split = sts_split([r["patient_id"] for r in rows])
+    rows = rows[:n_sts]
+    # the crops are HU, which their NIfTI files do not say: read them as the sts-3d benchmark does (soft-tissue
+    # window), not through a percentile window
+    sts = [(r["patient_id"], "held-out" if split[r["patient_id"]] == "report" else "tuned on",
+            lambda r=r: (replace(read_image(base / r["volume_file"]), units="HU", modality="CT"),
+                         read_image(base / r["mask_file"]).array > 0)) for r in rows]
     order = []
     for i in range(max(len(lesion), len(sts))):
         order += [("deeplesion", *lesion[i])] if i < len(lesion) else []
         order += [("sts", *sts[i])] if i < len(sts) else []
-    for dataset, name, load in order:
+    for dataset, name, role, load in order:
         volume, truth = load()
-        yield dataset, name, volume, truth
+        yield dataset, name, role, volume, truth
 
 
 def main() -> None:
@@ -66,21 +76,31 @@ def main() -> None:
     ap.add_argument("--model", default="medfoundry-sam-lite")
     ap.add_argument("--sts", type=int, default=20, help="how many sarcoma patients (of 20)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "structured_report_3d.json"))
+    ap.add_argument("--predictions", nargs="*", default=[],
+                    help="eval-run prediction folders: measure their saved masks instead of segmenting")
     ap.add_argument("--budget-s", type=float, default=1e9,
                     help="stop starting new cases after this many seconds (the results say how many ran)")
     args = ap.parse_args()
-    seg = open_segmenter(args.model, None)
+    saved = {p.stem: p for folder in args.predictions for p in Path(folder).glob("*.npz")}
+    seg = None if saved else open_segmenter(args.model, None)
     rows = []
     start = time.perf_counter()
-    for dataset, name, volume, truth in cases(Path(args.shared), args.sts):
+    for dataset, name, role, volume, truth in cases(Path(args.shared), args.sts):
         if time.perf_counter() - start > args.budget_s:
             break
+        if saved and name not in saved:
+            continue
         t0 = time.perf_counter()
         key = int(truth.sum(axis=(1, 2)).argmax())
-        pred = segment_volume(seg, volume, key, box=mask_box(truth[key])).mask
+        if saved:
+            packed = np.load(saved[name])
+            pred = np.unpackbits(packed["mask"])[: truth.size].reshape(tuple(packed["shape"])).astype(bool)
+        else:
+            pred = segment_volume(seg, volume, key, box=mask_box(truth[key])).mask
         ref, ours, base = lesion1(truth, volume), lesion1(pred, volume), lesion1(ellipsoid_in_box(truth), volume)
         rows.append({
-            "dataset": dataset, "case": name, "key_slice": key, "spacing_mm": [round(s, 4) for s in volume.spacing],
+            "dataset": dataset, "case": name, "role": role, "key_slice": key,
+            "spacing_mm": [round(s, 4) for s in volume.spacing],
             "reference_long_axis_mm": ref["long_axis"], "reference_volume_ml": ref["volume_ml"],
             "model_long_axis_mm": ours["long_axis"], "model_volume_ml": ours["volume_ml"],
             "baseline_long_axis_mm": base["long_axis"], "baseline_volume_ml": base["volume_ml"],
@@ -107,16 +127,19 @@ def write(args, rows: list[dict]) -> None:
         "what": "lesion 1 of the structured report: long axis (mm) and volume (mL) vs the reference mask's",
         "prompt": "tight box of the reference mask on its largest slice, propagated (tasks/volume.segment_volume)",
         "baseline": "ellipsoid inscribed in the reference mask's 3D bounding box (knows the true z-extent)",
-        "model": args.model, "code_commit": commit, "targets": {"median_abs_long_axis_error_mm": 2.0,
-                                                                "median_rel_volume_error": 0.10},
+        "model": args.model, "code_commit": commit,
+        "masks_from_eval_runs": [Path(p).parent.name for p in args.predictions],
+        "targets": {"median_abs_long_axis_error_mm": 2.0, "median_rel_volume_error": 0.10},
         "cases_run": len(rows), "cpu_note": "run on a shared 2-core CPU; --budget-s may stop before all cases",
         "all": summary(rows),
         "deeplesion": summary([r for r in rows if r["dataset"] == "deeplesion"]),
         "sts": summary([r for r in rows if r["dataset"] == "sts"]),
+        "held_out": {ds: summary([r for r in rows if r["dataset"] == ds and r["role"] == "held-out"])
+                     for ds in ("deeplesion", "sts")},
         "cases": rows,
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps({k: result[k] for k in ("all", "deeplesion", "sts")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("all", "deeplesion", "sts", "held_out")}, indent=1))
 
 
 if __name__ == "__main__":

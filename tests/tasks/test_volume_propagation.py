@@ -11,7 +11,7 @@ import pytest
 from medfoundry.errors import InputContractError
 from medfoundry.io import MedImage
 from medfoundry.predict.segment import SegmentResult
-from medfoundry.tasks.volume import gate_mask, intensity_range, segment_volume
+from medfoundry.tasks.volume import gate_mask, half_ellipsoids, intensity_range, segment_volume
 
 
 class _EmptySegmenter:
@@ -25,6 +25,17 @@ class _EmptySegmenter:
     def predict(self, boxes=None, points=None, point_labels=None) -> SegmentResult:
         n = 1 if boxes is None else len(boxes)
         return SegmentResult(np.zeros((n, 1, *self.shape), bool), np.zeros((n, 1)), np.zeros((n, 1, 4, 4)))
+
+
+class _CylinderSegmenter(_EmptySegmenter):
+    """Finds the same disc (radius 10 px about (32, 32)) on every slice: an object that never ends."""
+
+    def predict(self, boxes=None, points=None, point_labels=None) -> SegmentResult:
+        n = 1 if boxes is None else len(boxes)
+        yy, xx = np.mgrid[: self.shape[0], : self.shape[1]]
+        disc = (yy - 32) ** 2 + (xx - 32) ** 2 <= 100
+        masks = np.broadcast_to(disc, (n, 1, *self.shape)).copy()
+        return SegmentResult(masks, np.ones((n, 1)), np.zeros((n, 1, 4, 4)))
 
 
 def _ball_volume(depth: int = 9) -> tuple[MedImage, np.ndarray]:
@@ -95,3 +106,34 @@ def test_cli_propagation_with_a_box_outside_writes_nothing(tmp_path: Path) -> No
     code = main(["segment", str(tmp_path / "ct.nii.gz"), "--slice", "4", "--propagate", "--box", "10,10,90,40",
                  "--out", str(out)])
     assert code != 0 and not out.exists() and list(tmp_path.iterdir()) == [tmp_path / "ct.nii.gz"]
+
+
+def test_half_ellipsoids_shrink_to_nothing_past_the_range() -> None:
+    blob = half_ellipsoids((9, 40, 40), 3, np.array([10.0, 10.0, 30.0, 20.0]), 1, 7)
+    areas = blob.sum(axis=(1, 2))
+    assert areas[0] == 0 and areas[8] == 0 and areas[3] == areas.max()  # nothing outside 1..7, widest at key
+    assert list(areas[3:8]) == sorted(areas[3:8], reverse=True) and areas[1] > 0 and areas[7] > 0
+    ys, xs = np.nonzero(blob[3])
+    assert xs.min() >= 10 and xs.max() < 30 and ys.min() >= 10 and ys.max() < 20  # inside the key box
+    wider = half_ellipsoids((9, 40, 40), 3, np.array([10.0, 10.0, 30.0, 20.0]), 1, 7, scale=1.5)
+    assert wider[3].sum() > blob[3].sum() and (wider | blob).sum() == wider.sum()
+
+
+def test_shape_priors_stop_an_endless_object_and_cut_it_to_a_blob() -> None:
+    ct = (40 + np.random.default_rng(0).integers(-6, 6, (31, 64, 64))).astype(np.int16)  # 3-mm slices, 1-mm px
+    image = MedImage(array=ct, spacing=(3.0, 1.0, 1.0), units="HU", modality="CT")
+    box = np.array([22.0, 22.0, 43.0, 43.0])
+    free = segment_volume(_CylinderSegmenter(), image, 15, box=box, intensity_quantile=None, max_extent=None,
+                          ellipsoid_scale=None)
+    assert (free.first, free.last) == (0, 30) and free.stopped == ("volume end", "volume end")
+    prior = segment_volume(_CylinderSegmenter(), image, 15, box=box, intensity_quantile=None, max_extent=1.5,
+                           ellipsoid_scale=None)
+    reach = int(1.5 * np.sqrt(prior.mask[15].sum() / np.pi) / 3.0)  # 1.5 equivalent radii, in 3-mm slices
+    assert (prior.first, prior.last) == (15 - reach, 15 + reach) and prior.stopped == ("extent prior",) * 2
+    blob = segment_volume(_CylinderSegmenter(), image, 15, box=box, intensity_quantile=None, max_extent=1.5,
+                          ellipsoid_scale=1.0)
+    areas = blob.mask.sum(axis=(1, 2))
+    assert areas[15] == areas.max() and areas[blob.first] < areas[15] / 2 and areas[blob.last] < areas[15] / 2
+    assert not (blob.mask & ~prior.mask).any()
+    with pytest.raises(InputContractError, match="positive"):
+        segment_volume(_CylinderSegmenter(), image, 15, box=box, ellipsoid_scale=0)

@@ -36,7 +36,9 @@ def to_unit_range(image: MedImage, contract: Preprocess) -> np.ndarray:
     """Intensities of a 2D image as float32 ``(H, W, C)`` in [0, 1] per the contract's ``intensity`` mode.
 
     ``window``: greyscale through the image's default window (HU windows for CT); colour /255.
-    ``minmax``: per-image min-max (MedSAM). ``uint8``: display values /255.
+    ``minmax``: per-image min-max (MedSAM); CT in HU goes through the image's window first (the soft-tissue
+    preset unless the file has one), as MedSAM's own CT preprocessing (``pre_CT_MR.py``: window level 40,
+    width 400, then 0–255) prepared its training slices. ``uint8``: display values /255.
     """
     if image.is_volume:
         raise InputContractError(
@@ -44,7 +46,7 @@ def to_unit_range(image: MedImage, contract: Preprocess) -> np.ndarray:
             "slices: choose one (--slice K, or image.slice(k))"
         )
     if contract.intensity == "minmax" and not image.is_color:
-        arr = image.array.astype(np.float32)
+        arr = (image.to_display() if image.units == "HU" else image.array).astype(np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         unit = (arr - lo) / max(hi - lo, 1e-8)
     elif contract.intensity == "minmax":

@@ -42,7 +42,8 @@ class Preprocess:
             (resize the shortest side, centre crop: CLIP), or ``"squash"`` (resize both sides).
         channels: input channels (3 for RGB models; greyscale images are repeated).
         intensity: how raw values become ``[0, scale]`` before mean/std: ``"window"`` (the image's window, CT/MR
-            in HU), ``"minmax"`` (per-image min-max, MedSAM) or ``"uint8"`` (display values as they are).
+            in HU), ``"minmax"`` (per-image min-max, MedSAM; CT in HU
+            through its window first, as MedSAM's CT preprocessing) or ``"uint8"`` (display values as they are).
         scale: the value range after ``intensity``: 1.0 or 255.0.
         mean, std: per-channel normalisation applied after scaling.
         interpolation: ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
