@@ -92,7 +92,7 @@ def dir_bytes(folder: Path) -> int:
 
 
 def bench(kinds: list[str], make_chunks, count: int, train: np.ndarray, queries: np.ndarray, params: dict,
-          shard_size: int, workdir: Path) -> list[dict]:
+          shard_size: int, workdir: Path, report=lambda rows: None) -> list[dict]:
     from medfoundry.tasks.vector_index import IndexParams, VectorIndex, build_vector_index
 
     rows, truth, exact_qps = [], None, None
@@ -120,6 +120,7 @@ def bench(kinds: list[str], make_chunks, count: int, train: np.ndarray, queries:
                      "search_s": round(search_s, 4), "qps": round(qps, 1),
                      "speedup_vs_exact": round(qps / exact_qps, 2), "recall_at_10": round(recall, 4)})
         print(json.dumps(rows[-1]), flush=True)
+        report(rows)
         del index
         if kind != "exact":
             shutil.rmtree(folder)
@@ -149,6 +150,22 @@ def main() -> None:
     load0 = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="index_bench_", dir=args.workdir))
     started = time.time()
+    out = Path(args.out or f"benchmarks/results/index_bench_{args.mode}.json")
+    meta: dict = {}
+
+    def write(rows: list[dict], complete: bool = False) -> None:
+        """The results so far (after each kind), so a run cut short keeps what it measured."""
+        result = {"benchmark": "index_bench", "mode": args.mode, "data": meta, "rows": rows, "complete": complete,
+                  "kinds_requested": args.kinds.split(","),
+                  "target": "recall@10 >= 0.95 at >= 20x the exact index's queries per second",
+                  "cpu": cpu_model(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                  "loadavg_start": load0, "loadavg_now": os.getloadavg(), "wall_s": round(time.time() - started, 1),
+                  "note": "the machine (2 cores) is shared by many processes at once: see loadavg; the script ran "
+                          "under nice -n 10, so times are upper bounds of what the CPU can do",
+                  "command": "python benchmarks/index_bench.py " + " ".join(sys.argv[1:])}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
     try:
         if args.mode == "synthetic":
             gen = Clusters()
@@ -157,8 +174,11 @@ def main() -> None:
             t0 = time.perf_counter()
             x = synthetic_file(gen, args.n, workdir / "vectors.npy")
             print(f"drew {args.n} vectors in {time.perf_counter() - t0:.1f} s", flush=True)
+            meta.update({"vectors": args.n, "dim": DIM, "seed": 0, "queries": len(queries),
+                         "distribution": "1000 clusters: unit centre + a variation of norm ~0.6 in a shared 64-d "
+                                         "subspace + 0.1 isotropic noise, normalised (Clusters in this script)"})
             rows = bench(args.kinds.split(","), lambda: array_chunks(x), args.n, train,
-                         queries, params, args.shard_size, workdir)
+                         queries, params, args.shard_size, workdir, write)
             data = {"vectors": args.n, "dim": DIM, "seed": 0,
                     "distribution": "1000 clusters: unit centre + a variation of norm ~0.6 in a shared 64-d subspace "
                                     "+ 0.1 isotropic noise, normalised (Clusters in this script)"}
@@ -166,6 +186,7 @@ def main() -> None:
             from medfoundry.tasks.vector_index import iter_parquet_vectors, parquet_info
 
             info = parquet_info(args.batch_out)
+            meta.update({"model": info["model"]})
             vecs, ids = [], []
             for v, cols in iter_parquet_vectors(info["files"]):
                 vecs.append(v)
@@ -179,20 +200,13 @@ def main() -> None:
             params["ivfpq"].setdefault("nlist", None)
             rows = bench(args.kinds.split(","), lambda: iter([(base, {"id": base_ids})]), len(base), base,
                          queries, {**params, "ivfpq": {**params["ivfpq"], "pq_m": 64 if x.shape[1] % 64 == 0
-                                                       else 16}}, args.shard_size, workdir)
+                                                       else 16}}, args.shard_size, workdir, write)
             data = {"vectors": len(base), "dim": int(x.shape[1]), "model": info["model"],
                     "weights_sha256": info["weights_sha256"], "queries_held_out": len(queries)}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    result = {"benchmark": "index_bench", "mode": args.mode, "data": data, "rows": rows,
-              "target": "recall@10 >= 0.95 at >= 20x the exact index's queries per second",
-              "cpu": cpu_model(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-              "loadavg_start": load0, "loadavg_end": os.getloadavg(), "wall_s": round(time.time() - started, 1),
-              "note": "the machine is shared by several processes (see loadavg; 2 cores)",
-              "command": "python benchmarks/index_bench.py " + " ".join(sys.argv[1:])}
-    out = Path(args.out or f"benchmarks/results/index_bench_{args.mode}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    meta.update(data)
+    write(rows, complete=True)
     print(f"wrote {out}")
 
 

@@ -173,16 +173,20 @@ class Progress:
 
     def __init__(self, total: int, enabled: bool = True, every: float = 2.0) -> None:
         self.total, self.enabled, self.every = total, enabled, every
-        self.start = self.last = time.perf_counter()
+        self.start: float | None = None  # the rate counts from the first finished item (after start-up)
+        self.last = time.perf_counter()
         self.done = 0
 
     def update(self, n: int, force: bool = False) -> None:
-        self.done += n
         now = time.perf_counter()
+        if self.start is None and n:
+            self.start, self.first = now, n
+        self.done += n
         if not self.enabled or (now - self.last < self.every and not force):
             return
         self.last = now
-        rate = self.done / max(now - self.start, 1e-9)
+        counted = self.done - self.first if self.start is not None else 0
+        rate = counted / max(now - self.start, 1e-9) if self.start is not None else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "?"
         print(f"batch: {self.done}/{self.total} items ({100 * self.done / max(self.total, 1):.0f} %), "
