@@ -30,7 +30,8 @@ def cpu_model() -> str:
 def timed(cmd: list[str]) -> tuple[float, str]:
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())}  # every configuration may use every CPU
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd[:6])} … failed:\n{done.stderr[-3000:]}")

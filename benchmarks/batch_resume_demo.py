@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="the batch job's output folder (kept: index it afterwards)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--kill-at", type=float, default=0.4, help="fraction of items written before the kill")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images (a shorter demo)")
     parser.add_argument("--result", default="benchmarks/results/batch_resume_demo.json")
     args = parser.parse_args()
     out = Path(args.out)
@@ -58,13 +59,13 @@ def main() -> None:
     work = out.parent / f"{out.name}-inputs"
     work.mkdir(parents=True, exist_ok=True)
     (work / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this file was cut short")
-    images = shared_images(Path(args.shared))
+    images = shared_images(Path(args.shared))[: args.limit]
     rows = [*images, str(work / "missing.dcm"), str(work / "corrupt.png"), images[0]]
     manifest = work / "manifest.csv"
     manifest.write_text("path\n" + "\n".join(f'"{p}"' for p in rows) + "\n")
     cmd = [sys.executable, "-m", "medfoundry.cli.main", "batch", "embed", "--manifest", str(manifest), "--out",
-           str(out), "--workers", str(args.workers), "--num-cpus", str(os.cpu_count()), "--batch-size", "16",
-           "--shard-rows", "100", "--json"]
+           str(out), "--workers", str(args.workers), "--num-cpus", str(os.cpu_count()), "--batch-size", "8",
+           "--shard-rows", str(max(8, min(100, len(rows) // 20))), "--json"]
     t0 = time.perf_counter()
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     target = int(args.kill_at * len(rows))
@@ -88,6 +89,7 @@ def main() -> None:
     ids = results + [e["id"] for e in errors]
     result = {
         "benchmark": "batch_resume_demo", "manifest_rows": len(rows), "workers": args.workers,
+        "images": "every 2D image of the shared data" if args.limit is None else f"the first {args.limit} of them",
         "first_run": {"killed_after_s": round(killed_after, 1), "signal": "SIGKILL to the process group",
                       "returncode": first.returncode, "rows_in_shards_at_kill": at_kill,
                       "progress_lines": [ln for ln in err1.splitlines() if ln.startswith("batch:")][-5:]},
