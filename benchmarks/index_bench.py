@@ -162,7 +162,8 @@ def main() -> None:
                   "loadavg_start": load0, "loadavg_now": os.getloadavg(), "wall_s": round(time.time() - started, 1),
                   "note": "the machine (2 cores) is shared by many processes at once: see loadavg; the script ran "
                           "under nice -n 10, so times are upper bounds of what the CPU can do",
-                  "command": "python benchmarks/index_bench.py " + " ".join(sys.argv[1:])}
+                  "command": "python benchmarks/index_bench.py "
+                             + " ".join("OUT" if a == args.batch_out else a for a in sys.argv[1:])}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
 
