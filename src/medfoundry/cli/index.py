@@ -23,12 +23,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pb.add_argument("--sentences", action="store_true",
                     help="index each sentence of the texts (a sentence bank for `medfoundry report -k 3`)")
     pb.add_argument("--no-recursive", action="store_true")
+    pb.add_argument("--from-batch", default=None, metavar="DIR",
+                    help="index the embeddings of a `medfoundry batch embed --out DIR` job (its Parquet shards) into "
+                         "a sharded index folder --index (the model is the batch job's)")
+    pb.add_argument("--kind", choices=["exact", "hnsw", "ivfpq"], default="exact",
+                    help="with --from-batch: exact (FAISS flat), hnsw (graph) or ivfpq (IVF + product quantisation, "
+                         "re-ranked with 8-bit vectors); see benchmarks/results/index_bench_*.json for the measured "
+                         "recall, speed and memory")
+    pb.add_argument("--shard-size", type=int, default=2_000_000, help="with --from-batch: vectors per shard")
+    pb.add_argument("--ef-search", type=int, default=128, help="hnsw: candidates kept while searching")
+    pb.add_argument("--hnsw-m", type=int, default=32, help="hnsw: graph degree")
+    pb.add_argument("--nlist", type=int, default=None, help="ivfpq: inverted lists (default ~4·sqrt(N))")
+    pb.add_argument("--nprobe", type=int, default=32, help="ivfpq: lists searched per query")
+    pb.add_argument("--pq-m", type=int, default=64, help="ivfpq: bytes per PQ code (must divide the width)")
+    pb.add_argument("--overwrite", action="store_true", help="with --from-batch: replace an existing index folder")
     pb.set_defaults(func=run_build)
     ps = isub.add_parser("search", help="search the index by text or by image")
     q = ps.add_mutually_exclusive_group(required=True)
     q.add_argument("--text")
     q.add_argument("--image")
-    ps.add_argument("--index", default="medfoundry-index.npz")
+    ps.add_argument("--index", default="medfoundry-index.npz",
+                    help="an index file (.npz) or a sharded index folder built with --from-batch")
     ps.add_argument("-k", type=int, default=10)
     ps.add_argument("--kind", choices=["image", "text", "volume"], default=None,
                     help="return only images or only texts (default: images for --text, anything for --image)")
@@ -39,6 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    if args.from_batch:
+        return _build_from_batch(args)
+    if args.kind != "exact":
+        raise InputContractError("approximate indexes (--kind hnsw/ivfpq) are built from a batch job's output: "
+                                 "`medfoundry batch embed --manifest M --out DIR`, then `index build --from-batch DIR`")
     from medfoundry.cli.contrastive import DEFAULT_MODEL
     from medfoundry.predict.contrastive import open_contrastive
     from medfoundry.predict.volume_encoder import is_volume_encoder
@@ -78,12 +98,33 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_from_batch(args: argparse.Namespace) -> int:
+    from medfoundry.tasks.vector_index import IndexParams, build_from_batch_output
+
+    if args.folder or args.texts:
+        raise InputContractError("--from-batch indexes a batch job's embeddings: give no FOLDER and no --texts")
+    params = IndexParams(kind=args.kind, hnsw_m=args.hnsw_m, ef_search=args.ef_search, nlist=args.nlist,
+                         nprobe=args.nprobe, pq_m=args.pq_m)
+    header = build_from_batch_output(args.from_batch, args.index, params, shard_size=args.shard_size,
+                                     overwrite=args.overwrite)
+    print(f"{args.index}: {header.count} images in {len(header.shards)} shard(s), {header.kind} index "
+          f"({header.factory}) of {header.model} embeddings")
+    return 0
+
+
+def open_index(path: str):
+    """The index at ``path``: a sharded vector index folder (``index.json``) or a ``.npz`` RetrievalIndex."""
+    from medfoundry.tasks.retrieval import RetrievalIndex
+    from medfoundry.tasks.vector_index import VectorIndex, is_vector_index
+
+    return VectorIndex(path) if is_vector_index(path) else RetrievalIndex.load(path)
+
+
 def run_search(args: argparse.Namespace) -> int:
     from medfoundry.predict.volume_encoder import is_volume_encoder
     from medfoundry.registry.loading import resolve_model
-    from medfoundry.tasks.retrieval import RetrievalIndex
 
-    index = RetrievalIndex.load(args.index)
+    index = open_index(args.index)
     if is_volume_encoder(resolve_model(index.model, args.weights)[0]):
         if args.text or args.slice_index is not None:
             raise InputContractError(f"{args.index} holds {index.model} volume embeddings: search it with --image "

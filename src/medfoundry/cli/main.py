@@ -15,7 +15,7 @@ from medfoundry.errors import MedfoundryError
 
 # each module defines add_parser(subparsers) and registers its handler with set_defaults(func=...)
 _COMMAND_MODULES = ("info", "convert", "models", "contrastive", "slide", "index", "segment", "train", "evaluate",
-                    "report", "findings", "ask", "demo", "serve", "deid", "pacs")
+                    "report", "findings", "ask", "demo", "serve", "deid", "pacs", "batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
