@@ -90,3 +90,7 @@ class PacsError(MedfoundryError):
         self.what = what
         self.reason = reason
         super().__init__(f"{what} {url}: {reason}")
+
+
+class EndpointError(MedfoundryError):
+    """A language-model HTTP endpoint could not be reached, timed out or answered with an error."""

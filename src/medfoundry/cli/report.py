@@ -1,4 +1,5 @@
-"""``medfoundry report``: a report for an image, retrieved from a bank of reports written for other images."""
+"""``medfoundry report``: a caption/report written by a generative model (``--model``), retrieved from a bank of
+reports written for other images (``--bank``), or a structured measurement report (``--structured``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ import json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="report by retrieval from a bank of reports (CXR-RePaiR-style), or a "
-                                      "structured measurement report from a prompted segmentation (--structured)")
+    p = sub.add_parser("report", help="caption/report from a generative model (--model medfoundry-captioner-tiny), "
+                                      "by retrieval from a bank of reports (CXR-RePaiR-style), or a structured "
+                                      "measurement report from a prompted segmentation (--structured)")
     p.add_argument("image", help="image file or DICOM folder")
+    p.add_argument("--model", default=None,
+                   help="a generative captioner (registry name, e.g. medfoundry-captioner-tiny, or local-dir:PATH "
+                        "of a `train captioner` output) or a conversational model (LLaVA-style, asked to describe)")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--max-tokens", type=int, default=None, help="longest text, in tokens (greedy decoding)")
     p.add_argument("--bank", default=None,
                    help="report bank: an index with texts, from `medfoundry index build --texts reports.csv "
                         "[--sentences] --index bank.npz` (its model is used)")
@@ -75,14 +82,52 @@ def run_structured(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_generative(args: argparse.Namespace) -> int:
+    """A caption written token by token; Ctrl-C stops it cleanly and keeps the text so far."""
+    import sys
+
+    from medfoundry.cli.contrastive import _images
+    from medfoundry.registry.loading import resolve_model
+
+    image = _images([args.image], args.slice_index)[0]
+    record = None if args.model.startswith("local-dir:") else resolve_model(args.model, args.weights)[0]
+    if record is not None and "vqa" in record.tasks:  # a conversational model: ask it for the report
+        from medfoundry.predict.conversational import open_chat
+
+        chat = open_chat(args.model, args.weights)
+        answer = chat.ask(image, "Describe the findings of this image as a short radiology report.",
+                          max_new_tokens=args.max_tokens or 128)
+        print(json.dumps({"model": chat.record.name, "report": answer.text}, indent=2) if args.json else answer.text)
+        return 0
+    from medfoundry.predict.captioner import open_captioner
+
+    captioner = open_captioner(args.model, args.weights)
+
+    def show(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    caption = captioner.generate(image, args.max_tokens, on_text=show if args.stream and not args.json else None)
+    if args.json:
+        print(json.dumps({"model": captioner.name, "report": caption.text, "new_tokens": caption.new_tokens,
+                          "seconds": round(caption.seconds, 3), "interrupted": caption.interrupted}, indent=2))
+    elif args.stream:
+        print(" [interrupted]" if caption.interrupted else "")
+    else:
+        print(caption.text + (" [interrupted]" if caption.interrupted else ""))
+    return 130 if caption.interrupted else 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.structured:
         return run_structured(args)
+    if args.model:
+        return run_generative(args)
     if not args.bank:
         from medfoundry.errors import InputContractError
 
-        raise InputContractError("give --bank BANK.npz (report by retrieval) or --structured --box ... "
-                                 "(measurement report)")
+        raise InputContractError("give --model NAME (a generative captioner), --bank BANK.npz (report by "
+                                 "retrieval) or --structured --box ... (measurement report)")
     from medfoundry.cli.contrastive import _images
     from medfoundry.predict.contrastive import open_contrastive
     from medfoundry.tasks.report import generate_report

@@ -122,6 +122,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pv.add_argument("--device", default="auto")
     pv.set_defaults(func=run_sam_propagation)
 
+    from medfoundry.cli.train_captioner import add_parser as add_captioner_parser
+
+    add_captioner_parser(tsub)
+
 
 def run_pairs(args: argparse.Namespace) -> int:
     from medfoundry.datasets.pairs import build_shared_pairs

