@@ -57,7 +57,7 @@ def server(tmp_path_factory):
 def page(server):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        pg = browser.new_page(viewport={"width": 1120, "height": 860}, accept_downloads=True)
+        pg = browser.new_page(viewport={"width": 1320, "height": 780}, accept_downloads=True)
         pg.on("pageerror", lambda e: print("page error:", e))
         pg.goto(server + "/")
         yield pg
@@ -177,7 +177,7 @@ def test_ct_series_scroll_and_lung_preset(page, server, shared_data: Path, tmp_p
     image_id = page.evaluate("window.mf.img.id")
     r = httpx.get(f"{server}/v1/images/{image_id}/planes/axial/{k}", timeout=180)
     hu = np.frombuffer(r.content, "<f4").reshape(int(r.headers["X-Rows"]), int(r.headers["X-Cols"]))
-    ys, xs = np.meshgrid(np.linspace(20, hu.shape[0] - 20, 9).astype(int), np.linspace(20, hu.shape[1] - 20, 9)
+    ys, xs = np.meshgrid(np.linspace(64, hu.shape[0] - 64, 9).astype(int), np.linspace(64, hu.shape[1] - 64, 9)
                          .astype(int), indexing="ij")
     for y, x in zip(ys.ravel(), xs.ravel(), strict=True):
         cx, cy = page.evaluate(f"window.mf.toCanvas({x + 0.5}, {y + 0.5})")

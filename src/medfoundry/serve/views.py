@@ -46,6 +46,7 @@ def view_info(image: MedImage) -> dict[str, Any]:
     the letters naming where the patient's body lies at each edge of the displayed plane."""
     direction = np.asarray(image.direction, dtype=float)
     shape = image.spatial_shape
+    known = not str(image.meta.get("spacing_source", "header")).startswith("default")
     out = {}
     for view in VIEWS if image.is_volume else ("axial",):
         r, c, through = _plane_axes(image, view)
@@ -55,8 +56,10 @@ def view_info(image: MedImage) -> dict[str, Any]:
         out[view] = {"slices": int(shape[through]) if through is not None else 1, "flipped": _flip_rows(image, view),
                      "shape": [int(shape[r]), int(shape[c])],
                      "spacing_mm": [float(image.spacing[r]), float(image.spacing[c])],
+                     "spacing_known": known,  # pictures without geometry: no mm, no patient directions
                      "letters": {"top": _letter(-down), "bottom": _letter(down), "left": _letter(-right),
-                                 "right": _letter(right)}}
+                                 "right": _letter(right)} if known else {"top": "", "bottom": "", "left": "",
+                                                                         "right": ""}}
     return out
 
 

@@ -133,7 +133,7 @@ function drawText(v, p) {
   ctx.font = "13px system-ui, sans-serif"; ctx.fillStyle = "#ffd27f";
   ctx.textAlign = "left";
   ctx.fillText(`${s.modality} · ${S.view} · ${K() + 1}/${v.slices}`, 8, 18);
-  ctx.fillText(`${v.spacing_mm.map((x) => x.toFixed(2)).join(" × ")} mm · ${s.orientation}`, 8, H - 10);
+  ctx.fillText(v.spacing_known ? `${v.spacing_mm.map((x) => x.toFixed(2)).join(" × ")} mm · ${s.orientation}` : "no pixel spacing in the file", 8, H - 10);
   ctx.textAlign = "right";
   ctx.fillText(`W ${Math.round(S.wl.w)} L ${Math.round(S.wl.c)}${s.units === "HU" ? " HU" : ""}`, W - 8, 18);
   ctx.fillText(`zoom ${S.zoom.toFixed(2)}×`, W - 8, H - 10);
