@@ -167,12 +167,13 @@ def build_router(bench: Workbench) -> Any:
                 "measurements": meas, "axes": mk.axis_segments(axis_mask, tuple(on.spacing)),
                 "axes_slice": meas["key_slice"] if mask.ndim == 3 else key}
 
-    @router.get("/images/{image_id}/masks/{mask_id}.{fmt}", response_class=Response,
+    @router.get("/images/{image_id}/masks/{filename}", response_class=Response,
                 responses={200: {"content": {"image/png": {}, "application/gzip": {}, "application/dicom": {}}}})
-    def download(image_id: str, mask_id: str, fmt: str, slice: Annotated[int | None, Query(ge=0)] = None
-                 ) -> Response:
-        """A computed mask as PNG (one axial plane: ``slice``, default the prompted one), NIfTI (``nii.gz``,
-        on the image's grid and geometry) or DICOM SEG (``dcm``, DICOM uploads only)."""
+    def download(image_id: str, filename: str, slice: Annotated[int | None, Query(ge=0)] = None) -> Response:
+        """A computed mask, ``{mask_id}.png`` (one axial plane: ``slice``, default the prompted one),
+        ``{mask_id}.nii.gz`` (on the image's grid and geometry) or ``{mask_id}.dcm`` (DICOM SEG, DICOM uploads
+        only)."""
+        mask_id, _, fmt = filename.partition(".")
         if fmt not in MASK_FORMATS:
             raise InputContractError(f"mask format {fmt!r}: use one of {', '.join(MASK_FORMATS)}")
         stored = bench.get(image_id)
