@@ -75,16 +75,20 @@ def run_clients(base: str, image_id: str, box: list[float], clients: int, per_cl
     barrier = threading.Barrier(clients)
 
     def client(seed: int) -> None:
-        with httpx.Client(base_url=base, timeout=120) as c:
+        with httpx.Client(base_url=base, timeout=300) as c:
             todo = prompts(box, per_client, seed)
             barrier.wait()
             for body in todo:
                 t = time.perf_counter()
-                r = c.post(f"/v1/images/{image_id}/segment", json=body)
+                try:
+                    ok = c.post(f"/v1/images/{image_id}/segment", json=body).status_code == 200
+                except httpx.HTTPError:  # a timeout counts as an error, not as a latency
+                    ok = False
                 dt = time.perf_counter() - t
                 with lock:
-                    latencies.append(dt)
-                    errors[0] += r.status_code != 200
+                    if ok:
+                        latencies.append(dt)
+                    errors[0] += not ok
 
     threads = [threading.Thread(target=client, args=(s,)) for s in range(clients)]
     start = time.perf_counter()
@@ -93,7 +97,7 @@ def run_clients(base: str, image_id: str, box: list[float], clients: int, per_cl
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    ms = sorted(x * 1000 for x in latencies)
+    ms = sorted(x * 1000 for x in latencies) or [float("nan")]
     return {"clients": clients, "requests": len(ms), "errors": errors[0], "seconds": round(wall, 3),
             "requests_per_s": round(len(ms) / wall, 2), "p50_ms": round(statistics.median(ms), 1),
             "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1), "mean_ms": round(statistics.fmean(ms), 1)}
@@ -105,7 +109,7 @@ def direct_baseline(data: bytes, box: list[float], n: int) -> dict:
     from medfoundry.io import read_image
     from medfoundry.predict.segment import open_segmenter
 
-    with tempfile.NamedTemporaryFile(suffix=".img") as f:
+    with tempfile.NamedTemporaryFile(suffix=Path(source).suffix or ".png") as f:
         f.write(data)
         f.flush()
         image = read_image(f.name)
@@ -155,7 +159,10 @@ def main() -> None:
                   (int(x) for x in args.levels.split(","))]
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:  # requests still queued: stop it anyway
+            server.kill()
     baseline = direct_baseline(data, box, args.requests)
     result = {"benchmark": "serve_load", "what": "POST /v1/images/{id}/segment (box + one moving object point, "
               "embedding cached), medfoundry-sam-lite, loopback, server in its own process",
