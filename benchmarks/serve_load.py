@@ -103,7 +103,7 @@ def run_clients(base: str, image_id: str, box: list[float], clients: int, per_cl
             "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1), "mean_ms": round(statistics.fmean(ms), 1)}
 
 
-def direct_baseline(data: bytes, box: list[float], n: int) -> dict:
+def direct_baseline(data: bytes, box: list[float], n: int, source: str) -> dict:
     import tempfile
 
     from medfoundry.io import read_image
@@ -163,7 +163,7 @@ def main() -> None:
             server.wait(30)
         except subprocess.TimeoutExpired:  # requests still queued: stop it anyway
             server.kill()
-    baseline = direct_baseline(data, box, args.requests)
+    baseline = direct_baseline(data, box, args.requests, source)
     result = {"benchmark": "serve_load", "what": "POST /v1/images/{id}/segment (box + one moving object point, "
               "embedding cached), medfoundry-sam-lite, loopback, server in its own process",
               "image": source, "levels": levels, "baseline_direct_predictor": baseline,
