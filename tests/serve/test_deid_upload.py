@@ -29,10 +29,10 @@ def test_uploads_are_deidentified_before_storage(tmp_path: Path) -> None:
            str(orig.InstitutionName), orig.StudyDate]
     bench = Workbench(store=tmp_path / "store", deid=Deidentifier())
     with TestClient(create_app(bench)) as client:
-        r = client.post("/api/images", files={"file": ("Doe^John_CT.dcm", src.read_bytes())})
+        r = client.post("/v1/images", files={"file": ("Doe^John_CT.dcm", src.read_bytes())})
         assert r.status_code == 200, r.text
         body = r.text
-        bad = client.post("/api/images", files={"file": ("Doe^John.png", b"\x89PNG\r\n\x1a\nnot really")})
+        bad = client.post("/v1/images", files={"file": ("Doe^John.png", b"\x89PNG\r\n\x1a\nnot really")})
         assert bad.status_code == 400 and "Doe" not in bad.text
     bench.close()
     assert "Doe" not in body and r.json()["filename"] == "upload.dcm"

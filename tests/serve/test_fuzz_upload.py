@@ -31,10 +31,10 @@ def client(tmp_path_factory):
 
 
 def _check(client: TestClient, name: str, data: bytes) -> int:
-    r = client.post("/api/images", files={"file": (name, data, "application/octet-stream")})
+    r = client.post("/v1/images", files={"file": (name, data, "application/octet-stream")})
     if r.status_code == 200:
         image_id = r.json()["id"]
-        preview = client.get(f"/api/images/{image_id}/preview.png")
+        preview = client.get(f"/v1/images/{image_id}/preview.png")
         assert preview.status_code == 200 and preview.content[:4] == b"\x89PNG", (name, preview.text[:200])
     else:
         assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:300])
@@ -52,7 +52,7 @@ def test_mutated_corpus_uploads_get_success_or_4xx_json(client: TestClient) -> N
         data = fuzz.MUTATIONS[rng.choice(sorted(fuzz.MUTATIONS))](source.read_bytes(), rng)
         statuses.append(_check(client, fuzz.mutated_name(source, rng, lie=0.3), data))
     assert 200 in statuses and any(400 <= s < 500 for s in statuses)
-    assert client.get("/api/health").json()["status"] == "ok"
+    assert client.get("/v1/health").json()["status"] == "ok"
 
 
 def test_hostile_names_sizes_and_archives(client: TestClient) -> None:
@@ -67,7 +67,7 @@ def test_hostile_names_sizes_and_archives(client: TestClient) -> None:
     with zipfile.ZipFile(series, "w") as z:
         z.writestr("../../x/1.dcm", ct)
     assert _check(client, "series.zip", series.getvalue()) == 200
-    assert client.get("/api/health").json()["status"] == "ok"
+    assert client.get("/v1/health").json()["status"] == "ok"
 
 
 def test_zip_bomb_upload_is_refused(client: TestClient, monkeypatch) -> None:
@@ -76,6 +76,6 @@ def test_zip_bomb_upload_is_refused(client: TestClient, monkeypatch) -> None:
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
         for k in range(4):
             z.writestr(f"{k}.dcm", bytes(8 << 20))
-    r = client.post("/api/images", files={"file": ("bomb.zip", bomb.getvalue(), "application/zip")})
+    r = client.post("/v1/images", files={"file": ("bomb.zip", bomb.getvalue(), "application/zip")})
     assert r.status_code == 400 and "over the 16.0 MiB limit" in r.json()["detail"]
-    assert client.get("/api/health").json()["status"] == "ok"
+    assert client.get("/v1/health").json()["status"] == "ok"

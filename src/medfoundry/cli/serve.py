@@ -7,7 +7,17 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start the web viewer: upload images, draw boxes, masks, labels, heatmaps")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default: this machine only; any other needs --token)")
+    p.add_argument("--token", default=None,
+                   help="bearer token required on every route (default: $MEDFOUNDRY_TOKEN); open the page with "
+                        "/?token=TOKEN once")
+    p.add_argument("--cors-origin", action="append", default=[],
+                   help="an origin allowed to call the API from its pages (repeatable; default: CORS off)")
+    p.add_argument("--ttl-minutes", type=float, default=60.0, help="forget uploads unused for this long")
+    p.add_argument("--calibration", default=None, help="calibration file (medfoundry calibrate) for the labels")
+    p.add_argument("--uncertain-below", type=float, default=None,
+                   help="show an abstention when the top label probability is below this")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--demo", default="demo-output", help="folder written by `medfoundry demo`, shown at /demo")
     p.add_argument("--index", default=None, help="retrieval index from `medfoundry index build` for similar cases "
@@ -29,19 +39,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from medfoundry.errors import MedfoundryError
     from medfoundry.serve.app import create_app
+    from medfoundry.serve.security import resolve_token
     from medfoundry.serve.workbench import Workbench
 
     try:
         import uvicorn
     except ImportError as exc:
         raise MedfoundryError("medfoundry serve needs its extra: pip install 'medfoundry[serve]'") from exc
-    bench = Workbench(store=args.store, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+    token = resolve_token(args.host, args.token)
+    bench = Workbench(store=args.store, ttl_seconds=args.ttl_minutes * 60, calibration=args.calibration,
+                      uncertain_below=args.uncertain_below, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
                       contrastive_model=args.clip_model, segmentation_model=args.seg_model, index=args.index,
                       chat_model=args.chat_model, chat_weights=args.chat_weights, deid=_deidentifier(args.deid))
-    app = create_app(bench, demo_dir=args.demo)
-    print(f"medfoundry viewer on http://{args.host}:{args.port}/  (demo page: /demo/, API docs: /docs)")
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    app = create_app(bench, demo_dir=args.demo, token=token, cors_origins=args.cors_origin)
+    print(f"medfoundry viewer on http://{args.host}:{args.port}/  (demo page: /demo/, API: /v1, docs: /docs)"
+          + ("  token required: open /?token=... once" if token else ""))
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:  # uvicorn's access log would print query strings: the app logs method, route, status and time
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     finally:
         bench.close()
     return 0

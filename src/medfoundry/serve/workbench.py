@@ -1,5 +1,6 @@
-"""What the web app holds: uploaded images (by content hash, in a private folder) and one loaded predictor per
-model, used under a lock (predictors keep per-image state, and the app serves requests from a thread pool).
+"""What the web app holds: an :class:`~medfoundry.serve.store.ImageStore` of uploads and one loaded predictor
+per model kind, each used under its own lock, so a long chat answer never blocks a segmentation click and work
+on one image never waits for another image's lock.
 
 No web framework here: :class:`Workbench` is plain Python, so the same calls back the HTTP routes, tests and
 notebooks.
@@ -7,62 +8,24 @@ notebooks.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
-import shutil
-import tempfile
 import threading
-from collections import OrderedDict
-from dataclasses import dataclass
+import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from medfoundry.errors import ImageReadError, InputContractError, MedfoundryError
-from medfoundry.io import read_image
+from medfoundry.errors import InputContractError
 from medfoundry.io.image import MedImage
+from medfoundry.serve.store import (  # noqa: F401  (re-exported: the errors the routes map to statuses)
+    ImageStore,
+    StoredImage,
+    UnknownImageError,
+    UnsupportedContentError,
+    UploadTooLargeError,
+)
 
-# Suffixes medfoundry reads; anything else is stored without one and tried as DICOM.
-SUFFIXES = (".nii.gz", ".nii", ".dcm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".npz", ".zip")
-ID_PATTERN = re.compile(r"^[0-9a-f]{24}$")
-
-
-class UploadTooLargeError(MedfoundryError):
-    """An upload exceeds the configured size limit."""
-
-
-class UnknownImageError(MedfoundryError):
-    """No uploaded image has this id (never uploaded, malformed, or evicted)."""
-
-
-@dataclass
-class StoredImage:
-    """An uploaded image: its id (content hash prefix), the original file name, the image."""
-
-    id: str
-    filename: str
-    image: MedImage
-    embedding: np.ndarray | None = None  # (D,) unit vector of the middle plane, filled by Workbench.similar
-
-    def plane(self, slice_index: int | None) -> MedImage:
-        """The 2D image to show or prompt: the given slice of a volume (default: the middle one)."""
-        if not self.image.is_volume:
-            if slice_index not in (None, 0):
-                raise InputContractError(f"{self.filename} is a 2D image: it has no slice {slice_index}")
-            return self.image
-        depth = self.image.array.shape[0]
-        k = depth // 2 if slice_index is None else slice_index
-        if not 0 <= k < depth:
-            raise InputContractError(f"slice {k} is outside the volume's 0..{depth - 1}")
-        return self.image.slice(k)
-
-
-def safe_suffix(filename: str) -> str:
-    """The recognised suffix of an uploaded file name ('' if none); the name itself is never used as a path."""
-    name = Path(filename or "").name.lower()
-    return next((s for s in SUFFIXES if name.endswith(s)), "")
+KINDS = ("contrastive", "segmentation", "chat")
 
 
 class Workbench:
@@ -70,30 +33,41 @@ class Workbench:
 
     Args:
         store: folder for uploaded files (default: a new private temporary folder, removed by :meth:`close`).
-        max_upload_bytes: larger uploads are refused (:class:`UploadTooLargeError`) before they are read.
-        max_images: uploads kept in memory; the oldest is evicted first.
+        max_upload_bytes: larger uploads are refused (:class:`UploadTooLargeError`) while they stream in.
+        max_images: uploads kept; the least recently used is evicted first.
+        ttl_seconds: uploads unused for this long are forgotten and their files removed.
         contrastive_model, segmentation_model: registry names of the models used.
-        chat_model: registry name (or ``local-dir:PATH``) of a conversational model for questions about an image
-            (none by default: the published ones are large downloads); ``chat_weights`` overrides its weights.
+        chat_model: registry name (or ``local-dir:PATH``) of a conversational model (none by default);
+            ``chat_weights`` overrides its weights.
         index: a retrieval index (``medfoundry index build``) to search for similar cases; without one,
             similar cases are searched among the uploads. Its texts, if any, are the report bank.
+        calibration: a calibration file (``medfoundry calibrate``): applied when the labels asked are its labels.
+        uncertain_below: a top probability below this is shown as an abstention ("uncertain").
+        deid: a :class:`medfoundry.io.deid.Deidentifier`: uploads are de-identified before they are stored.
     """
 
     def __init__(self, store: str | Path | None = None, max_upload_bytes: int = 512 << 20, max_images: int = 32,
                  contrastive_model: str = "medfoundry-clip-tiny",
                  segmentation_model: str = "medfoundry-sam-lite", index: str | Path | None = None,
-                 chat_model: str | None = None, chat_weights: str | None = None, deid: Any = None) -> None:
-        self.deid = deid  # a medfoundry.io.deid.Deidentifier: uploads are de-identified before they are stored
-        self._own_store = store is None
-        self.store = Path(store) if store is not None else Path(tempfile.mkdtemp(prefix="medfoundry-serve-"))
-        self.store.mkdir(parents=True, exist_ok=True)
-        self.max_upload_bytes = max_upload_bytes
-        self.max_images = max_images
+                 chat_model: str | None = None, chat_weights: str | None = None, deid: Any = None,
+                 ttl_seconds: float = 3600.0, calibration: str | Path | None = None,
+                 uncertain_below: float | None = None) -> None:
+        self.images = ImageStore(store, max_upload_bytes=max_upload_bytes, max_images=max_images,
+                                 ttl_seconds=ttl_seconds, deid=deid)
+        self.store = self.images.folder
         self.model_names = {"contrastive": contrastive_model, "segmentation": segmentation_model, "chat": chat_model}
         self.chat_weights = chat_weights
-        self._images: OrderedDict[str, StoredImage] = OrderedDict()
         self._predictors: dict[str, Any] = {}
-        self.lock = threading.RLock()
+        self.locks = {kind: threading.RLock() for kind in KINDS}  # one per predictor: they keep per-call state
+        self._load_lock = threading.Lock()
+        self.calibration = None
+        self.uncertain_below = uncertain_below
+        if calibration is not None:
+            from medfoundry.tasks.calibration import Calibration
+
+            self.calibration = Calibration.load(calibration)
+            if self.calibration.model != contrastive_model:
+                raise InputContractError(f"{calibration} calibrates {self.calibration.model}, not {contrastive_model}")
         self.index = None
         if index is not None:
             from medfoundry.tasks.retrieval import RetrievalIndex
@@ -105,66 +79,19 @@ class Workbench:
 
     # -- images ------------------------------------------------------------------------------------------
     def add_upload(self, stream: BinaryIO, filename: str) -> StoredImage:
-        """Copy an upload into the store (refusing it past the size limit), read it, and keep it."""
-        suffix = safe_suffix(filename)
-        digest = hashlib.sha256()
-        fd, name = tempfile.mkstemp(dir=self.store, suffix=".part")
-        tmp = Path(name)
-        try:
-            size = 0
-            with os.fdopen(fd, "wb") as fh:
-                while chunk := stream.read(1 << 20):
-                    size += len(chunk)
-                    if size > self.max_upload_bytes:
-                        raise UploadTooLargeError(f"upload larger than the limit of {self.max_upload_bytes} bytes")
-                    digest.update(chunk)
-                    fh.write(chunk)
-            if size == 0:
-                raise ImageReadError(Path(filename or "upload").name, "the upload is empty")
-            if self.deid is not None:
-                filename = f"upload{suffix}"  # an upload's own name can carry identity
-                digest = self._deidentify(tmp, filename)
-            image_id = digest.hexdigest()[:24]
-            path = self.store / f"{image_id}{suffix}"
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        try:
-            image = read_image(path)
-        except ImageReadError as exc:  # name the upload, not the server's file
-            path.unlink(missing_ok=True)
-            raise ImageReadError(Path(filename or "upload").name, exc.reason) from None
-        except MedfoundryError:
-            path.unlink(missing_ok=True)
-            raise
-        stored = StoredImage(image_id, Path(filename or "upload").name, image)
-        with self.lock:
-            self._images[image_id] = stored
-            self._images.move_to_end(image_id)
-            while len(self._images) > self.max_images:
-                old, _ = self._images.popitem(last=False)
-                for f in self.store.glob(f"{old}*"):
-                    f.unlink(missing_ok=True)
-        return stored
-
-    def _deidentify(self, tmp: Path, filename: str) -> Any:
-        """Replace the received file by its de-identified DICOM (PS3.15 Annex E); its digest. Non-DICOM is refused."""
-        from medfoundry.io.deid import deidentify_bytes
-
-        data = deidentify_bytes(tmp.read_bytes(), self.deid, filename)
-        tmp.write_bytes(data)
-        return hashlib.sha256(data)
+        """Store and read an upload (see :meth:`ImageStore.add`)."""
+        return self.images.add(stream, filename)
 
     def get(self, image_id: str) -> StoredImage:
         """The uploaded image with this id."""
-        if not ID_PATTERN.match(image_id or "") or image_id not in self._images:
-            raise UnknownImageError(f"no uploaded image has id {image_id!r}")
-        return self._images[image_id]
+        return self.images.get(image_id)
 
     # -- predictors --------------------------------------------------------------------------------------
     def predictor(self, kind: str) -> Any:
         """The loaded predictor of ``kind`` (``contrastive``, ``segmentation`` or ``chat``), loaded on first use."""
-        with self.lock:
+        if kind not in KINDS:
+            raise InputContractError(f"unknown predictor kind {kind!r}")
+        with self._load_lock:
             if kind not in self._predictors:
                 if kind == "contrastive":
                     from medfoundry.predict.contrastive import open_contrastive
@@ -174,34 +101,39 @@ class Workbench:
                     from medfoundry.predict.segment import open_segmenter
 
                     self._predictors[kind] = open_segmenter(self.model_names[kind])
-                elif kind == "chat":
+                else:
                     from medfoundry.predict.conversational import open_chat
 
                     if self.model_names["chat"] is None:
                         raise InputContractError("no conversational model: start the viewer with --chat-model NAME")
                     self._predictors[kind] = open_chat(self.model_names["chat"], self.chat_weights)
-                else:
-                    raise InputContractError(f"unknown predictor kind {kind!r}")
             return self._predictors[kind]
 
-    def classify(self, image_id: str, labels: list[str], slice_index: int | None = None) -> dict[str, float]:
-        """Zero-shot probabilities of ``labels`` for one image (or slice)."""
+    def classify(self, image_id: str, labels: list[str], slice_index: int | None = None) -> dict[str, Any]:
+        """Zero-shot probabilities of ``labels`` for one image (or axial slice): ``{probs: {label: p},
+        calibrated, abstained, uncertain_below}``. The calibration applies when ``labels`` are its labels."""
         from medfoundry.tasks.zero_shot import zero_shot_classify
 
         labels = [str(x).strip() for x in labels if str(x).strip()]
         if len(labels) < 2:
             raise InputContractError("give at least two labels to choose between")
         plane = self.get(image_id).plane(slice_index)
-        with self.lock:
-            result = zero_shot_classify(self.predictor("contrastive"), [plane], labels)
-        return {label: float(p) for label, p in zip(result.labels, result.probs[0], strict=True)}
+        cal = self.calibration if self.calibration is not None and labels == self.calibration.labels else None
+        with self.locks["contrastive"]:
+            result = zero_shot_classify(self.predictor("contrastive"), [plane], labels,
+                                        templates=cal.templates if cal else None,
+                                        temperature=cal.temperature if cal else None,
+                                        uncertain_below=self.uncertain_below)
+        return {"probs": {label: float(p) for label, p in zip(result.labels, result.probs[0], strict=True)},
+                "calibrated": cal is not None, "abstained": bool(result.uncertain[0]),
+                "uncertain_below": self.uncertain_below}
 
     def ground(self, image_id: str, text: str, slice_index: int | None = None) -> np.ndarray:
-        """(H, W) similarity map of ``text`` over the image (grounding heatmap)."""
+        """(H, W) similarity map of ``text`` over the image (grounding heatmap), in the plane's pixels."""
         if not text or not text.strip():
             raise InputContractError("give a text to ground")
         plane = self.get(image_id).plane(slice_index)
-        with self.lock:
+        with self.locks["contrastive"]:
             return self.predictor("contrastive").dense_similarity(plane, text.strip())
 
     def similar(self, image_id: str, k: int = 5) -> list[dict[str, Any]]:
@@ -212,24 +144,23 @@ class Workbench:
         query = self._embedding(self.get(image_id))
         if self.index is not None:
             hits = self.index.search(query, k, kind="image")
-            return [{"name": Path(h.item).name, "score": h.score, **{m: v for m, v in h.meta.items()
-                                                                   if m in ("label", "text")}} for h in hits]
-        others = [s for s in list(self._images.values()) if s.id != image_id]
-        scored = sorted(((float(self._embedding(s) @ query), s) for s in others), key=lambda t: -t[0])[:k]
+            return [{"name": Path(h.item).name, "score": h.score, "thumbnail_png": _thumbnail(h.item),
+                     **{m: v for m, v in h.meta.items() if m in ("label", "text")}} for h in hits]
+        scored = sorted(((float(self._embedding(s) @ query), s) for s in self.images.others(image_id)),
+                        key=lambda t: -t[0])[:k]
         return [{"name": s.filename, "id": s.id, "score": score} for score, s in scored]
 
     def report(self, image_id: str, k: int = 1, slice_index: int | None = None) -> dict[str, Any]:
-        """A report by retrieval from the texts of the index (``medfoundry index build --texts``):
-        ``{report, sources: [{text, similarity}]}``."""
+        """A report by retrieval from the texts of the index: ``{report, sources: [{text, similarity}]}``."""
         from medfoundry.tasks.report import generate_report
 
         if not 1 <= k <= 20:
             raise InputContractError(f"k must be between 1 and 20, got {k}")
-        if self.index is None:  # an index without texts is refused by generate_report
+        if self.index is None:
             raise InputContractError("no report bank: start the viewer with --index built with "
                                      "`medfoundry index build --texts reports.csv`")
         plane = self.get(image_id).plane(slice_index)
-        with self.lock:
+        with self.locks["contrastive"]:
             return generate_report(self.predictor("contrastive"), plane, self.index, k=k).as_dict()
 
     def ask(self, image_id: str, question: str, slice_index: int | None = None,
@@ -238,47 +169,82 @@ class Workbench:
         if not 1 <= max_new_tokens <= 1024:
             raise InputContractError(f"max_new_tokens must be between 1 and 1024, got {max_new_tokens}")
         plane = self.get(image_id).plane(slice_index)
-        with self.lock:
+        with self.locks["chat"]:
             chat = self.predictor("chat")
             answer = chat.ask(plane, question, max_new_tokens=max_new_tokens)
         return {"answer": answer.text, "model": chat.record.name, "new_tokens": answer.new_tokens,
                 "seconds": round(answer.seconds, 3)}
 
     def _embedding(self, stored: StoredImage) -> np.ndarray:
-        with self.lock:
+        with stored.lock:
             if stored.embedding is None:
-                stored.embedding = self.predictor("contrastive").embed_images([stored.plane(None)])[0]
+                with self.locks["contrastive"]:
+                    stored.embedding = self.predictor("contrastive").embed_images([stored.plane(None)])[0]
             return stored.embedding
 
     def segment(self, image_id: str, box: list[float] | None, points: list[list[float]] | None = None,
-                slice_index: int | None = None, propagate: bool = False) -> tuple[np.ndarray, MedImage, MedImage]:
-        """Prompted mask: box XYXY and points (x, y[, label]) in the shown plane's pixels. Returns the mask
-        (2D, or 3D with ``propagate`` on a volume), the image it lives on, and the plane that was prompted."""
+                slice_index: int | None = None, propagate: bool = False) -> dict[str, Any]:
+        """Prompted mask: box XYXY and points (x, y[, label]) in the axial plane's pixels (x = column,
+        y = row). Returns ``{mask_id, mask, image, plane, slice}``: the mask (2D (H, W), or (Z, H, W) with
+        ``propagate`` on a volume) as bool, the image it lives on, the prompted plane and its slice index.
+        The mask is kept with the image (:attr:`StoredImage.masks`) for download under ``mask_id``."""
         stored = self.get(image_id)
         plane = stored.plane(slice_index)
+        k = (stored.depth // 2 if slice_index is None else slice_index) if stored.image.is_volume else None
+        if box is None and not points:
+            raise InputContractError("give a box or at least one point")
         boxes = None if box is None else np.asarray(box, dtype=np.float32).reshape(1, 4)
         pts = labels = None
         if points:
-            if any(len(p) not in (2, 3) for p in points):
-                raise InputContractError("points are [x, y] or [x, y, label]")
+            if any(len(p) not in (2, 3) for p in points) or any(len(p) == 3 and p[2] not in (0, 1) for p in points):
+                raise InputContractError("points are [x, y] or [x, y, label] with label 1 (object) or 0 (background)")
             pts = np.array([p[:2] for p in points], dtype=np.float32)
             labels = np.array([int(p[2]) if len(p) == 3 else 1 for p in points])
-        with self.lock:
+        if propagate and not stored.image.is_volume:
+            raise InputContractError("propagation needs a volume")
+        with stored.lock, self.locks["segmentation"]:
             seg = self.predictor("segmentation")
             if propagate:
-                if not stored.image.is_volume:
-                    raise InputContractError("propagation needs a volume")
                 from medfoundry.tasks.volume import segment_volume
 
-                key = stored.image.array.shape[0] // 2 if slice_index is None else slice_index
-                result = segment_volume(seg, stored.image, key, box=None if boxes is None else boxes[0], points=pts,
+                result = segment_volume(seg, stored.image, k, box=None if boxes is None else boxes[0], points=pts,
                                         point_labels=labels)
-                return result.mask, stored.image, plane
-            seg.set_image(plane)
-            return seg.predict(boxes=boxes, points=pts, point_labels=labels).best()[0], plane, plane
+                mask, on = np.asarray(result.mask, dtype=bool), stored.image
+            else:
+                seg.set_image(plane)
+                mask, on = np.asarray(seg.predict(boxes=boxes, points=pts, point_labels=labels).best()[0],
+                                      dtype=bool), plane
+            mask_id = uuid.uuid4().hex[:16]
+            stored.keep_mask(mask_id, {"mask": mask, "slice": k, "propagated": propagate})
+        return {"mask_id": mask_id, "mask": mask, "image": on, "plane": plane, "slice": k}
 
     def close(self) -> None:
         """Forget the images and remove the store if this workbench created it."""
-        self._images.clear()
-        if self._own_store:
-            shutil.rmtree(self.store, ignore_errors=True)
+        self.images.close()
+
+
+def _thumbnail(item: str, size: int = 96) -> str | None:
+    """A base64 PNG thumbnail of an indexed image (its middle plane), or None when it cannot be read now.
+    ``item`` comes from the index the server was started with, never from a request."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from medfoundry.errors import MedfoundryError
+    from medfoundry.io import read_image
+    from medfoundry.viz import display_rgb, thumbnail
+
+    try:
+        image = read_image(item)
+        plane = image.slice(image.array.shape[0] // 2) if image.is_volume else image
+        buf = io.BytesIO()
+        Image.fromarray(thumbnail(display_rgb(plane), size)).save(buf, format="PNG")
+    except (MedfoundryError, OSError, ValueError):
+        return None
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def plane_of(image: MedImage, slice_index: int | None) -> MedImage:
+    """The axial plane ``slice_index`` of ``image`` (the image itself when 2D)."""
+    return image.slice(slice_index) if image.is_volume and slice_index is not None else image
