@@ -345,6 +345,7 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
     history = trainer.fit(task, step_module, opt)
     if trainer.interrupted:
         return trainer.out / "model"
+    trainer.check_in_sync(model)
     record = ModelRecord.from_dict({
         "name": "medfoundry-clip-tiny", "arch": "medfoundry_clip", "arch_config": asdict(arch),
         "family": "TPM-contrastive", "tasks": ["zero-shot-classification", "retrieval", "embedding", "grounding",
