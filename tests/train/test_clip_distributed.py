@@ -1,12 +1,9 @@
-"""The CLIP loop under torchrun equals one process with the global batch, and resumes where it stopped."""
+"""Pieces of the CLIP loop that make N processes equal one with the global batch (the runs themselves are in
+test_trainer.py)."""
 
 from __future__ import annotations
 
 import csv
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,55 +63,6 @@ def test_augmentation_of_a_slice_equals_the_slice_of_the_global_batch() -> None:
     whole = augment(x, params)
     part = augment(x[2:4], {k: v[2:4] for k, v in params.items()})
     assert torch.allclose(whole[2:4], part, atol=1e-6)
-
-
-@pytest.mark.slow
-def test_two_processes_equal_one_with_the_global_batch(tmp_path: Path) -> None:
-    one = _config(tmp_path, "one", batch=8)
-    train_clip(one)
-    cfg = _config(tmp_path, "two", batch=4)
-    (tmp_path / "cfg.json").write_text(json.dumps({k: v for k, v in cfg.__dict__.items()
-                                                   if k not in ("pairs", "out")}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "medfoundry.cli.main", "train", "clip", "--config", str(tmp_path / "cfg.json"),
-           "--pairs", cfg.pairs, "--out", cfg.out]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
-    assert a.keys() == b.keys()
-    start = _weights_at_init(tmp_path)
-    moved = max(float((a[k].float() - start[k].float()).abs().max()) for k in a)
-    assert moved > 1e-3  # training changed the weights, so agreement below is not trivially true
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=2e-5), k
-    history_one = json.loads((tmp_path / "one" / "history.json").read_text())
-    history_two = json.loads((tmp_path / "two" / "history.json").read_text())
-    assert [round(h["loss"], 5) for h in history_one] == [round(h["loss"], 5) for h in history_two]
-
-
-def _weights_at_init(tmp_path: Path) -> dict[str, torch.Tensor]:
-    from dataclasses import asdict
-
-    from medfoundry.models.clip import DualEncoderConfig, build_dual_encoder
-
-    torch.manual_seed(0)  # start_run seeds the same way before building the model
-    model = build_dual_encoder(asdict(DualEncoderConfig(**ARCH)), pretrained_text=False)
-    return model.trainable_state_dict()
-
-
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    whole = _config(tmp_path, "whole", batch=4)
-    train_clip(whole)
-    cut = _config(tmp_path, "cut", batch=4, stop_after_steps=5)  # 4 steps per epoch: stops inside epoch 2
-    train_clip(cut)
-    assert not (tmp_path / "cut" / "model").exists()
-    assert json.loads(json.dumps(torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"])) == 1
-    cut.stop_after_steps = None
-    train_clip(cut)
-    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 def test_strong_augmentation_is_per_sample_and_keeps_light_draws() -> None:

@@ -94,9 +94,10 @@ def test_training_writes_a_propagating_model_and_resumes(tmp_path: Path) -> None
     init_folder = save_checkpoint(build_sam(dict(ARCH)).state_dict(), base, tmp_path / "init")
     assert main(["train", "sam-propagation", "--volumes", str(tmp_path / "v.jsonl"), "--model",
                  f"local-dir:{init_folder}", "--out", str(tmp_path / "run"), "--epochs", "1", "--steps-per-epoch",
-                 "2", "--batch-size", "2", "--seed", "1", "--device", "cpu"]) == 0
+                 "2", "--batch-size", "2", "--seed", "1", "--device", "cpu", "--checkpoint-every", "1"]) == 0
     run_cfg = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert run_cfg["arch"]["image_size"] == 64  # the architecture comes from the extended model
+    assert run_cfg["checkpoint_every"] == 1
     cfg = PropagationConfig(**{**run_cfg, "epochs": 2})
     folder = train_propagation(cfg, base=base)  # resumes at epoch 1
     seg = open_segmenter(f"local-dir:{folder}")

@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="bfloat16 autocast on the CPU (fast only with native bfloat16: AVX512-BF16 / AMX)")
     pc.add_argument("--seed", type=int, default=None)
     pc.add_argument("--device", default=None)
+    pc.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                    help="also write the resume point OUT/last.pt every N optimiser steps (default: at epoch ends)")
     pc.set_defaults(func=run_clip)
 
     pl = tsub.add_parser("clip-lora", help="LoRA (peft) fine-tuning of the image and/or text tower of any "
@@ -57,6 +59,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--lr", type=float, default=5e-4)
     pl.add_argument("--label-weight", type=float, default=0.0)
     pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                    help="also write the resume point OUT/last.pt every N optimiser steps (default: at epoch ends)")
     pl.set_defaults(func=run_clip_lora)
 
     pr = tsub.add_parser("probe", help="linear probe or few-shot prototypes on frozen contrastive embeddings")
@@ -98,6 +102,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--steps-per-epoch", type=int, default=None)
     ps.add_argument("--seed", type=int, default=0)
     ps.add_argument("--device", default="auto")
+    ps.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                    help="also write the resume point OUT/last.pt every N optimiser steps (default: at epoch ends)")
     ps.set_defaults(func=run_sam)
 
     pv = tsub.add_parser("sam-propagation", help="train the slice-propagation head of a box-crop segmenter on "
@@ -120,6 +126,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pv.add_argument("--max-minutes", type=float, default=None)
     pv.add_argument("--seed", type=int, default=0)
     pv.add_argument("--device", default="auto")
+    pv.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                    help="also write the resume point OUT/last.pt every N optimiser steps (default: at epoch ends)")
     pv.set_defaults(func=run_sam_propagation)
 
     from medfoundry.cli.train_captioner import add_parser as add_captioner_parser
@@ -155,7 +163,7 @@ def clip_config(args: argparse.Namespace) -> Any:
     settings.update(pairs=args.pairs, out=args.out)
     for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"),
                       ("label_weight", "label_weight"), ("seed", "seed"), ("device", "device"),
-                      ("cpu_bf16", "cpu_bf16")):
+                      ("cpu_bf16", "cpu_bf16"), ("checkpoint_every", "checkpoint_every")):
         if getattr(args, flag) is not None:
             settings[key] = getattr(args, flag)
     if args.source_repeat:
@@ -212,7 +220,7 @@ def run_sam(args: argparse.Namespace) -> int:
     cfg = SamTrainConfig(manifest=manifest, out=args.out, epochs=args.epochs, max_minutes=args.max_minutes,
                          batch_size=args.batch_size, lr=args.lr, mode=args.mode, seed=args.seed, device=args.device,
                          workers=args.workers, init=args.init, steps_per_epoch=args.steps_per_epoch,
-                         time_schedule=args.time_schedule)
+                         time_schedule=args.time_schedule, checkpoint_every=args.checkpoint_every)
     cfg.arch["backbone"] = args.backbone
     if args.pool_mix:
         cfg.pool_mix = tuple(int(v) for v in args.pool_mix.split(","))
@@ -234,7 +242,7 @@ def run_sam_propagation(args: argparse.Namespace) -> int:
     cfg = PropagationConfig(volumes=volumes, init=str(init), out=args.out, epochs=args.epochs,
                             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
                             max_gap_mm=args.max_gap_mm, max_minutes=args.max_minutes, seed=args.seed,
-                            device=args.device)
+                            device=args.device, checkpoint_every=args.checkpoint_every)
     print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
     print(f"model written to {train_propagation(cfg, base=record)}")
     return 0
@@ -245,7 +253,8 @@ def run_clip_lora(args: argparse.Namespace) -> int:
 
     cfg = ClipLoraConfig(model=args.model, weights=args.weights, pairs=args.pairs, out=args.out, tower=args.tower,
                          rank=args.rank, alpha=args.alpha, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, label_weight=args.label_weight, seed=args.seed)
+                         lr=args.lr, label_weight=args.label_weight, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every)
     folder = finetune_clip_lora(cfg, progress=sys.stderr.isatty())
     print(f"wrote {folder} (use --model local-dir:{folder})")
     return 0

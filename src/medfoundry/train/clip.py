@@ -4,15 +4,14 @@ Loss: symmetric InfoNCE (CLIP). With ``label_weight > 0`` the targets are soften
 rows share a label (or an identical caption) count as partial positives, so captions of the same finding in
 one batch are not pushed apart. The text tower is frozen (its pooled features are computed once); the image
 tower, both projections and the temperature are trained. Deterministic for a seed; resumable from
-``out/last.pt``; runs under ``torchrun`` (DistributedDataParallel) when ``WORLD_SIZE`` is set.
+``out/last.pt`` (also mid-epoch); runs under ``torchrun`` (DistributedDataParallel) when ``WORLD_SIZE`` is set.
+The loop itself is :class:`medfoundry.train.trainer.Trainer`'s.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from medfoundry.io import read_image
 from medfoundry.models.clip import DualEncoderConfig, build_dual_encoder
 from medfoundry.predict.preprocess import preprocess
 from medfoundry.registry.records import ModelRecord, Preprocess
-from medfoundry.train.distributed import load_resume_point, save_resume_point, start_run
+from medfoundry.train.trainer import Trainer, TrainerConfig
 
 
 @dataclass
@@ -69,10 +68,12 @@ class ClipTrainConfig:
     #: extra validation each epoch: zero-shot AUROC on one word of a source's labels (label.split()[part]),
     #: each class scored by its prompt, e.g. MedPix modality {"source": "medpix", "part": 0, "prompts": {...}}
     val_attributes: list[dict[str, Any]] = field(default_factory=list)
-    #: end this process after that many optimiser steps, without writing the unfinished epoch (an interruption,
-    #: as a killed job has: the next run resumes from the last finished epoch and ends where an uninterrupted
-    #: run ends)
+    #: end this process after that many optimiser steps, writing a resume point at that step first (an
+    #: interruption, as a killed job has after its last checkpoint: the next run resumes at that step and ends
+    #: where an uninterrupted run ends)
     stop_after_steps: int | None = None
+    #: also write the resume point ``last.pt`` every that many steps inside an epoch (None: at epoch ends only)
+    checkpoint_every: int | None = None
 
 
 def read_pairs(path: str | Path) -> list[dict[str, str]]:
@@ -248,14 +249,20 @@ def attribute_loss(img: torch.Tensor, prompt_txt: torch.Tensor, scale: torch.Ten
     return total / max(1, len(tasks))
 
 
-def gather_features(x: torch.Tensor, world_size: int) -> torch.Tensor:
-    """All ranks' (B, D) features concatenated in rank order, with gradients flowing back to each rank's own part
-    (open_clip's ``gather_with_grad``), so the loss sees the negatives of the global batch."""
-    if world_size == 1:
-        return x
-    import torch.distributed.nn.functional as dist_fn
+def _init_from(model: Any, source: str) -> None:
+    """Copy a checkpoint's weights (file or folder; any float dtype) into ``model``; every trainable tensor must
+    be present with the same shape."""
+    from medfoundry.registry.loading import find_checkpoint_file, load_state_dict
 
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    path = Path(source)
+    state = load_state_dict(find_checkpoint_file(path) if path.is_dir() else path)
+    own = model.trainable_state_dict()
+    missing = sorted(set(own) - set(state))
+    wrong = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or wrong:
+        raise InputContractError(f"{source} does not fit this architecture: missing {missing[:5]}, "
+                                 f"shape differs {wrong[:5]}")
+    model.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=False)
 
 
 def group_by_image(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[list[str]]]:
@@ -285,32 +292,118 @@ def epoch_order(sources: list[str], repeat: dict[str, float], generator: torch.G
     return [picks[j] for j in perm]
 
 
-def _step_progress(enabled: bool) -> Any:
-    """A callback (epoch, step, steps, loss) that logs a line every tenth of an epoch on the main process."""
-    start = time.time()
+class _ClipTask:
+    """The contrastive task of :func:`train_clip` for :class:`~medfoundry.train.trainer.Trainer`: every rank draws
+    the global batch (order, augmentations, caption picks) from one generator re-seeded per epoch and computes its
+    shard; the loss sees the features of the whole global batch."""
 
-    def report(epoch: int, step: int, steps: int, loss: float) -> None:
-        if enabled and (step == steps or step % max(1, steps // 10) == 0):
-            print(json.dumps({"epoch": epoch + 1, "step": f"{step}/{steps}", "loss": round(loss, 4),
-                              "elapsed_s": round(time.time() - start)}), flush=True)
+    loss_key = "loss"
+    clock_schedule = False
 
-    return report
+    def __init__(self, cfg: ClipTrainConfig, trainer: Trainer, model: Any, images: torch.Tensor,
+                 train_rows: list[dict[str, str]], train_texts: list[list[str]], feats: dict[str, torch.Tensor],
+                 val_rows: list[dict[str, str]], val_images: torch.Tensor | None, contract: Preprocess,
+                 attr_prompts: list[str]) -> None:
+        self.cfg, self.trainer, self.model, self.images = cfg, trainer, model, images
+        self.contract = contract
+        self.attr_targets = [attribute_targets(train_rows, task) for task in cfg.train_attributes]
+        self.attr_feats = torch.stack([feats[p] for p in attr_prompts]) if attr_prompts else None
+        self.train_texts, self.feats, self.val_rows, self.val_images = train_texts, feats, val_rows, val_images
+        self.sources = [r["source"] for r in train_rows]
+        self.labels = [r["label"] for r in train_rows]
+        self.global_batch = cfg.batch_size * trainer.world_size
+        expected = sum(cfg.source_repeat.get(src, 1.0) for src in self.sources)
+        self.steps_per_epoch = max(1, int(expected) // self.global_batch)
+        self.epochs = cfg.epochs
+        self.total = self.steps_per_epoch * cfg.epochs
+        self.gen = torch.Generator()
+        self.order: list[int] = []
 
+    def learning_rate(self, step: int, elapsed_s: float) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - cfg.warmup_steps)
+                                            / max(1, self.total - cfg.warmup_steps)))
 
-def _init_from(model: Any, source: str) -> None:
-    """Copy a checkpoint's weights (file or folder; any float dtype) into ``model``; every trainable tensor must
-    be present with the same shape."""
-    from medfoundry.registry.loading import find_checkpoint_file, load_state_dict
+    def begin_epoch(self, epoch: int, first_step: int) -> None:
+        self.gen.manual_seed(self.cfg.seed * 1000 + epoch)
+        self.order = epoch_order(self.sources, self.cfg.source_repeat, self.gen)
+        self.model.train()
+        for s in range(first_step):  # a resumed epoch: the draws of the steps already done
+            self._draw(s)
 
-    path = Path(source)
-    state = load_state_dict(find_checkpoint_file(path) if path.is_dir() else path)
-    own = model.trainable_state_dict()
-    missing = sorted(set(own) - set(state))
-    wrong = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
-    if missing or wrong:
-        raise InputContractError(f"{source} does not fit this architecture: missing {missing[:5]}, "
-                                 f"shape differs {wrong[:5]}")
-    model.load_state_dict({k: state[k].to(own[k].dtype) for k in own}, strict=False)
+    def _draw(self, step: int) -> tuple[list[int], dict[str, torch.Tensor], list[str]] | None:
+        """The global batch of ``step``: image indices, augmentation parameters (the same draws on every rank)
+        and the caption of each image; None when the epoch's order has no full batch left."""
+        idx = self.order[step * self.global_batch : (step + 1) * self.global_batch]
+        if len(idx) < self.global_batch:
+            return None
+        aug = augment_params(len(idx), self.gen, self.cfg.augment)
+        picks = torch.randint(0, 1 << 30, (len(idx),), generator=self.gen).tolist()
+        texts = [self.train_texts[i][k % len(self.train_texts[i])] for i, k in zip(idx, picks, strict=True)]
+        return idx, aug, texts
+
+    def training_step(self, module: torch.nn.Module, epoch: int, step: int) -> torch.Tensor | None:
+        drawn = self._draw(step)
+        if drawn is None:
+            return None
+        idx, aug, texts = drawn
+        cfg, trainer = self.cfg, self.trainer
+        part, device = trainer.shard(len(idx)), trainer.device
+        local = idx[part]
+        x = augment(self.images[local].float(), {k: v[part] for k, v in aug.items()}, self.contract.mean[0],
+                    self.contract.std[0]).to(device)
+        tf = torch.stack([self.feats[t] for t in texts[part]]).to(device)
+        if self.attr_feats is not None:
+            tf = torch.cat([tf, self.attr_feats.to(device)])
+        img, txt, scale = module(x, tf)  # bf16 autocast inside the wrapped forward when enabled
+        img_local, prompt_txt, txt = img.float(), txt[len(local):].float(), txt[: len(local)]
+        img, txt = trainer.gather(img_local), trainer.gather(txt.float())
+        targets = soft_targets([self.labels[i] for i in idx], texts, cfg.label_weight)
+        loss = clip_loss(img, txt, scale.float(), targets)
+        if self.attr_feats is not None and cfg.attribute_weight > 0:
+            loss = loss + cfg.attribute_weight * attribute_loss(
+                img_local, prompt_txt, scale.float(), cfg.train_attributes,
+                [t[torch.tensor(local)] for t in self.attr_targets],
+                [int((t[torch.tensor(idx)] >= 0).sum()) for t in self.attr_targets], trainer.world_size)
+        return loss
+
+    def validate(self, epoch: int) -> dict[str, Any]:
+        """Zero-shot AUROC per validation source, and per attribute of ``cfg.val_attributes``."""
+        cfg, val_rows, val_images, device = self.cfg, self.val_rows, self.val_images, self.trainer.device
+        entry: dict[str, Any] = {}
+        if val_images is None or epoch < 0:
+            return entry
+        self.model.eval()
+        attribute_sources = {task["source"] for task in cfg.val_attributes}  # scored per attribute below
+        for source in sorted({r["source"] for r in val_rows}):
+            sel = [i for i, r in enumerate(val_rows) if r["source"] == source]
+            labs = [val_rows[i]["label"] for i in sel]
+            if len(set(labs)) > 1 and source not in attribute_sources:
+                entry[f"val_auroc_{source}"] = zero_shot_auroc(self.model, val_images[sel], labs, self.feats,
+                                                               cfg.eval_templates, device)
+        for task in cfg.val_attributes:
+            sel = [i for i, r in enumerate(val_rows) if r["source"] == task["source"]]
+            labs = [val_rows[i]["label"].split()[task["part"]] for i in sel]
+            keep = [j for j, lab in enumerate(labs) if lab in task["prompts"]]
+            if sel and len({labs[j] for j in keep}) > 1:
+                name = f"val_auroc_{task['source']}_{task.get('name', task['part'])}"
+                entry[name] = zero_shot_auroc(self.model, val_images[[sel[j] for j in keep]],
+                                              [task["prompts"][labs[j]] for j in keep], self.feats, ["{}"], device)
+        return entry
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}  # every draw is replayed from the seed
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return self.model.trainable_state_dict()
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state, strict=False)
 
 
 def train_clip(cfg: ClipTrainConfig) -> Path:
@@ -321,9 +414,11 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
     uses the features of the whole global batch, and gradients are averaged by DistributedDataParallel.
     """
     from medfoundry.models.text import MiniLMTextEncoder, minilm_tokenizer
-    from medfoundry.registry.loading import save_checkpoint
 
-    ctx, out = start_run(cfg.device, cfg.out, cfg.seed)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = cfg.amp and (device.startswith("cuda") or cfg.cpu_bf16)
+    trainer = Trainer(TrainerConfig(out=cfg.out, seed=cfg.seed, device=device, bf16=bf16,
+                                    stop_after_steps=cfg.stop_after_steps, checkpoint_every=cfg.checkpoint_every))
     rows = read_pairs(cfg.pairs)[: cfg.max_rows]
     train_rows, train_texts = group_by_image([r for r in rows if r["split"] == "train"])
     val_rows, _ = group_by_image([r for r in rows if r["split"] == "val" and r["label"]])
@@ -351,103 +446,19 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
                 feats[t] = f
     del text
 
-    model = build_dual_encoder(asdict(arch), pretrained_text=False).to(ctx.device)
+    model = build_dual_encoder(asdict(arch), pretrained_text=False).to(trainer.device)
     model.text = None  # not needed during training: its features are cached above
     if cfg.init_weights:
         _init_from(model, cfg.init_weights)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sources = [r["source"] for r in train_rows]
-    global_batch = cfg.batch_size * ctx.world_size
-    expected = sum(cfg.source_repeat.get(src, 1.0) for src in sources)
-    steps_per_epoch = max(1, int(expected) // global_batch)
-    total = steps_per_epoch * cfg.epochs
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)))
-
-    ckpt = out / "last.pt"
-    start_epoch, history = load_resume_point(ckpt, model, opt, strict=False)
-    if start_epoch:
-        ctx.log(f"resumed from {ckpt} at epoch {start_epoch}")
-    step_module = ctx.wrap(ContrastiveStep(model))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    use_amp = cfg.amp and (ctx.device.type == "cuda" or cfg.cpu_bf16)
-    labels = [r["label"] for r in train_rows]
-    attr_targets = [attribute_targets(train_rows, task) for task in cfg.train_attributes]
-    attr_feats = torch.stack([feats[p] for p in attr_prompts]).to(ctx.device) if attr_prompts else None
-    lo, hi = ctx.rank * cfg.batch_size, (ctx.rank + 1) * cfg.batch_size
-    steps_run = 0
-    progress = _step_progress(ctx.is_main)
-    for epoch in range(start_epoch, cfg.epochs):
-        gen.manual_seed(cfg.seed * 1000 + epoch)
-        order = epoch_order(sources, cfg.source_repeat, gen)
-        model.train()
-        t0, losses = time.time(), []
-        for s in range(steps_per_epoch):
-            idx = order[s * global_batch : (s + 1) * global_batch]
-            if len(idx) < global_batch:
-                break
-            if cfg.stop_after_steps is not None and steps_run >= cfg.stop_after_steps:
-                ctx.log(f"stopped after {steps_run} steps (stop_after_steps): resume by running again")
-                return out / "model"
-            steps_run += 1
-            step = epoch * steps_per_epoch + s
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            aug = augment_params(len(idx), gen, cfg.augment)  # the same draws on every rank: the global batch's
-            picks = torch.randint(0, 1 << 30, (len(idx),), generator=gen).tolist()
-            texts = [train_texts[i][k % len(train_texts[i])] for i, k in zip(idx, picks, strict=True)]
-            local = idx[lo:hi]
-            x = augment(images[local].float(), {k: v[lo:hi] for k, v in aug.items()}, contract.mean[0],
-                        contract.std[0]).to(ctx.device)
-            tf = torch.stack([feats[t] for t in texts[lo:hi]]).to(ctx.device)
-            if attr_feats is not None:
-                tf = torch.cat([tf, attr_feats])
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                img, txt, scale = step_module(x, tf)
-            img_local, prompt_txt, txt = img.float(), txt[len(local):].float(), txt[: len(local)]
-            img = gather_features(img_local, ctx.world_size)
-            txt = gather_features(txt.float(), ctx.world_size)
-            loss = clip_loss(img, txt, scale.float(), soft_targets([labels[i] for i in idx], texts, cfg.label_weight))
-            if attr_feats is not None and cfg.attribute_weight > 0:
-                loss = loss + cfg.attribute_weight * attribute_loss(
-                    img_local, prompt_txt, scale.float(), cfg.train_attributes,
-                    [t[torch.tensor(local)] for t in attr_targets],
-                    [int((t[torch.tensor(idx)] >= 0).sum()) for t in attr_targets], ctx.world_size)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            progress(epoch, s + 1, steps_per_epoch, losses[-1])
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None, "seconds": time.time() - t0}
-        if val_images is not None and ctx.is_main:
-            model.eval()
-            attribute_sources = {task["source"] for task in cfg.val_attributes}  # scored per attribute below
-            for source in sorted({r["source"] for r in val_rows}):
-                sel = [i for i, r in enumerate(val_rows) if r["source"] == source]
-                labs = [val_rows[i]["label"] for i in sel]
-                if len(set(labs)) > 1 and source not in attribute_sources:
-                    entry[f"val_auroc_{source}"] = zero_shot_auroc(model, val_images[sel], labs, feats,
-                                                                   cfg.eval_templates, ctx.device)
-            for task in cfg.val_attributes:
-                sel = [i for i, r in enumerate(val_rows) if r["source"] == task["source"]]
-                labs = [val_rows[i]["label"].split()[task["part"]] for i in sel]
-                keep = [j for j, lab in enumerate(labs) if lab in task["prompts"]]
-                if sel and len({labs[j] for j in keep}) > 1:
-                    name = f"val_auroc_{task['source']}_{task.get('name', task['part'])}"
-                    entry[name] = zero_shot_auroc(model, val_images[[sel[j] for j in keep]],
-                                                  [task["prompts"][labs[j]] for j in keep], feats, ["{}"],
-                                                  ctx.device)
-        history.append(entry)
-        ctx.log(json.dumps(entry))
-        if ctx.is_main:
-            save_resume_point(ckpt, model.trainable_state_dict(), opt, epoch + 1, history)
-    ctx.barrier()
-    if not ctx.is_main:
-        return out / "model"
+    task = _ClipTask(cfg, trainer, model, images, train_rows, train_texts, feats, val_rows, val_images, contract,
+                     attr_prompts)
+    step_module, opt = trainer.setup(ContrastiveStep(model), opt)
+    history = trainer.fit(task, step_module, opt)
+    if trainer.interrupted:
+        return trainer.out / "model"
+    trainer.check_in_sync(model)
     record = ModelRecord.from_dict({
         "name": "medfoundry-clip-tiny", "arch": "medfoundry_clip", "arch_config": asdict(arch),
         "family": "TPM-contrastive", "tasks": ["zero-shot-classification", "retrieval", "embedding", "grounding",
@@ -456,7 +467,4 @@ def train_clip(cfg: ClipTrainConfig) -> Path:
         "paper": "medfoundry", "training_data": f"pairs from {cfg.pairs}", "templates": cfg.eval_templates,
         "preprocess": cfg.contract,
     })
-    folder = save_checkpoint(model.trainable_state_dict(), record, out / "model", overwrite=True)
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    return folder
+    return trainer.finish(model.trainable_state_dict(), record, history, cfg)

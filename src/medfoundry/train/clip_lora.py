@@ -5,14 +5,14 @@ The base weights stay frozen; rank-``r`` adapters are injected into the Linear (
 Conv2d) layers of the chosen tower(s) and trained with the CLIP loss (optionally MedCLIP-style soft targets)
 on an image–text pairs CSV. At the end the adapters are merged into their layers and the model is written in
 its own published format, plus ``medfoundry.json``, so ``--model local-dir:OUT/model`` loads it like the
-original. Each epoch reports the validation loss (and zero-shot AUROC when validation rows carry labels).
+original. Each epoch reports the validation loss. The loop (resume points, torchrun) is
+:class:`medfoundry.train.trainer.Trainer`'s.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from medfoundry.errors import InputContractError
 from medfoundry.train.clip import clip_loss, read_pairs, soft_targets
+from medfoundry.train.trainer import Trainer, TrainerConfig
 
 TOWERS = ("image", "text", "both")
 
@@ -42,6 +43,10 @@ class ClipLoraConfig:
     label_weight: float = 0.0
     seed: int = 0
     max_rows: int | None = None
+    #: end this process after that many optimiser steps, writing a resume point there (an interruption)
+    stop_after_steps: int | None = None
+    #: also write the resume point ``last.pt`` every that many steps inside an epoch (None: at epoch ends only)
+    checkpoint_every: int | None = None
 
 
 def tower_modules(backend: Any) -> dict[str, torch.nn.Module]:
@@ -125,8 +130,86 @@ def _save(predictor, folder: Path, record_name: str) -> Path:
     return write_checkpoint_record(record, folder, overwrite=True)
 
 
+class LoraStep(torch.nn.Module):
+    """Both towers' unit embeddings of this rank's rows, as a module whose ``forward`` DistributedDataParallel
+    wraps (the backend's encoders call the model's methods, which DDP alone would not see)."""
+
+    def __init__(self, backend: Any) -> None:
+        super().__init__()
+        self.model, self.backend = backend.model, backend
+
+    def forward(self, pixels: torch.Tensor, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return (F.normalize(self.backend.encode_image(pixels), dim=-1),
+                F.normalize(self.backend.encode_text(texts), dim=-1))
+
+
+class _LoraTask:
+    """:func:`finetune_clip_lora`'s task for :class:`~medfoundry.train.trainer.Trainer`: one permutation per epoch
+    from the seed's generator, cut into global batches of world × batch_size rows (a last short batch too); each
+    rank embeds its shard and the loss sees the whole global batch."""
+
+    loss_key = "train_loss"
+    clock_schedule = False
+
+    def __init__(self, cfg: ClipLoraConfig, trainer: Trainer, predictor: Any, train: list[dict[str, str]],
+                 x_train: torch.Tensor, val_loss: Any, trainable: int) -> None:
+        self.cfg, self.trainer, self.predictor, self.train, self.x_train = cfg, trainer, predictor, train, x_train
+        self.val_loss, self.trainable = val_loss, trainable
+        self.global_batch = cfg.batch_size * trainer.world_size
+        self.smallest = max(2, trainer.world_size)  # a batch of one has no negatives; every rank needs a row
+        sizes = [min(self.global_batch, len(train) - i) for i in range(0, len(train), self.global_batch)]
+        self.steps_per_epoch = sum(1 for n in sizes if n >= self.smallest)
+        self.epochs = cfg.epochs
+        self.gen, self.next_epoch = torch.Generator().manual_seed(cfg.seed), 0
+        self.chunks: list[list[int]] = []
+
+    def learning_rate(self, step: int, elapsed_s: float) -> float:
+        return self.cfg.lr  # constant
+
+    def begin_epoch(self, epoch: int, first_step: int) -> None:
+        if epoch != self.next_epoch:  # a resumed run: replay the earlier epochs' permutations
+            self.gen.manual_seed(self.cfg.seed)
+            for _ in range(epoch):
+                torch.randperm(len(self.train), generator=self.gen)
+        order = torch.randperm(len(self.train), generator=self.gen).tolist()
+        self.chunks = [order[i : i + self.global_batch] for i in range(0, len(order), self.global_batch)
+                       if len(order[i : i + self.global_batch]) >= self.smallest]
+        self.next_epoch = epoch + 1
+        # the model stays in eval mode: frozen BatchNorm statistics and no dropout, so the base is untouched
+        self.predictor.backend.model.eval()
+
+    def training_step(self, module: torch.nn.Module, epoch: int, step: int) -> torch.Tensor | None:
+        rows = self.chunks[step]
+        local = rows[self.trainer.shard(len(rows))]
+        img, txt = module(self.x_train[local], [self.train[i]["text"] for i in local])
+        img, txt = self.trainer.gather(img, len(rows)), self.trainer.gather(txt, len(rows))
+        targets = soft_targets([self.train[i]["label"] for i in rows], [self.train[i]["text"] for i in rows],
+                               self.cfg.label_weight)
+        return clip_loss(img, txt, _logit_scale(self.predictor), targets)
+
+    def validate(self, epoch: int) -> dict[str, Any]:
+        if epoch < 0:
+            return {"val_loss": self.val_loss(), "trainable_parameters": self.trainable}
+        return {"val_loss": self.val_loss()}
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}  # permutations are replayed from the seed
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return {k: p.detach().clone() for k, p in self.predictor.backend.model.named_parameters() if p.requires_grad}
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.predictor.backend.model.load_state_dict(state, strict=False)
+
+
 def finetune_clip_lora(cfg: ClipLoraConfig, progress: bool = True) -> Path:
-    """Train LoRA adapters per ``cfg``; returns the merged model folder ``cfg.out/model``."""
+    """Train LoRA adapters per ``cfg``; returns the merged model folder ``cfg.out/model``.
+
+    ``cfg.batch_size`` is per process: under ``torchrun`` with N processes a step uses N × batch_size rows and the
+    loss sees all their features. Resumable from ``cfg.out/last.pt`` (the adapters and the optimiser)."""
     from rich.progress import track
 
     from medfoundry.io import read_image
@@ -134,9 +217,8 @@ def finetune_clip_lora(cfg: ClipLoraConfig, progress: bool = True) -> Path:
     from medfoundry.predict.preprocess import preprocess_batch
     from medfoundry.train.sam import merge_lora
 
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(TrainerConfig(out=cfg.out, seed=cfg.seed, device="cpu", stop_after_steps=cfg.stop_after_steps,
+                                    checkpoint_every=cfg.checkpoint_every, progress=False))
     rows = read_pairs(cfg.pairs)[: cfg.max_rows]
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
@@ -147,7 +229,7 @@ def finetune_clip_lora(cfg: ClipLoraConfig, progress: bool = True) -> Path:
 
     def pixels_of(subset):
         images = []
-        for r in track(subset, description="loading images", disable=not progress):
+        for r in track(subset, description="loading images", disable=not progress or not trainer.is_main):
             image = read_image(r["image"])
             images.append(image.slice(image.array.shape[0] // 2) if image.is_volume else image)
         return preprocess_batch(images, predictor.record.preprocess) if images else None
@@ -155,8 +237,6 @@ def finetune_clip_lora(cfg: ClipLoraConfig, progress: bool = True) -> Path:
     x_train, x_val = pixels_of(train), pixels_of(val)
     params = [p for p in predictor.backend.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history = []
 
     def val_loss() -> float | None:
         if x_val is None or len(val) < 2:
@@ -167,22 +247,17 @@ def finetune_clip_lora(cfg: ClipLoraConfig, progress: bool = True) -> Path:
         return float(np.mean(losses))
 
     predictor.backend.model.eval()
-    history.append({"epoch": 0, "val_loss": val_loss(), "trainable_parameters": trainable})
-    for epoch in range(cfg.epochs):
-        # the model stays in eval mode: frozen BatchNorm statistics and no dropout, so the base is untouched
-        t0, losses = time.time(), []
-        for b in _batches(len(train), cfg.batch_size, gen):
-            loss = _loss(predictor, x_train[b], [train[i]["text"] for i in b], [train[i]["label"] for i in b],
-                         cfg.label_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss(),
-                        "seconds": time.time() - t0})
-        print(json.dumps(history[-1]), flush=True)
-    merge_lora(predictor.backend.model)
-    folder = _save(predictor, out / "model", f"{predictor.record.name}-lora")
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    task = _LoraTask(cfg, trainer, predictor, train, x_train, val_loss, trainable)
+    step_module, opt = trainer.setup(LoraStep(predictor.backend), opt)
+    history = trainer.fit(task, step_module, opt)
+    if trainer.interrupted:
+        return trainer.out / "model"
+    trainer.check_in_sync(predictor.backend.model)
+    folder = trainer.out / "model"
+    if trainer.is_main:
+        merge_lora(predictor.backend.model)
+        folder = _save(predictor, folder, f"{predictor.record.name}-lora")
+        (trainer.out / "history.json").write_text(json.dumps(history, indent=2))
+        (trainer.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    trainer.barrier()
     return folder

@@ -6,17 +6,15 @@ Each step samples objects, jitters their ground-truth boxes (MedSAM-style noise)
 second, corrective pass with a click sampled from the error region and the first pass's mask as input
 (SAM's interactive training). Loss: BCE + soft Dice on the masks, MSE of the IoU head. Modes: ``full``,
 ``decoder`` (encoders frozen, MedSAM-style decoder tuning) and ``lora`` (peft adapters on the encoder).
-Resumable from ``out/last.pt``; validation Dice each epoch. Runs under ``torchrun`` (gradients averaged over
-the ranks, BatchNorm statistics taken from rank 0 each epoch, each rank drawing its own samples; rank 0 logs and
-writes the outputs).
+Resumable from ``out/last.pt`` (also mid-epoch); validation Dice each epoch. Runs under ``torchrun``: every rank
+draws the global batch's seeds and computes its shard, DistributedDataParallel averages the gradients, rank 0
+logs, validates and writes the outputs (the loop is :class:`medfoundry.train.trainer.Trainer`'s).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +25,8 @@ import torch.nn.functional as F
 
 from medfoundry.models.sam import SamModel, build_sam
 from medfoundry.predict.boxes import crop_box, mask_box
-from medfoundry.train.distributed import load_resume_point, save_resume_point, start_run
 from medfoundry.train.seg_data import SegSample, box_crop_contract, jitter_box, load_manifest, training_sample
+from medfoundry.train.trainer import Trainer, TrainerConfig
 
 
 @dataclass
@@ -58,6 +56,10 @@ class SamTrainConfig:
     init: str | None = None
     pool_mix: tuple[int, ...] = ()
     time_schedule: bool = False  # with max_minutes: the cosine schedule ends when the time budget does
+    #: end this process after that many optimiser steps, writing a resume point there (an interruption)
+    stop_after_steps: int | None = None
+    #: also write the resume point ``last.pt`` every that many steps inside an epoch (None: at epoch ends only)
+    checkpoint_every: int | None = None
 
 
 def learning_rate(cfg: SamTrainConfig, step: int, total_steps: int, elapsed_s: float) -> float:
@@ -71,7 +73,9 @@ def learning_rate(cfg: SamTrainConfig, step: int, total_steps: int, elapsed_s: f
 
 
 class BoxCropDataset(torch.utils.data.Dataset):
-    """Random objects as (image (3, S, S) normalised, mask (1, S, S), box (4,) XYXY in input pixels)."""
+    """Objects as (image (3, S, S) normalised, mask (1, S, S), box (4,) XYXY in input pixels). Training items are
+    random: item ``i`` is drawn with ``random.Random(i)`` (the loop passes one drawn seed per sample); validation
+    item ``i`` is object ``i`` with the ground-truth box."""
 
     def __init__(self, samples: list[SegSample], cfg: SamTrainConfig, length: int, train: bool = True) -> None:
         self.samples, self.cfg, self.length, self.train = samples, cfg, length, train
@@ -83,7 +87,7 @@ class BoxCropDataset(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = random.Random(index if not self.train else random.getrandbits(32))
+        rng = random.Random(index)  # training: ``index`` is the sample's seed (drawn for the global batch)
         sample = self.samples[index % len(self.samples)] if not self.train else rng.choice(self.samples)
         image, mask = sample.image, sample.mask
         if self.train and rng.random() < 0.5:
@@ -136,19 +140,6 @@ def _click_from_error(pred: torch.Tensor, target: torch.Tensor, gen: torch.Gener
     return torch.tensor(coords, dtype=torch.float32, device=dev), torch.tensor(labels, device=dev)
 
 
-def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.nn.Parameter],
-                   ctx: Any = None) -> float:
-    """Backward, average the gradients over the ranks (under torchrun), clip the gradient norm to 1, step;
-    returns the loss value."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if ctx is not None:
-        ctx.average_gradients(params)
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-    return float(loss.detach())
-
-
 def _apply_mode(model: SamModel, mode: str) -> None:
     if mode == "full":
         return
@@ -193,99 +184,159 @@ def evaluate(model: SamModel, samples: list[SegSample], cfg: SamTrainConfig, dev
     return float(np.mean(dices))
 
 
+class SamStep(torch.nn.Module):
+    """One training step of :func:`train_sam` as a module whose ``forward`` DistributedDataParallel wraps: box
+    prompts on this rank's crops, then a corrective click (with the first mask as input) on the samples of the
+    global batch's first half that this rank holds. Returns this rank's loss: BCE + soft Dice of the masks, MSE
+    of the IoU head, plus half the click pass's BCE + Dice, weighted so that the mean over the ranks equals the
+    loss of one process with the whole global batch."""
+
+    def __init__(self, model: SamModel, decoder_only: bool, gen: torch.Generator) -> None:
+        super().__init__()
+        self.model, self.decoder_only, self.gen = model, decoder_only, gen
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, boxes: torch.Tensor, clicks: tuple[int, int, int],
+                world_size: int = 1) -> torch.Tensor:
+        """``clicks`` = (global first-half samples on lower ranks, on this rank (its first ones), on higher ranks):
+        every rank consumes the click generator for the whole first half, so draws do not depend on the ranks."""
+        model = self.model
+        if self.decoder_only:
+            with torch.no_grad():
+                emb = model.embed(x)
+        else:
+            emb = model.embed(x)
+        logits, iou = _decode_batch(model, emb, boxes)
+        up = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.binary_cross_entropy_with_logits(up, y) + dice_loss(up, y)
+        with torch.no_grad():
+            pred = up > 0
+            true_iou = ((pred & (y > 0.5)).sum((1, 2, 3)) / ((pred | (y > 0.5)).sum((1, 2, 3))).clamp(min=1))
+        loss = loss + F.mse_loss(iou.float()[:, 0], true_iou.float())
+        before, k, after = clicks
+        for _ in range(before):  # clicks of lower ranks' samples: same consumption (one draw each)
+            torch.randint(1, (1,), generator=self.gen)
+        if k:  # corrective click with the first mask as input
+            pts = _click_from_error(up[:k].detach(), y[:k], self.gen)
+            logits2, _ = _decode_batch(model, emb[:k], boxes[:k], points=pts, masks=logits[:k].detach())
+            up2 = F.interpolate(logits2.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
+            weight = k * world_size / (before + k + after)  # 1 in one process
+            loss = loss + 0.5 * weight * (F.binary_cross_entropy_with_logits(up2, y[:k]) + dice_loss(up2, y[:k]))
+        for _ in range(after):
+            torch.randint(1, (1,), generator=self.gen)
+        return loss
+
+
+class _SamTask:
+    """:func:`train_sam`'s task for :class:`~medfoundry.train.trainer.Trainer`: one seed per sample of the global
+    batch, drawn from one stream on every rank (each rank builds its shard's crops from their seeds)."""
+
+    loss_key = "loss"
+
+    def __init__(self, cfg: SamTrainConfig, trainer: Trainer, model: SamModel, train: list[SegSample],
+                 val: list[SegSample], gen: torch.Generator) -> None:
+        self.cfg, self.trainer, self.model, self.val, self.gen = cfg, trainer, model, val, gen
+        self.epochs = cfg.epochs
+        # --steps-per-epoch counts steps of one process's batch: under torchrun an epoch is shared out
+        self.steps_per_epoch = max(1, (cfg.steps_per_epoch or max(1, len(train) // cfg.batch_size))
+                                   // trainer.world_size)
+        self.total = self.steps_per_epoch * cfg.epochs
+        self.global_batch = cfg.batch_size * trainer.world_size
+        self.clock_schedule = bool(cfg.time_schedule and cfg.max_minutes)
+        self.dataset = BoxCropDataset(train, cfg, self.steps_per_epoch * self.global_batch)
+        self.stream, self.drawn, self.seeds = random.Random(cfg.seed), 0, []
+        self.batches: Any = iter(())
+
+    def learning_rate(self, step: int, elapsed_s: float) -> float:
+        return learning_rate(self.cfg, step, self.total, elapsed_s)
+
+    def begin_epoch(self, epoch: int, first_step: int) -> None:
+        per_epoch = self.steps_per_epoch * self.global_batch
+        while self.drawn <= epoch:  # the stream continues over epochs (a resumed run replays the earlier ones)
+            self.seeds = [self.stream.getrandbits(32) for _ in range(per_epoch)]
+            self.drawn += 1
+        seeds = self.seeds
+        part = self.trainer.shard(self.global_batch)
+        starts = range(first_step * self.global_batch, per_epoch, self.global_batch)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=[seeds[s:s + self.global_batch][part]
+                                                                         for s in starts],
+                                             num_workers=self.cfg.workers)
+        self.batches = iter(loader)
+        self.model.train()  # evaluate() leaves the model in eval mode
+        if self.cfg.mode != "full":  # a frozen encoder keeps its BatchNorm statistics too
+            self.model.image_encoder.eval()
+
+    def training_step(self, module: torch.nn.Module, epoch: int, step: int) -> torch.Tensor | None:
+        batch = next(self.batches)
+        x, y, boxes = (batch[k].to(self.trainer.device, non_blocking=True) for k in ("image", "mask", "box"))
+        if self.cfg.pool_mix:  # one embedding grid per step, so the same weights serve every --embed-pool
+            pools = self.cfg.pool_mix
+            self.model.set_embed_pool(pools[(epoch * self.steps_per_epoch + step) % len(pools)])
+        half, lo = self.global_batch // 2, self.trainer.shard(self.global_batch).start
+        before = min(lo, half)
+        k = max(0, min(half - lo, len(x)))
+        return module(x, y, boxes, (before, k, half - before - k), self.trainer.world_size)
+
+    def validate(self, epoch: int) -> dict[str, Any]:
+        """Validation Dice at the first pool of ``pool_mix``, and at each other pool."""
+        cfg, model, device = self.cfg, self.model, self.trainer.device
+        if epoch < 0 or not self.val:
+            return {}
+        if cfg.pool_mix:
+            model.set_embed_pool(cfg.pool_mix[0])
+        entry = {"val_dice": evaluate(model, self.val, cfg, device)}
+        for pool in cfg.pool_mix[1:]:
+            model.set_embed_pool(pool)
+            entry[f"val_dice_pool{pool}"] = evaluate(model, self.val, cfg, device)
+        if cfg.pool_mix:
+            model.set_embed_pool(cfg.pool_mix[0])
+        return entry
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"click_rng": self.gen.get_state()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.gen.set_state(state["click_rng"])
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+
 def train_sam(cfg: SamTrainConfig) -> Path:
-    """Train and write a self-describing model folder ``cfg.out/model`` (plus history and config)."""
+    """Train and write a self-describing model folder ``cfg.out/model`` (plus history and config).
+
+    ``cfg.batch_size`` is per process: under ``torchrun`` with N processes a step draws a global batch of
+    N × batch_size samples and each rank computes its shard; gradients are averaged by DistributedDataParallel.
+    BatchNorm layers in training mode (``mode="full"`` with a BatchNorm backbone) see their rank's shard only."""
     from medfoundry.registry.loading import load_state_dict
 
-    ctx, out = start_run(cfg.device, cfg.out, cfg.seed)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    trainer = Trainer(TrainerConfig(out=cfg.out, seed=cfg.seed, device=device, bf16=device.startswith("cuda"),
+                                    max_minutes=cfg.max_minutes, stop_after_steps=cfg.stop_after_steps,
+                                    checkpoint_every=cfg.checkpoint_every, grad_clip=1.0))
     data = load_manifest(cfg.manifest, box_crop_contract(cfg.arch["image_size"], cfg.mean, cfg.std))
     train, val = data.get("train", []), data.get("val", [])
-    ctx.log(f"{len(train)} training objects, {len(val)} validation objects")
-    model = build_sam(dict(cfg.arch)).to(ctx.device)
+    trainer.log(f"{len(train)} training objects, {len(val)} validation objects")
+    model = build_sam(dict(cfg.arch)).to(trainer.device)
     if cfg.init:
         model.load_state_dict(load_state_dict(Path(cfg.init)), strict=False)
     _apply_mode(model, cfg.mode)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # under torchrun each rank draws its own samples and an epoch is shared out between the ranks
-    steps = max(1, (cfg.steps_per_epoch or max(1, len(train) // cfg.batch_size)) // ctx.world_size)
-    total = steps * cfg.epochs
-    ckpt = out / "last.pt"
-    start_epoch, history = load_resume_point(ckpt, model, opt)
-    if start_epoch:
-        ctx.log(f"resumed from {ckpt} at epoch {start_epoch}")
-    random.seed(cfg.seed + 1000 * ctx.rank)
-    loader = torch.utils.data.DataLoader(
-        BoxCropDataset(train, cfg, steps * cfg.batch_size), batch_size=cfg.batch_size, num_workers=cfg.workers,
-        drop_last=True, persistent_workers=cfg.workers > 0,
-        worker_init_fn=lambda w: random.seed(cfg.seed * 100 + w + 1000 * ctx.rank + time.time_ns() % 1000))
-    gen = torch.Generator().manual_seed(cfg.seed + 1000 * ctx.rank)
-    use_amp = ctx.device.type == "cuda"
-    started = time.time() - sum(e["seconds"] for e in history)  # a resumed run keeps its time budget
-    best = -1.0
-    frozen_encoder = cfg.mode != "full"
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()  # evaluate() leaves the model in eval mode
-        if frozen_encoder:  # a frozen encoder keeps its BatchNorm statistics too
-            model.image_encoder.eval()
-        t0, losses = time.time(), []
-        for s, batch in enumerate(loader):
-            step = epoch * steps + s
-            lr = learning_rate(cfg, step, total, time.time() - started)
-            if cfg.time_schedule:  # rank 0's clock for every rank
-                lr = ctx.from_main(lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            x, y, boxes = (batch[k].to(ctx.device, non_blocking=True) for k in ("image", "mask", "box"))
-            if cfg.pool_mix:  # one embedding grid per step, so the same weights serve every --embed-pool
-                model.set_embed_pool(cfg.pool_mix[step % len(cfg.pool_mix)])
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                if frozen_encoder and cfg.mode == "decoder":
-                    with torch.no_grad():
-                        emb = model.embed(x)
-                else:
-                    emb = model.embed(x)
-                logits, iou = _decode_batch(model, emb, boxes)
-                up = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
-                loss = F.binary_cross_entropy_with_logits(up, y) + dice_loss(up, y)
-                with torch.no_grad():
-                    pred = up > 0
-                    true_iou = ((pred & (y > 0.5)).sum((1, 2, 3)) / ((pred | (y > 0.5)).sum((1, 2, 3))).clamp(min=1))
-                loss = loss + F.mse_loss(iou.float()[:, 0], true_iou.float())
-                half = x.shape[0] // 2
-                if half:  # corrective click on half the batch, with the first mask as input
-                    pts = _click_from_error(up[:half].detach(), y[:half], gen)
-                    logits2, _ = _decode_batch(model, emb[:half], boxes[:half], points=pts,
-                                               masks=logits[:half].detach())
-                    up2 = F.interpolate(logits2.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
-                    loss = loss + 0.5 * (F.binary_cross_entropy_with_logits(up2, y[:half]) + dice_loss(up2, y[:half]))
-            losses.append(optimizer_step(opt, loss, params, ctx))
-        ctx.sync_buffers(model)
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
-        if val:
-            if cfg.pool_mix:
-                model.set_embed_pool(cfg.pool_mix[0])
-            entry["val_dice"] = evaluate(model, val, cfg, ctx.device)  # at the first pool of pool_mix
-            for pool in cfg.pool_mix[1:]:
-                model.set_embed_pool(pool)
-                entry[f"val_dice_pool{pool}"] = evaluate(model, val, cfg, ctx.device)
-            if cfg.pool_mix:
-                model.set_embed_pool(cfg.pool_mix[0])
-        history.append(entry)
-        ctx.log(json.dumps(entry))
-        if ctx.is_main:
-            save_resume_point(ckpt, model.state_dict(), opt, epoch + 1, history)
-        if val and entry["val_dice"] > best:
-            best = entry["val_dice"]
-        if cfg.max_minutes is not None and ctx.from_main((time.time() - started) / 60) > cfg.max_minutes:
-            ctx.log(f"stopping after {epoch + 1} epochs: time budget of {cfg.max_minutes} min reached")
-            break
-    ctx.check_in_sync(model)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    task = _SamTask(cfg, trainer, model, train, val, gen)
+    step_module, opt = trainer.setup(SamStep(model, cfg.mode == "decoder", gen), opt)
+    history = trainer.fit(task, step_module, opt)
+    if trainer.interrupted:
+        return trainer.out / "model"
+    trainer.check_in_sync(model)
     if cfg.mode == "lora":
         merge_lora(model)
     record = box_crop_record("medfoundry-sam-lite", dict(cfg.arch), cfg.mean, cfg.std, f"manifest {cfg.manifest}",
                              ["CT", "endoscopy"])
-    return finish_run(out, model.state_dict(), record, history, cfg, ctx)
+    return trainer.finish(model.state_dict(), record, history, cfg)
 
 
 def box_crop_record(name: str, arch: dict[str, Any], mean: Any, std: Any, training_data: str,
@@ -300,19 +351,3 @@ def box_crop_record(name: str, arch: dict[str, Any], mean: Any, std: Any, traini
         "training_data": training_data,
         "preprocess": asdict(box_crop_contract(arch["image_size"], mean, std)),
     })
-
-
-def finish_run(out: Path, state: dict[str, torch.Tensor], record: Any, history: list[dict], cfg: Any,
-               ctx: Any = None) -> Path:
-    """Write the model folder ``out/model`` (weights + record), ``history.json`` and ``train_config.json``
-    (under torchrun: rank 0 writes, every rank returns once it is written)."""
-    from medfoundry.registry.loading import save_checkpoint
-
-    folder = out / "model"
-    if ctx is None or ctx.is_main:
-        folder = save_checkpoint(state, record, folder, overwrite=True)
-        (out / "history.json").write_text(json.dumps(history, indent=2))
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-    if ctx is not None:
-        ctx.barrier()
-    return folder

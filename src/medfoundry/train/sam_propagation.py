@@ -23,7 +23,6 @@ import json
 import math
 import os
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +36,9 @@ from medfoundry.errors import InputContractError
 from medfoundry.io import read_image
 from medfoundry.models.sam import SamModel, build_sam
 from medfoundry.predict.boxes import crop_box, mask_box, previous_mask_prompt
-from medfoundry.train.distributed import load_resume_point, save_resume_point, start_run
-from medfoundry.train.sam import box_crop_record, dice_loss, finish_run, optimizer_step
+from medfoundry.train.sam import box_crop_record, dice_loss
 from medfoundry.train.seg_data import MIN_AREA, box_crop_contract, training_sample
+from medfoundry.train.trainer import Trainer, TrainerConfig
 from medfoundry.viz import display_rgb
 
 
@@ -69,6 +68,10 @@ class PropagationConfig:
                                                           "prompt_crop": 0.25})
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    #: end this process after that many optimiser steps, writing a resume point there (an interruption)
+    stop_after_steps: int | None = None
+    #: also write the resume point ``last.pt`` every that many steps inside an epoch (None: at epoch ends only)
+    checkpoint_every: int | None = None
 
 
 @dataclass
@@ -174,7 +177,7 @@ class PropagationDataset(torch.utils.data.Dataset):
         return self.length if self.train else len(self.flat)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = random.Random(random.getrandbits(32) if self.train else index)
+        rng = random.Random(index)  # training: ``index`` is the sample's seed (drawn for the global batch)
         if self.train and self.ends and rng.random() < self.cfg.end_fraction:
             obj, s, t = rng.choice(self.ends)
         elif self.train:  # sources equally often, then a random pair of that source
@@ -234,12 +237,88 @@ def evaluate_propagation(model: SamModel, objects: list[VolumeObject], cfg: Prop
             "val_ended_predicted_empty": float(np.mean(ended)) if ended else float("nan")}
 
 
+class PropagationStep(torch.nn.Module):
+    """One training step as a module whose ``forward`` DistributedDataParallel wraps: the frozen encoder's
+    embedding of this rank's crops, the propagation head's masks; returns BCE + soft Dice + the IoU head's MSE."""
+
+    def __init__(self, model: SamModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, boxes: torch.Tensor, mask_input: torch.Tensor
+                ) -> torch.Tensor:
+        with torch.no_grad():
+            emb = self.model.embed(x)
+        logits, iou = self.model.decode_batch(emb, boxes=boxes, mask_input=mask_input, head="propagation")
+        up = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            true_iou = _iou_per_item(up > 0, y > 0.5)
+        return F.binary_cross_entropy_with_logits(up, y) + dice_loss(up, y) + F.mse_loss(iou.float()[:, 0], true_iou)
+
+
+class _PropagationTask:
+    """:func:`train_propagation`'s task for :class:`~medfoundry.train.trainer.Trainer`: one seed per sample of the
+    global batch from one stream on every rank; each rank builds its shard's pairs."""
+
+    loss_key = "loss"
+    clock_schedule = False
+
+    def __init__(self, cfg: PropagationConfig, trainer: Trainer, model: SamModel,
+                 objects: dict[str, list[VolumeObject]]) -> None:
+        self.cfg, self.trainer, self.model, self.val = cfg, trainer, model, objects["val"]
+        self.epochs = cfg.epochs
+        # --steps-per-epoch counts steps of one process's batch: under torchrun an epoch is shared out
+        self.steps_per_epoch = max(1, cfg.steps_per_epoch // trainer.world_size)
+        self.total = self.steps_per_epoch * cfg.epochs
+        self.global_batch = cfg.batch_size * trainer.world_size
+        self.dataset = PropagationDataset(objects["train"], cfg, self.steps_per_epoch * self.global_batch)
+        self.stream, self.drawn, self.seeds = random.Random(cfg.seed), 0, []
+        self.batches: Any = iter(())
+
+    def learning_rate(self, step: int, elapsed_s: float) -> float:
+        cfg = self.cfg
+        return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / self.total))
+
+    def begin_epoch(self, epoch: int, first_step: int) -> None:
+        per_epoch = self.steps_per_epoch * self.global_batch
+        while self.drawn <= epoch:  # the stream continues over epochs (a resumed run replays the earlier ones)
+            self.seeds = [self.stream.getrandbits(32) for _ in range(per_epoch)]
+            self.drawn += 1
+        part = self.trainer.shard(self.global_batch)
+        starts = range(first_step * self.global_batch, per_epoch, self.global_batch)
+        self.batches = iter(torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=[self.seeds[s : s + self.global_batch][part] for s in starts]))
+        self.model.eval()  # frozen encoder keeps its BatchNorm statistics; the head has no dropout or norm stats
+
+    def training_step(self, module: torch.nn.Module, epoch: int, step: int) -> torch.Tensor | None:
+        batch = next(self.batches)
+        x, y, boxes, mi = (batch[k].to(self.trainer.device) for k in ("image", "mask", "box", "mask_input"))
+        return module(x, y, boxes, mi)
+
+    def validate(self, epoch: int) -> dict[str, Any]:
+        if not self.val:
+            return {}
+        return evaluate_propagation(self.model, self.val, self.cfg, self.trainer.device)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}  # the sample stream is replayed from the seed
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+
 def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:
     """Add and train the propagation head on top of ``cfg.init``; writes ``cfg.out/model`` (all weights).
 
     ``base`` is the :class:`~medfoundry.registry.records.ModelRecord` of the initial model (from ``--model``):
     its architecture and input contract are kept; without it ``cfg.arch``/``cfg.mean``/``cfg.std`` describe
-    the model."""
+    the model. ``cfg.batch_size`` is per process (under torchrun each rank computes its shard of the global batch)."""
     import dataclasses
 
     from medfoundry.registry.loading import load_state_dict
@@ -249,59 +328,29 @@ def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:
             raise InputContractError(f"{base.name}: propagation heads are for box-crop segmenters (prompt_crop > 0)")
         cfg.arch = {k: v for k, v in base.arch_config.items() if k != "propagation"}
         cfg.mean, cfg.std = tuple(base.preprocess.mean), tuple(base.preprocess.std)
-    ctx, out = start_run(cfg.device, cfg.out, cfg.seed)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    trainer = Trainer(TrainerConfig(out=cfg.out, seed=cfg.seed, device=device, max_minutes=cfg.max_minutes,
+                                    stop_after_steps=cfg.stop_after_steps, checkpoint_every=cfg.checkpoint_every,
+                                    grad_clip=1.0))
     objects = load_volume_objects(cfg.volumes, cfg.max_gap_mm, cfg.val_fraction, cfg.seed)
-    ctx.log(f"{len(objects['train'])} training objects, {len(objects['val'])} validation objects")
+    trainer.log(f"{len(objects['train'])} training objects, {len(objects['val'])} validation objects")
     model = build_sam({k: v for k, v in cfg.arch.items() if k != "propagation"})
     state = load_state_dict(Path(cfg.init))
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("propagation.")})
     model.add_propagation_head()
     if any(k.startswith("propagation.") for k in state):  # continue training an existing head
         model.load_state_dict(state)
-    model.to(ctx.device)
+    model.to(trainer.device)
     model.requires_grad_(False)
     model.propagation.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = max(1, cfg.steps_per_epoch // ctx.world_size)  # under torchrun an epoch is shared out
-    total = steps * cfg.epochs
-    ckpt = out / "last.pt"
-    start_epoch, history = load_resume_point(ckpt, model, opt)
-    if start_epoch:
-        ctx.log(f"resumed from {ckpt} at epoch {start_epoch}")
-    random.seed(cfg.seed + 1000 * ctx.rank)  # each rank draws its own samples
-    loader = torch.utils.data.DataLoader(
-        PropagationDataset(objects["train"], cfg, steps * cfg.batch_size),
-        batch_size=cfg.batch_size, drop_last=True)
-    started = time.time()
-    if start_epoch == 0 and objects["val"]:
-        history.append({"epoch": 0, **evaluate_propagation(model, objects["val"], cfg, ctx.device)})
-        ctx.log(json.dumps(history[-1]))
-    for epoch in range(start_epoch, cfg.epochs):
-        model.eval()  # frozen encoder keeps its BatchNorm statistics; the head has no dropout or norm stats
-        t0, losses = time.time(), []
-        for s, batch in enumerate(loader):
-            step = epoch * steps + s
-            lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / total))
-            for g in opt.param_groups:
-                g["lr"] = lr
-            up, iou, y = _step(model, batch, ctx.device)
-            with torch.no_grad():
-                true_iou = _iou_per_item(up > 0, y > 0.5)
-            loss = (F.binary_cross_entropy_with_logits(up, y) + dice_loss(up, y)
-                    + F.mse_loss(iou.float()[:, 0], true_iou))
-            losses.append(optimizer_step(opt, loss, params, ctx))
-        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - t0, 1)}
-        if objects["val"]:
-            entry.update(evaluate_propagation(model, objects["val"], cfg, ctx.device))
-        history.append(entry)
-        ctx.log(json.dumps(entry))
-        if ctx.is_main:
-            save_resume_point(ckpt, model.state_dict(), opt, epoch + 1, history)
-        if cfg.max_minutes is not None and ctx.from_main((time.time() - started) / 60) > cfg.max_minutes:
-            ctx.log(f"stopping after {epoch + 1} epochs: time budget of {cfg.max_minutes} min reached")
-            break
-    ctx.check_in_sync(model)
+    task = _PropagationTask(cfg, trainer, model, objects)
+    step_module, opt = trainer.setup(PropagationStep(model), opt)
+    history = trainer.fit(task, step_module, opt)
+    if trainer.interrupted:
+        return trainer.out / "model"
+    trainer.check_in_sync(model)
     training = f"{cfg.init} + propagation head trained on {cfg.volumes}"
     if base is not None:
         record = dataclasses.replace(base, arch_config={**cfg.arch, "propagation": True}, training_data=training,
@@ -309,7 +358,8 @@ def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:
     else:
         record = box_crop_record("sam-propagation", {**cfg.arch, "propagation": True}, cfg.mean, cfg.std, training,
                                  ["CT"])
-    return finish_run(out, model.state_dict(), record, history, cfg, ctx)
+    return trainer.finish(model.state_dict(), record, history, cfg)
+
 
 def _iou_per_item(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     inter = (pred & y).sum((1, 2, 3)).float()
