@@ -68,3 +68,22 @@ def test_the_embedded_captioner_writes_when_its_language_model_is_cached(shared_
     stated = stated_attributes(caption.text)
     assert stated["modality"] in ("CT", "MR") and stated["region"] is not None  # the format it was trained on
     assert caption.text == captioner.generate(image, 12).text
+
+
+def test_a_captioner_refuses_image_encoder_weights_it_was_not_trained_on(trained: Path, tmp_path: Path) -> None:
+    """The projector maps one encoder's features; other weights under the same name must not load silently."""
+    import json
+    import shutil
+
+    from medfoundry.predict.captioner import load_captioner
+    from medfoundry.predict.contrastive import open_contrastive
+
+    installed = open_contrastive("medfoundry-clip-tiny").loaded_weights.sha256
+    pinned = tmp_path / "pinned"
+    shutil.copytree(trained, pinned)
+    config = json.loads((pinned / "config.json").read_text())
+    (pinned / "config.json").write_text(json.dumps({**config, "image_encoder_sha256": installed}))
+    assert load_captioner(pinned).encoder.loaded_weights.sha256 == installed
+    (pinned / "config.json").write_text(json.dumps({**config, "image_encoder_sha256": "0" * 64}))
+    with pytest.raises(WeightsError, match="retrain"):
+        load_captioner(pinned)

@@ -48,6 +48,9 @@ class CaptionerConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     language_model: str = SMOLLM2  # SMOLLM2 or local-dir:PATH of a transformers causal LM
     image_encoder: str = "medfoundry-clip-tiny"
+    #: sha256 of the image-encoder weights file the projector was trained on (None: not recorded); the features of
+    #: other weights mean nothing to the projector, so loading refuses them
+    image_encoder_sha256: str | None = None
     max_caption_tokens: int = 48
 
     @classmethod

@@ -113,7 +113,21 @@ def load_captioner(folder: str | Path, record: ModelRecord | None = None, device
     lm, tokenizer = load_language_model(config.language_model, offline=offline)
     model = build_captioner(config, lm, folder / "adapter.safetensors")
     encoder = open_contrastive(config.image_encoder, device=device)
+    check_image_encoder(config, encoder)
     return Captioner(encoder, model, tokenizer, record, device)
+
+
+def check_image_encoder(config: CaptionerConfig, encoder: Any) -> None:
+    """Refuse an image encoder whose weights differ from those the projector was trained on.
+
+    Raises:
+        WeightsError: ``config.image_encoder_sha256`` is set and the encoder's loaded weights have another sha256.
+    """
+    loaded = getattr(encoder, "loaded_weights", None)
+    if config.image_encoder_sha256 and loaded is not None and loaded.sha256 != config.image_encoder_sha256:
+        raise WeightsError(f"this captioner was trained on {config.image_encoder} weights "
+                           f"{config.image_encoder_sha256[:12]}…, but {loaded.sha256[:12]}… are installed; "
+                           "retrain it (medfoundry train captioner) or install the matching image encoder")
 
 
 def open_captioner(model: str = "medfoundry-captioner-tiny", weights: Any = None, device: str = "cpu") -> Captioner:

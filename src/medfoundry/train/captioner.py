@@ -74,14 +74,16 @@ def medpix_rows(shared: str | Path, split: str) -> list[dict[str, str]]:
 
 def cached_features(predictor: Any, paths: list[str], cache: Path) -> np.ndarray:
     """``(N, D)`` image embeddings of ``paths`` (in order) from ``predictor``, cached in ``cache`` (an .npz keyed
-    by the paths and the model name; recomputed when either differs)."""
+    by the paths, the model name and its weights' sha256; recomputed when any differs)."""
+    loaded = getattr(predictor, "loaded_weights", None)
+    key = f"{predictor.record.name}@{loaded.sha256 if loaded is not None else ''}"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
-            if list(z["paths"]) == paths and str(z["model"]) == predictor.record.name:
+            if list(z["paths"]) == paths and str(z["model"]) == key:
                 return z["features"]
     feats = predictor.embed_images(paths, progress=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, features=feats, paths=np.array(paths), model=np.array(predictor.record.name))
+    np.savez(cache, features=feats, paths=np.array(paths), model=np.array(key))
     return feats
 
 
@@ -100,7 +102,7 @@ def _tokenise(tokenizer: Any, texts: list[str], max_tokens: int) -> tuple[torch.
 
 
 def train_on_features(config: CaptionTrainConfig, features: np.ndarray, texts: list[str], lm: Any, tokenizer: Any,
-                      log: Any = print) -> Path:
+                      log: Any = print, image_encoder_sha256: str | None = None) -> Path:
     """The loop itself, on precomputed ``features`` (N×D) and their target ``texts``; returns ``out/model``."""
     if len(features) != len(texts) or not texts:
         raise InputContractError(f"{len(features)} feature rows for {len(texts)} texts")
@@ -111,7 +113,8 @@ def train_on_features(config: CaptionTrainConfig, features: np.ndarray, texts: l
     cap_config = CaptionerConfig(feature_dim=int(features.shape[1]), prefix_tokens=config.prefix_tokens,
                                  lm_hidden=int(lm.get_input_embeddings().weight.shape[1]),
                                  lora_rank=config.lora_rank, language_model=config.language_model,
-                                 image_encoder=config.image_encoder, max_caption_tokens=config.max_caption_tokens)
+                                 image_encoder=config.image_encoder, image_encoder_sha256=image_encoder_sha256,
+                                 max_caption_tokens=config.max_caption_tokens)
     model = build_captioner(cap_config, lm)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -177,4 +180,6 @@ def train_captioner(config: CaptionTrainConfig, log: Any = print) -> Path:
     features = cached_features(predictor, paths, Path(config.out) / "features_train.npz")
     lm, tokenizer = load_language_model(config.language_model)
     log(f"{len(rows)} training images from {len({r['case_id'] for r in rows})} cases; features {features.shape}")
-    return train_on_features(config, features, [caption_target(r) for r in rows], lm, tokenizer, log=log)
+    loaded = getattr(predictor, "loaded_weights", None)
+    return train_on_features(config, features, [caption_target(r) for r in rows], lm, tokenizer, log=log,
+                             image_encoder_sha256=loaded.sha256 if loaded is not None else None)
