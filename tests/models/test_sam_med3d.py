@@ -148,6 +148,12 @@ def test_wrong_inputs_are_typed_errors(checkpoint: Path, volume: Path, tmp_path:
     np.save(tmp_path / "slice.npy", np.zeros((40, 40), np.float32))
     with pytest.raises(InputContractError):
         segmenter.segment(read_image(tmp_path / "slice.npy"), [[0, 5, 5]])
+    gapped = dataclasses.replace(image, meta={**image.meta, "slice_spacing_uniform": False})  # as io.dicom marks it
+    with pytest.raises(InputContractError, match="evenly spaced"):
+        segmenter.segment(gapped, [[5, 5, 5]])
+    no_spacing = dataclasses.replace(image, meta={**image.meta, "spacing_source": "default (1 mm)"})
+    with pytest.raises(InputContractError, match="no voxel spacing"):
+        segmenter.segment(no_spacing, [[5, 5, 5]])
     state = torch.load(checkpoint, weights_only=True)["model_state_dict"]
     state.pop("mask_decoder.iou_token.weight")
     torch.save(state, tmp_path / "cut.pth")

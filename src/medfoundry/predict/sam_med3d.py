@@ -105,7 +105,7 @@ class SamMed3DSegmenter:
         ``(N, 3)`` (RAS order) and the geometry to map results back.
 
         Raises:
-            InputContractError: not a volume with geometry, or points outside it.
+            InputContractError: not a volume with geometry, unevenly spaced slices, or points outside it.
         """
         from medfoundry.predict.volume_encoder import to_ras
 
@@ -115,6 +115,9 @@ class SamMed3DSegmenter:
             raise InputContractError(f"points {points.tolist()} must be (Z, Y, X) voxel indices inside the volume "
                                      f"of shape {tuple(shape)}")
         ras, spacing = to_ras(image)  # checks it is a greyscale volume with real spacing
+        if image.meta.get("slice_spacing_uniform") is False:  # a DICOM series with a missing slice
+            raise InputContractError(f"{image.source or 'the volume'}: its slices are not evenly spaced (a slice is "
+                                     "missing?); resampling to 1.5 mm would misplace them")
         transform = _orientation(image)
         pts_ras = np.zeros_like(points)
         for axis, (out_axis, flip) in enumerate(transform):
