@@ -206,3 +206,27 @@ def test_cli_segment_propagate_runs_the_video_predictor(checkpoint: Path, tmp_pa
         code = main([*argv[:-3], *extra, "--out", str(bad)])
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err and not bad.exists()
+
+
+def test_cli_segment_2d_runs_the_image_predictor(checkpoint: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``medfoundry segment IMAGE --model M --box ...`` with a MedSAM2 record writes the mask of the sam2 image
+    predictor (Sam2Segmenter.predict, proven equal to SAM2ImagePredictor above) for that box."""
+    from medfoundry.cli.main import main
+    from medfoundry.io import read_image
+    from medfoundry.predict.medsam2 import load_sam2_segmenter
+    from medfoundry.registry import catalog
+
+    record = dataclasses.replace(_record(), name="medsam2-tiny-test", aliases=())
+    catalog.get_record("medsam2")
+    monkeypatch.setitem(catalog._RECORDS, record.name, record)
+    np.save(tmp_path / "slice.npy", _volume().array[2])
+    image = read_image(tmp_path / "slice.npy")
+    segmenter = load_sam2_segmenter(record, checkpoint)
+    segmenter.set_image(image)
+    expected = segmenter.predict(boxes=BOX[None]).best().any(axis=0)
+    assert expected.any() and not expected.all()
+    out = tmp_path / "mask.npy"
+    assert main(["segment", str(tmp_path / "slice.npy"), "--model", record.name, "--weights", str(checkpoint),
+                 "--box", "14,18,44,46", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert np.array_equal(np.load(out).astype(bool), expected)
