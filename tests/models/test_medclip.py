@@ -208,3 +208,36 @@ def test_text_tower_with_a_bio_clinicalbert_shaped_tokenizer(setup, tmp_path: Pa
     registered = dataclasses.replace(record, arch_config={**record.arch_config, "tokenizer": hub})
     with pytest.raises(WeightsNotFoundError, match="emilyalsentzer/Bio_ClinicalBERT"):
         load_contrastive(registered, tmp_path / "pytorch_model.bin")
+
+
+def test_cli_embed_texts_and_images_equal_medclip(setup, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``medfoundry embed --text ...`` and ``medfoundry embed IMAGE`` with a MedCLIP record (weights as the
+    published zip) write MedCLIPTextModel's normalised embeddings of each text and MedCLIP's image embedding of
+    the record's pixels (equal to MedCLIP's feature extractor for square images, tested above)."""
+    from transformers import AutoTokenizer
+
+    from medfoundry.cli.main import main
+    from medfoundry.io import read_image
+    from medfoundry.predict.preprocess import preprocess_batch
+    from medfoundry.registry import catalog
+
+    reference, record, root = setup
+    test_record = dataclasses.replace(record, name="medclip-tiny-test", aliases=())
+    catalog.get_record("medclip-vit")
+    monkeypatch.setitem(catalog._RECORDS, test_record.name, test_record)
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (256, 256), dtype=np.uint8)).save(tmp_path / "cxr.png")
+    args = ["--model", test_record.name, "--weights", str(root / "medclip-vit-pretrained.zip")]
+    assert main(["embed", *[f"--text={t}" for t in TEXTS], *args, "--out", str(tmp_path / "txt.npy")]) == 0
+    assert main(["embed", str(tmp_path / "cxr.png"), *args, "--out", str(tmp_path / "img.npy")]) == 0
+    capsys.readouterr()
+    tokenizer = AutoTokenizer.from_pretrained(str(root / "bert"))
+    rows = []
+    with torch.no_grad():
+        for text in TEXTS:
+            batch = tokenizer([text], return_tensors="pt")
+            emb = reference.text_model(batch["input_ids"], batch["attention_mask"])
+            rows.append((emb / emb.norm(dim=-1, keepdim=True)).numpy())
+        pixels = preprocess_batch([read_image(tmp_path / "cxr.png")], record.preprocess)
+        ref_img = reference.encode_image(pixels).numpy()
+    assert np.abs(np.load(tmp_path / "txt.npy") - np.concatenate(rows)).max() <= 1e-4
+    assert np.abs(np.load(tmp_path / "img.npy") - ref_img).max() <= 1e-4
