@@ -97,7 +97,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                   "contrastive model's grounding map proposes the box")
     p.add_argument("--text-model", default="medfoundry-clip-tiny", help="contrastive model for --text")
     p.add_argument("--slice", type=int, default=None, dest="slice_index", help="slice of a volume to prompt")
-    p.add_argument("--propagate", action="store_true", help="follow the object through the volume (3D mask)")
+    p.add_argument("--propagate", action="store_true",
+                   help="follow the object through the volume (3D mask); MedSAM2 runs its video predictor from one "
+                        "--box on --slice K, SAM-Med3D its 3D network from --point x,y on --slice K")
     p.add_argument("--propagation-head", action="store_true",
                    help="with --propagate: carry the mask with the model's trained propagation head "
                         "(`train sam-propagation`) instead of box hypotheses")
