@@ -51,6 +51,11 @@ class RegistryError(MedfoundryError):
     """A model record or self-describing checkpoint directory is malformed."""
 
 
+class ModelUnavailableError(RegistryError):
+    """A registered model that medfoundry cannot run on this machine: its record's ``arch_config["unavailable"]``
+    says which reference package or weights are missing. Raised before any weights are looked for."""
+
+
 class WeightsError(MedfoundryError):
     """Weights could not be found, fetched, verified or loaded."""
 

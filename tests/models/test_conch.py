@@ -101,3 +101,29 @@ def test_wrong_inputs_are_typed_errors(setup, tmp_path: Path) -> None:
         load_contrastive(record, tmp_path / "cut.bin")
     # the published record names the package's own config
     assert get_record("conch").arch_config == {"model_cfg": "conch_ViT-B-16"}
+
+
+def test_cli_embed_images_and_texts_equal_reference(setup, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``medfoundry embed`` (images, and ``--text``) with a CONCH record writes the package's own embeddings of
+    its own transform's pixels and of its tokenizer's tokens."""
+    from medfoundry.cli.main import main
+    from medfoundry.registry import catalog
+
+    record, path, config = setup
+    test_record = dataclasses.replace(record, name="conch-tiny-test", aliases=())
+    catalog.get_record("conch")
+    monkeypatch.setitem(catalog._RECORDS, test_record.name, test_record)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (470, 500, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    args = ["--model", test_record.name, "--weights", str(path)]
+    assert main(["embed", str(tmp_path / "a.png"), *args, "--out", str(tmp_path / "img.npy")]) == 0
+    assert main(["embed", *[f"--text={t}" for t in TEXTS], *args, "--out", str(tmp_path / "txt.npy")]) == 0
+    capsys.readouterr()
+    reference, transform = occ.create_model_from_pretrained(dict(config, custom_text=True), checkpoint_path=str(path))
+    tokenizer = occ.get_tokenizer()
+    if not hasattr(type(tokenizer), "batch_encode_plus"):
+        tokenizer.batch_encode_plus = tokenizer.__call__
+    with torch.no_grad():
+        ref_img = reference.eval().encode_image(transform(Image.open(tmp_path / "a.png"))[None]).numpy()
+        ref_txt = reference.encode_text(occ.tokenize(tokenizer, TEXTS)).numpy()
+    assert np.abs(np.load(tmp_path / "img.npy") - ref_img).max() <= 1e-4
+    assert np.abs(np.load(tmp_path / "txt.npy") - ref_txt).max() <= 1e-4

@@ -133,3 +133,111 @@ def test_wrong_inputs_are_typed_errors(setup, tmp_path: Path) -> None:
     torch.save(state, tmp_path / "cut.bin")
     with pytest.raises(WeightsError, match="missing"):
         load_contrastive(record, tmp_path / "cut.bin")
+
+
+def _reference_medclip(bert: Path, swin: Path):
+    """medclip.modeling_medclip.MedCLIPModel (ViT variant) with its hub ids pointed at local folders."""
+    folder = Path(importlib.util.find_spec("medclip").submodule_search_locations[0])
+    saved = {k: v for k, v in sys.modules.items() if k == "medclip" or k.startswith("medclip.")}
+    package = types.ModuleType("medclip")
+    package.__path__ = [str(folder)]
+    sys.modules["medclip"] = package
+    try:
+        constants = importlib.import_module("medclip.constants")
+        constants.BERT_TYPE, constants.VIT_TYPE = str(bert), str(swin)
+        modeling = importlib.import_module("medclip.modeling_medclip")
+        return modeling.MedCLIPModel(vision_cls=modeling.MedCLIPVisionModelViT).eval()
+    finally:
+        for key in [k for k in sys.modules if k == "medclip" or k.startswith("medclip.")]:
+            del sys.modules[key]
+        sys.modules.update(saved)
+
+
+CASED = ["Pleural", "pleural", "effusion", "Cardiomegaly", "cardiomegaly", "no", "acute", "finding", "in", "the",
+         "chest", "left", "right", "lower", "lobe", "opacity", "."]
+
+
+def test_text_tower_with_a_bio_clinicalbert_shaped_tokenizer(setup, tmp_path: Path, monkeypatch) -> None:
+    """The text tower on Bio_ClinicalBERT's shape (BERT, cased WordPiece vocabulary of 28,996) equals
+    MedCLIPTextModel for each text, truncated at 77 tokens as MedCLIP's processor does. The real tokenizer is only
+    on the hub (emilyalsentzer/Bio_ClinicalBERT): offline and uncached it is a typed error naming the repo. MedCLIP
+    pads a batch to its longest text and averages over the padding; medfoundry encodes texts one at a time, so a
+    short text's embedding does not depend on its batch (shown here, and said in the record)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer
+
+    from medfoundry.errors import WeightsNotFoundError
+
+    _, _, root = setup
+    specials = ["[PAD]", *[f"[unused{i}]" for i in range(99)], "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + CASED
+    vocab += [f"tok{i}" for i in range(28996 - len(vocab))]
+    bert = tmp_path / "bio_clinicalbert_shaped"
+    bert.mkdir()
+    (bert / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(bert / "vocab.txt"), do_lower_case=False).save_pretrained(bert)
+    torch.manual_seed(2)
+    BertModel(BertConfig(**{**TEXT, "vocab_size": 28996})).save_pretrained(bert)
+    torch.manual_seed(3)
+    reference = _reference_medclip(bert, root / "swin")
+    torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
+    record = dataclasses.replace(get_record("medclip-vit"), arch_config={
+        "vision_config": VISION, "text_config": {**TEXT, "vocab_size": 28996}, "tokenizer": str(bert)})
+    predictor = load_contrastive(record, tmp_path / "pytorch_model.bin")
+    short, long = "Pleural effusion .", " ".join(["left lower lobe opacity in the chest"] * 20)
+    tokenizer = AutoTokenizer.from_pretrained(str(bert))
+    tokenizer.model_max_length = 77  # MedCLIPProcessor's setting
+    assert tokenizer("Pleural")["input_ids"] != tokenizer("pleural")["input_ids"]  # cased, as Bio_ClinicalBERT
+    assert len(tokenizer([long], truncation=True)["input_ids"][0]) == 77
+
+    def medclip(texts: list[str]) -> np.ndarray:
+        batch = tokenizer(texts, truncation=True, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            emb = reference.text_model(batch["input_ids"], batch["attention_mask"])
+        return (emb / emb.norm(dim=-1, keepdim=True)).numpy()
+
+    ours = predictor.embed_texts([short, long])
+    alone = np.concatenate([medclip([short]), medclip([long])])
+    assert np.abs(ours - alone).max() <= 1e-4
+    assert np.abs(medclip([short, long])[0] - alone[0]).max() > 1e-3  # MedCLIP's batch padding moves it
+    # the registered tokenizer needs the hub: offline, with an empty cache, a typed error naming the repo
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MEDFOUNDRY_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-home" / "hub"))
+    hub = get_record("medclip-vit").arch_config["tokenizer"]
+    registered = dataclasses.replace(record, arch_config={**record.arch_config, "tokenizer": hub})
+    with pytest.raises(WeightsNotFoundError, match="emilyalsentzer/Bio_ClinicalBERT"):
+        load_contrastive(registered, tmp_path / "pytorch_model.bin")
+
+
+def test_cli_embed_texts_and_images_equal_medclip(setup, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``medfoundry embed --text ...`` and ``medfoundry embed IMAGE`` with a MedCLIP record (weights as the
+    published zip) write MedCLIPTextModel's normalised embeddings of each text and MedCLIP's image embedding of
+    the record's pixels (equal to MedCLIP's feature extractor for square images, tested above)."""
+    from transformers import AutoTokenizer
+
+    from medfoundry.cli.main import main
+    from medfoundry.io import read_image
+    from medfoundry.predict.preprocess import preprocess_batch
+    from medfoundry.registry import catalog
+
+    reference, record, root = setup
+    test_record = dataclasses.replace(record, name="medclip-tiny-test", aliases=())
+    catalog.get_record("medclip-vit")
+    monkeypatch.setitem(catalog._RECORDS, test_record.name, test_record)
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (256, 256), dtype=np.uint8)).save(tmp_path / "cxr.png")
+    args = ["--model", test_record.name, "--weights", str(root / "medclip-vit-pretrained.zip")]
+    assert main(["embed", *[f"--text={t}" for t in TEXTS], *args, "--out", str(tmp_path / "txt.npy")]) == 0
+    assert main(["embed", str(tmp_path / "cxr.png"), *args, "--out", str(tmp_path / "img.npy")]) == 0
+    capsys.readouterr()
+    tokenizer = AutoTokenizer.from_pretrained(str(root / "bert"))
+    rows = []
+    with torch.no_grad():
+        for text in TEXTS:
+            batch = tokenizer([text], return_tensors="pt")
+            emb = reference.text_model(batch["input_ids"], batch["attention_mask"])
+            rows.append((emb / emb.norm(dim=-1, keepdim=True)).numpy())
+        pixels = preprocess_batch([read_image(tmp_path / "cxr.png")], record.preprocess)
+        ref_img = reference.encode_image(pixels).numpy()
+    assert np.abs(np.load(tmp_path / "txt.npy") - np.concatenate(rows)).max() <= 1e-4
+    assert np.abs(np.load(tmp_path / "img.npy") - ref_img).max() <= 1e-4

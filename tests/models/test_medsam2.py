@@ -155,3 +155,78 @@ def test_wrong_inputs_are_typed_errors(checkpoint: Path, tmp_path: Path) -> None
 
     with pytest.raises(WeightsError, match="do not fit MedSAM2"):
         open_segmenter("medsam2", weights=checkpoint)
+
+
+def test_cli_segment_propagate_runs_the_video_predictor(checkpoint: Path, tmp_path: Path, monkeypatch,
+                                                         capsys) -> None:
+    """``medfoundry segment VOLUME --model M --slice K --box ... --propagate`` with a MedSAM2 record runs
+    Sam2Segmenter.segment_volume (the sam2 video predictor, proven equal to the reference above), never
+    medfoundry's box propagation, and writes that mask on the volume's grid."""
+    import json
+
+    import nibabel as nib
+
+    import medfoundry.tasks.segmentation as flow
+    from medfoundry.cli.main import main
+    from medfoundry.io import read_image
+    from medfoundry.predict.medsam2 import Sam2Segmenter
+    from medfoundry.registry import catalog
+
+    record = dataclasses.replace(_record(), name="medsam2-tiny-test", aliases=())
+    catalog.get_record("medsam2")  # the catalogue is loaded before a test record joins it
+    monkeypatch.setitem(catalog._RECORDS, record.name, record)
+    volume = _volume()
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(volume.array.transpose(2, 1, 0), np.diag([0.8, 0.8, 3.0, 1.0])), path)
+    calls: list = []
+    real = Sam2Segmenter.segment_volume
+
+    def spy(self, image, key_slice, box, window=None):
+        calls.append((key_slice, np.asarray(box).tolist(), real(self, image, key_slice, box, window)))
+        return calls[-1][2]
+
+    def refuse(*_, **__):
+        raise AssertionError("MedSAM2 must not go through medfoundry's box propagation")
+
+    monkeypatch.setattr(Sam2Segmenter, "segment_volume", spy)
+    monkeypatch.setattr(flow, "segment_volume", refuse)
+    out = tmp_path / "mask.nii.gz"
+    argv = ["segment", str(path), "--model", record.name, "--weights", str(checkpoint), "--slice", "2",
+            "--box", "14,18,44,46", "--propagate", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(calls) == 1 and calls[0][0] == 2 and calls[0][1] == BOX.tolist()
+    written = read_image(out).array.astype(bool)
+    assert written.shape == volume.array.shape and np.array_equal(written, calls[0][2])
+    assert report["mask"] == str(out) and report["pixels"] == int(calls[0][2].sum()) > 0
+    # wrong inputs: typed one-line errors, nothing written
+    for extra, message in ((["--point", "20,30"], "one box"), (["--precision", "bf16"], "do not apply"),
+                           (["--tta"], "do not apply")):
+        bad = tmp_path / "bad.nii.gz"
+        code = main([*argv[:-3], *extra, "--out", str(bad)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err and not bad.exists()
+
+
+def test_cli_segment_2d_runs_the_image_predictor(checkpoint: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``medfoundry segment IMAGE --model M --box ...`` with a MedSAM2 record writes the mask of the sam2 image
+    predictor (Sam2Segmenter.predict, proven equal to SAM2ImagePredictor above) for that box."""
+    from medfoundry.cli.main import main
+    from medfoundry.io import read_image
+    from medfoundry.predict.medsam2 import load_sam2_segmenter
+    from medfoundry.registry import catalog
+
+    record = dataclasses.replace(_record(), name="medsam2-tiny-test", aliases=())
+    catalog.get_record("medsam2")
+    monkeypatch.setitem(catalog._RECORDS, record.name, record)
+    np.save(tmp_path / "slice.npy", _volume().array[2])
+    image = read_image(tmp_path / "slice.npy")
+    segmenter = load_sam2_segmenter(record, checkpoint)
+    segmenter.set_image(image)
+    expected = segmenter.predict(boxes=BOX[None]).best().any(axis=0)
+    assert expected.any() and not expected.all()
+    out = tmp_path / "mask.npy"
+    assert main(["segment", str(tmp_path / "slice.npy"), "--model", record.name, "--weights", str(checkpoint),
+                 "--box", "14,18,44,46", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert np.array_equal(np.load(out).astype(bool), expected)

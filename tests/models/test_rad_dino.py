@@ -101,3 +101,21 @@ def test_dense_features_and_errors(folder: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "vol.npy", np.zeros((4, 32, 32), dtype=np.float32))
     with pytest.raises(InputContractError, match="volume"):
         predictor.embed_images([tmp_path / "vol.npy"])
+
+
+def test_cli_embed_equals_dinov2(folder: Path, images: list[Path], tmp_path: Path, capsys) -> None:
+    """``medfoundry embed IMAGES --model rad-dino --weights FOLDER --out f.npy`` writes the reference's
+    normalised pooler_output of the processor's pixels, one row per image."""
+    from transformers import AutoImageProcessor, Dinov2Model
+
+    from medfoundry.cli.main import main
+
+    out = tmp_path / "f.npy"
+    assert main(["embed", *map(str, images), "--model", "rad-dino", "--weights", str(folder), "--out", str(out)]) == 0
+    capsys.readouterr()
+    processor = AutoImageProcessor.from_pretrained(str(folder), use_fast=False)
+    pixels = processor(images=[Image.open(p).convert("RGB") for p in images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ref = F.normalize(Dinov2Model.from_pretrained(str(folder)).eval()(pixel_values=pixels).pooler_output, dim=-1)
+    written = np.load(out)
+    assert written.shape == (2, 48) and np.abs(written - ref.numpy()).max() <= 1e-4

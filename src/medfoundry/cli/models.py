@@ -71,6 +71,8 @@ def run_list(args: argparse.Namespace) -> int:
             from medfoundry.registry.sources import is_installed
 
             where += " (installed)" if is_installed(source.uri) else f" (missing: {source.manual or 'not installed'})"
+        if r.arch_config.get("unavailable"):
+            where = f"cannot run here: {r.arch_config['unavailable']}"
         gated = " (gated)" if r.gated else ""
         table.add_row(r.name, r.family, ", ".join(r.tasks), ", ".join(r.modalities[:4]) +
                       (" …" if len(r.modalities) > 4 else ""), r.license + gated,

@@ -97,7 +97,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                   "contrastive model's grounding map proposes the box")
     p.add_argument("--text-model", default="medfoundry-clip-tiny", help="contrastive model for --text")
     p.add_argument("--slice", type=int, default=None, dest="slice_index", help="slice of a volume to prompt")
-    p.add_argument("--propagate", action="store_true", help="follow the object through the volume (3D mask)")
+    p.add_argument("--propagate", action="store_true",
+                   help="follow the object through the volume (3D mask); MedSAM2 runs its video predictor from one "
+                        "--box on --slice K, SAM-Med3D its 3D network from --point x,y on --slice K")
     p.add_argument("--propagation-head", action="store_true",
                    help="with --propagate: carry the mask with the model's trained propagation head "
                         "(`train sam-propagation`) instead of box hypotheses")
@@ -163,6 +165,31 @@ def _report_and_store(args: argparse.Namespace, image: str, folder: str, seg_pat
     return out
 
 
+#: architectures that run through their reference packages (MedSAM2: sam2; SAM-Med3D: medim), in float32
+REFERENCE_ARCHS = ("sam2", "sam_med3d")
+
+
+def _reference_arch(args: argparse.Namespace) -> str | None:
+    """The model's architecture when it runs through its reference package, after refusing the options that
+    apply only to medfoundry's own SAM implementation; None for every other model."""
+    from medfoundry.registry.loading import resolve_model
+
+    if not args.model:
+        return None
+    arch = resolve_model(args.model, args.weights)[0].arch
+    if arch not in REFERENCE_ARCHS:
+        return None
+    refused = [flag for flag, used in (("--onnx", args.onnx is not None), ("--fast-prompts", args.fast_prompts),
+                                       ("--embed-pool", args.embed_pool != 1), ("--tta", args.tta != "none"),
+                                       ("--precision bf16", args.precision == "bf16"),
+                                       ("--propagation-head", args.propagation_head), ("--text", bool(args.text)))
+               if used]
+    if refused:
+        raise InputContractError(f"{args.model} runs through its reference package in float32: "
+                                 f"{', '.join(refused)} do not apply")
+    return arch
+
+
 def run(args: argparse.Namespace) -> int:
     prompt_jobs = read_prompts(args.prompts) if args.prompts else None  # before any model work
     from medfoundry.predict.segment import open_segmenter
@@ -171,9 +198,17 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx is not None and (args.fast_prompts or args.embed_pool != 1 or args.precision == "bf16"):
         raise InputContractError("--fast-prompts, --embed-pool and --precision apply to PyTorch models; "
                                  "an ONNX export runs as it was exported")
-    segmenter = open_segmenter(args.model or DEFAULT_MODEL, args.weights, onnx=args.onnx, tta=args.tta,
-                               **({"precision": args.precision, "embed_pool": args.embed_pool}
-                                  if args.onnx is None else {}))
+    reference = _reference_arch(args)
+    if reference == "sam_med3d":
+        from medfoundry.predict.sam_med3d import open_sam_med3d
+
+        segmenter = open_sam_med3d(args.model, args.weights)
+    elif reference == "sam2":
+        segmenter = open_segmenter(args.model, args.weights, precision="fp32")
+    else:
+        segmenter = open_segmenter(args.model or DEFAULT_MODEL, args.weights, onnx=args.onnx, tta=args.tta,
+                                   **({"precision": args.precision, "embed_pool": args.embed_pool}
+                                      if args.onnx is None else {}))
     if args.fast_prompts and args.onnx is None:
         from medfoundry.models.sam_fast import native_bf16
 

@@ -249,6 +249,9 @@ def _load_contrastive(record: ModelRecord, weights: Any, device: str) -> Contras
         load = getattr(importlib.import_module(module), function)
         backend = load(weights, device, record.name, **record.arch_config)
         return ContrastivePredictor(backend, record, device)
+    from medfoundry.registry.loading import require_runnable
+
+    require_runnable(record)  # the record's own reason (MI-Zero), when it has one
     raise RegistryError(f"{record.name}: architecture {arch!r} is registered but medfoundry cannot run it yet")
 
 

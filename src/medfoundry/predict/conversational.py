@@ -162,6 +162,9 @@ def load_chat(record: ModelRecord, weights: Any, device: str = "cpu", *, trust_r
     )
 
     if record.arch not in ("llava", "hf_vlm"):
+        from medfoundry.registry.loading import require_runnable
+
+        require_runnable(record)  # the record's own reason (XrayGPT), when it has one
         raise RegistryError(f"{record.name}: architecture {record.arch!r} is registered but medfoundry cannot run "
                             "it yet")
     require_transformers()

@@ -100,8 +100,10 @@ class Sam2Segmenter:
         self.image_predictor = sam2_image_predictor(self.model)
         self.image: MedImage | None = None
         self.precision = "fp32"
+        self.precision_choice: Any = None  # the sam2 package runs in float32 here (no precision probe)
 
-    can_propagate = False  # slice-to-slice propagation runs through segment_volume (memory attention)
+    can_propagate = False  # no propagation head: volumes run through segment_volume (memory attention)
+    volume_only = False  # 2D images and slices run through the image predictor
 
     @torch.inference_mode()
     def set_image(self, image: MedImage) -> None:
@@ -159,6 +161,21 @@ class Sam2Segmenter:
                 out[index] |= (logits[0] > 0.0).cpu().numpy()[0]
             self.model.reset_state(state)
         return largest_component(out) if out.any() else out
+
+    def segment_3d(self, volume: MedImage, key_slice: int, box: np.ndarray | None,
+                   points: np.ndarray | None = None, point_labels: np.ndarray | None = None) -> np.ndarray:
+        """The segmentation flow's 3D entry (``medfoundry segment VOLUME --slice K --box ... --propagate``):
+        :meth:`segment_volume` from one box on ``key_slice``, as MedSAM2's ``medsam2_infer_3D_CT.py`` prompts it.
+
+        Raises:
+            InputContractError: no box, or points (MedSAM2's 3D inference is box-prompted; points are not
+                offered rather than run untested).
+        """
+        if box is None or points is not None:
+            raise InputContractError(f"{self.record.name}: 3D propagation starts from one box on the key slice "
+                                     "(--slice K --box x0,y0,x1,y1), as MedSAM2's 3D inference; points are not "
+                                     "supported there")
+        return self.segment_volume(volume, key_slice, np.asarray(box, np.float32))
 
 
 def check_box(box: np.ndarray, height: int, width: int) -> tuple[None, None, np.ndarray]:

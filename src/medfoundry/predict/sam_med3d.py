@@ -92,15 +92,20 @@ def znormalise(crop: np.ndarray) -> np.ndarray:
 class SamMed3DSegmenter:
     """SAM-Med3D with its record: :meth:`segment` takes a volume and point prompts, returns a 3D mask."""
 
+    #: whole volumes only: the segmentation flow asks for ``--propagate`` (a 3D mask) and never calls set_image
+    volume_only = True
+    can_propagate = False
+
     def __init__(self, model: Any, record: ModelRecord, device: str = "cpu") -> None:
         self.model, self.record, self.device = model.eval().to(device), record, torch.device(device)
+        self.precision_choice: Any = None  # float32 (no precision probe)
 
     def prepare(self, image: MedImage, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """The model's input crop ``(128, 128, 128)`` (RAS, z-normalised), the points in crop indices
         ``(N, 3)`` (RAS order) and the geometry to map results back.
 
         Raises:
-            InputContractError: not a volume with geometry, or points outside it.
+            InputContractError: not a volume with geometry, unevenly spaced slices, or points outside it.
         """
         from medfoundry.predict.volume_encoder import to_ras
 
@@ -110,6 +115,9 @@ class SamMed3DSegmenter:
             raise InputContractError(f"points {points.tolist()} must be (Z, Y, X) voxel indices inside the volume "
                                      f"of shape {tuple(shape)}")
         ras, spacing = to_ras(image)  # checks it is a greyscale volume with real spacing
+        if image.meta.get("slice_spacing_uniform") is False:  # a DICOM series with a missing slice
+            raise InputContractError(f"{image.source or 'the volume'}: its slices are not evenly spaced (a slice is "
+                                     "missing?); resampling to 1.5 mm would misplace them")
         transform = _orientation(image)
         pts_ras = np.zeros_like(points)
         for axis, (out_axis, flip) in enumerate(transform):
@@ -143,6 +151,26 @@ class SamMed3DSegmenter:
                            torch.from_numpy(labels)[None].to(self.device), previous)
         crop_mask = (torch.sigmoid(full) > 0.5)[0, 0].cpu().numpy()
         return Volume3DResult(self._to_original(crop_mask, image, geometry), full[0, 0].cpu().numpy(), low)
+
+    def segment_3d(self, volume: MedImage, key_slice: int, box: np.ndarray | None,
+                   points: np.ndarray | None = None, point_labels: np.ndarray | None = None) -> np.ndarray:
+        """The segmentation flow's 3D entry (``medfoundry segment VOLUME --slice K --point x,y[,label]
+        --propagate``): points ``(N, 2)`` XY in the pixels of slice ``key_slice`` become voxel indices
+        ``(key_slice, y, x)``; returns the ``(Z, Y, X)`` bool mask of :meth:`segment`.
+
+        Raises:
+            InputContractError: a box (SAM-Med3D is point-prompted, as its inference script), no points, a key
+                slice outside the volume, or a first point that is not foreground.
+        """
+        if box is not None or points is None or not len(points):
+            raise InputContractError(f"{self.record.name} is prompted with points (--slice K --point x,y[,label], "
+                                     "the first one foreground), not boxes")
+        depth = volume.array.shape[0] if volume.is_volume else 0
+        if not 0 <= int(key_slice) < depth:
+            raise InputContractError(f"key slice {key_slice} is outside the volume's 0..{depth - 1}")
+        xy = np.asarray(points, np.float64).reshape(-1, 2)
+        zyx = np.column_stack([np.full(len(xy), float(key_slice)), xy[:, 1], xy[:, 0]])
+        return self.segment(volume, zyx, point_labels).mask
 
     @staticmethod
     def _to_original(crop_mask: np.ndarray, image: MedImage, geometry: dict[str, Any]) -> np.ndarray:

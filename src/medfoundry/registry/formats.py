@@ -56,8 +56,8 @@ def unrecognised(path: Path, detail: str = "") -> RegistryError:
 
 def sniff_format(path: str | Path) -> str:
     """The format name of a checkpoint file or folder: ``medfoundry``, ``open_clip``, ``hf-<model_type>``,
-    ``segment_anything``, ``hf-transformers-sam``, ``litemedsam``, or ``state-dict`` (a weights file of no
-    layout recognised here, which a registry record may still describe). Raises :func:`unrecognised` for
+    ``segment_anything``, ``hf-transformers-sam``, ``litemedsam``, ``sam-med3d``, or ``state-dict`` (a weights
+    file of no layout recognised here, which a registry record may still describe). Raises :func:`unrecognised` for
     anything else."""
     path = Path(path).expanduser()
     if path.is_dir():
@@ -96,6 +96,9 @@ def sniff_record(path: str | Path) -> ModelRecord:
     file = path if path.is_file() else next(p for p in sorted(path.iterdir()) if p.suffix in _WEIGHT_SUFFIXES)
     if kind == "state-dict":
         raise unrecognised(path, f"{file.name} holds tensors of no layout recognised here")
+    if kind == "sam-med3d":
+        raise unrecognised(path, f"{file.name} is a SAM-Med3D checkpoint: load it with --model sam-med3d-turbo "
+                                 "--weights FILE")
     config = _sam_config(kind, tensor_shapes(file), file)
     return ModelRecord.from_dict({
         "name": path.stem if path.is_file() else path.name, "arch": "sam", "arch_config": config,
@@ -148,6 +151,8 @@ def _sam_layout(shapes: dict[str, tuple[int, ...]]) -> str | None:
         return "hf-transformers-sam"
     if any(k.startswith("image_encoder.patch_embed.seq.") and ".c." in k for k in shapes):
         return "litemedsam"
+    if len(shapes.get("image_encoder.pos_embed", ())) == 5:  # (1, D, H, W, C): a 3D ViT, SAM-Med3D (medim)
+        return "sam-med3d"
     if "image_encoder.pos_embed" in shapes and any(k.startswith("image_encoder.blocks.") for k in shapes):
         return "segment_anything"
     return None
@@ -267,4 +272,6 @@ def sniffed_arch(path: str | Path) -> tuple[str, str | None]:
             raise unrecognised(Path(path), f"a Hugging Face folder of model_type {model_type!r}; medfoundry runs "
                                            f"{', '.join(sorted(_HF_TYPES))}")
         return kind, _HF_TYPES[model_type][0]
+    if kind == "sam-med3d":
+        return kind, "sam_med3d"
     return kind, None if kind == "state-dict" else "sam"

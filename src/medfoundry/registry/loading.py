@@ -17,7 +17,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from medfoundry.errors import RegistryError, UnsafeCheckpointError, WeightsError, WeightsNotFoundError
+from medfoundry.errors import (
+    ModelUnavailableError,
+    RegistryError,
+    UnsafeCheckpointError,
+    WeightsError,
+    WeightsNotFoundError,
+)
 from medfoundry.files import atomic_output
 from medfoundry.registry.records import ModelRecord, WeightsSource
 from medfoundry.registry.sources import WeightsSpec, resolve, sha256_file
@@ -282,11 +288,20 @@ def _local_weights_path(weights: WeightsSpec) -> Path | None:
     return None
 
 
+def require_runnable(record: ModelRecord) -> None:
+    """Raise :class:`ModelUnavailableError` with the record's reason when medfoundry cannot run it here
+    (``arch_config["unavailable"]``: the reference package or weights that are missing)."""
+    reason = record.arch_config.get("unavailable")
+    if reason:
+        raise ModelUnavailableError(f"{record.name} is registered but medfoundry cannot run it here: {reason}")
+
+
 def fetch_weights(model: str, weights: WeightsSpec | None = None, *, offline: bool | None = None
                   ) -> tuple[ModelRecord, Path | Mapping[str, Any]]:
     """Resolve a model's weights to a local file or folder (downloading only when online and allowed),
     verifying the record's sha256 when the record's own source is used."""
     record, spec = resolve_model(model, weights)
+    require_runnable(record)
     if spec is None:
         source = record.primary_weights
         how = source.manual if source is not None and source.manual else "no public weights are registered"
@@ -310,6 +325,7 @@ __all__ = [
     "find_checkpoint_file",
     "load_state_dict",
     "read_checkpoint_record",
+    "require_runnable",
     "resolve_model",
     "save_checkpoint",
     "write_checkpoint_record",

@@ -7,7 +7,9 @@ means the same everywhere:
 - a 2D image, or one slice of a volume (``slice_index``): the boxes and points are decoded together and the
   mask is the union of the best mask of each box;
 - a volume with ``propagate``: the object is followed from the prompted slice through the volume
-  (:func:`medfoundry.tasks.volume.segment_volume`; ``use_head`` carries it with the model's propagation head).
+  (:func:`medfoundry.tasks.volume.segment_volume`; ``use_head`` carries it with the model's propagation head);
+  segmenters with their own 3D inference (a ``segment_3d`` method: MedSAM2's video predictor, SAM-Med3D) run
+  that instead, and those that only segment volumes (``volume_only``) need a volume and ``propagate``.
 
 Coordinates are image pixels of the prompted plane: boxes XYXY, points (x, y[, label]) with label 1 inside
 (default) and 0 outside.
@@ -75,6 +77,9 @@ def segment(segmenter: PromptSegmenter, image: MedImage, boxes: Any = None,
     box_array = None if boxes is None or len(boxes) == 0 else np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     pts, labels = split_points(points)
     volume = None
+    if getattr(segmenter, "volume_only", False) and not (image.is_volume and propagate):
+        raise InputContractError(f"{segmenter.record.name} segments whole volumes: give a volume, the prompted "
+                                 "slice (--slice K) and --propagate")
     if image.is_volume:
         if slice_index is None:
             raise InputContractError(f"{image.source or 'the image'} is a volume of {image.array.shape[0]} slices: "
@@ -83,6 +88,16 @@ def segment(segmenter: PromptSegmenter, image: MedImage, boxes: Any = None,
         if propagate:
             if box_array is not None and len(box_array) > 1:
                 raise InputContractError("3D propagation follows one object: give one box")
+            native = getattr(segmenter, "segment_3d", None)  # models with their own 3D inference (MedSAM2, SAM-Med3D)
+            if native is not None:
+                if use_head:
+                    raise InputContractError(f"{segmenter.record.name} has no propagation head: it segments "
+                                             "volumes with its own 3D inference")
+                mask = native(image, slice_index, None if box_array is None else box_array[0], pts, labels)
+                zs = np.nonzero(mask.any(axis=(1, 2)))[0]
+                volume = VolumeResult(mask, int(zs[0]) if len(zs) else slice_index,
+                                      int(zs[-1]) if len(zs) else slice_index, ("model", "model"))
+                return SegmentationOutcome(mask, image, plane, measure(mask, image), volume)
             volume = segment_volume(segmenter, image, slice_index, box=None if box_array is None else box_array[0],
                                     points=pts, point_labels=labels, use_head=use_head, progress=progress)
             return SegmentationOutcome(volume.mask, image, plane, measure(volume.mask, image), volume)
