@@ -1,5 +1,8 @@
 """Package a finished `medfoundry train clip` run as the embedded medfoundry-clip-tiny model (fp16 safetensors
-+ card.json). Usage: python tools/package_clip.py RUN_DIR"""
++ card.json). Usage: python tools/package_clip.py RUN_DIR [--stage "v4 (recipe, from v3)"]
+
+With ``--stage`` the run's history is appended to the shipped ``history.json`` under that stage name (a
+fine-tuning stage of the shipped model); without it the run's history replaces it."""
 
 import hashlib
 import json
@@ -38,6 +41,14 @@ LABEL_SETS = {
     },
 }
 
+VERSION = "4"
+args = list(sys.argv[1:])
+stage = None
+if "--stage" in args:
+    i = args.index("--stage")
+    stage = args[i + 1]
+    del args[i:i + 2]
+sys.argv[1:] = args
 run = Path(sys.argv[1])
 dest = Path(__file__).resolve().parents[1] / "src" / "medfoundry" / "weights" / "medfoundry-clip-tiny"
 dest.mkdir(parents=True, exist_ok=True)
@@ -51,6 +62,9 @@ out = dest / "model.safetensors"
 save_file({k: v.half().contiguous() for k, v in state.items()}, str(out), metadata={"dtype": "float16"})
 sha = hashlib.sha256(out.read_bytes()).hexdigest()
 history = json.loads((run / "history.json").read_text()) if (run / "history.json").is_file() else []
+if stage is not None and history:
+    shipped = json.loads((dest / "history.json").read_text()) if (dest / "history.json").is_file() else []
+    history = [h for h in shipped if h.get("stage") != stage] + [{"stage": stage, **h} for h in history]
 card = {
     "name": "medfoundry-clip-tiny", "aliases": ["clip-tiny"], "arch": "medfoundry_clip",
     "arch_config": record["arch_config"], "family": "TPM-contrastive",
@@ -81,7 +95,7 @@ card = {
     "description": "resnet18 image tower (stride 16, from scratch) + frozen pretrained MiniLM-L6 text tower, 256-d "
                    "joint space; patch-level embeddings give grounding heatmaps; zero-shot label sets for "
                    "modality, plane, body region and chest finding.",
-    "preprocess": record["preprocess"], "embedded": True, "version": "3",
+    "preprocess": record["preprocess"], "embedded": True, "version": VERSION,
     "weights": [{"uri": "package:weights/medfoundry-clip-tiny/model.safetensors", "format": "safetensors",
                  "sha256": sha, "size_mb": round(out.stat().st_size / 2**20, 1)}],
 }

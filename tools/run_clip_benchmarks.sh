@@ -9,7 +9,8 @@ bin=${MEDFOUNDRY_BIN:-.venv/bin/medfoundry}
 "$bin" eval prepare --shared "$shared" --out eval-data >/dev/null
 for spec in pneumonia-zero-shot pneumonia-linear-probe pneumonia-retrieval covid-zero-shot covid-notes-retrieval \
             medpix-modality medpix-plane medpix-region modality-4 medpix-retrieval \
-            medpix-retrieval-i2t covid-notes-report; do
+            medpix-retrieval-i2t covid-notes-report medpix-vqa-modality medpix-vqa-plane medpix-vqa-region \
+            pneumonia-vqa covid-vqa; do
   "$bin" eval --model medfoundry-clip-tiny --benchmark "$spec" --omit-texts \
     --out "benchmarks/results/eval/${spec}__medfoundry-clip-tiny"
 done
