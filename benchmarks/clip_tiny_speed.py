@@ -1,7 +1,8 @@
 """CPU embedding speed of the embedded contrastive model, for several weights files of the same architecture
 (e.g. medfoundry-clip-tiny v1 and v2) in one sitting, on the same images.
 
-    python benchmarks/clip_tiny_speed.py --shared ../shared/data [--weights v1.safetensors ...]
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/clip_tiny_speed.py --shared ../shared/data --images 128 \
+        [--weights v1.safetensors ...]
 
 Writes benchmarks/results/clip_tiny_speed.json (images per second, batch 32, after one warm-up batch).
 """
