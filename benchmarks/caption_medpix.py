@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
 from medfoundry.eval.bootstrap import bootstrap_ci
+from medfoundry.eval.provenance import collect
 from medfoundry.eval.text_metrics import text_metric
 from medfoundry.io import read_image
 from medfoundry.predict.captioner import open_captioner
@@ -42,12 +41,27 @@ SYSTEMS = ("captioner", "nn_caption", "nn_target")
 TEXT = ("bleu", "rouge_l", "cider")
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        return next((line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line), "")
-    except (OSError, subprocess.SubprocessError):
-        return platform.processor()
+def adapter_file(model: str) -> Path:
+    """The captioner's trained weights (``adapter.safetensors``) that ``--model`` names, without loading it."""
+    from medfoundry.registry.loading import fetch_weights
+
+    folder = Path(model.removeprefix("local-dir:")) if model.startswith("local-dir:") else fetch_weights(model)[1]
+    return Path(folder) / "adapter.safetensors" if Path(folder).is_dir() else Path(folder)
+
+
+def provenance(args: argparse.Namespace, captioner, encoder, data: list) -> dict:
+    """One entry per model: the captioner's adapter (read from the captions cache with --summarise-only), its
+    language model (not loaded with --summarise-only) and the image tower that gives the neighbours' features."""
+    out = {"captioner": collect(captioner, name=None if captioner else args.model, weights=adapter_file(args.model),
+                                data=data, settings=args),
+           "image_encoder": collect(encoder, data=data, settings=args)}
+    if captioner is not None:
+        from medfoundry.models.captioner import SMOLLM2, smollm2_folder
+
+        lm = captioner.model.config.language_model
+        out["language_model"] = collect(name=lm, weights=smollm2_folder() if lm == SMOLLM2 else
+                                        Path(lm.removeprefix("local-dir:")))
+    return out
 
 
 def pick_images(rows: list[dict], limit: int) -> list[dict]:
@@ -124,7 +138,9 @@ def main() -> None:
     val_feats = encoder.embed_images([r["path"] for r in val])
     nearest = np.argmax(val_feats @ train_feats.T, axis=1)
 
-    partial = work / f"generated_{name}_{args.max_tokens}.jsonl"  # resumable: one line per image
+    # resumable, one line per image; keyed by the adapter's sha256 so that other weights never reuse its captions
+    adapter_sha = collect(weights=adapter_file(args.model))["weights_sha256"]
+    partial = work / f"generated_{name}_{adapter_sha[:12]}_{args.max_tokens}.jsonl"
     done = {}
     if partial.is_file():
         done = {d["image_id"]: d for d in map(json.loads, partial.read_text().splitlines())}
@@ -155,13 +171,15 @@ def main() -> None:
         "seconds_per_caption": round(float(np.mean([done[r["image_id"]]["seconds"] for r in val])), 2),
         "tokens_per_caption": round(float(np.mean([done[r["image_id"]]["tokens"] for r in val])), 1),
         "generation_seconds_this_run": round(time.perf_counter() - start, 1),
-        "cpu": cpu_model(),
         "attribute_rule": "medfoundry.tasks.caption_attributes (first-mentioned term per attribute)",
         "examples": [{"image": r["file"], "reference": refs[i], "captioner": texts["captioner"][i],
                       "nn_caption": texts["nn_caption"][i]} for i, r in enumerate(val[:8])],
         "command": "PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 10 python benchmarks/caption_medpix.py "
                    f"--model {args.model} --limit {args.limit} --max-tokens {args.max_tokens} "
                    f"--bootstrap {args.bootstrap}",
+        "provenance": provenance(args, captioner, encoder,
+                                 [Path(args.shared) / "medpix_ct_mr_captions" / "metadata.csv",
+                                  *(r["path"] for r in val), *(r["path"] for r in train)]),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,7 +1,8 @@
 """CPU embedding speed of the embedded contrastive model, for several weights files of the same architecture
 (e.g. medfoundry-clip-tiny v1 and v2) in one sitting, on the same images.
 
-    python benchmarks/clip_tiny_speed.py --shared ../shared/data [--weights v1.safetensors ...]
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/clip_tiny_speed.py --shared ../shared/data --images 128 \
+        [--weights v1.safetensors ...]
 
 Writes benchmarks/results/clip_tiny_speed.json (images per second, batch 32, after one warm-up batch).
 """
@@ -10,24 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import time
 from pathlib import Path
 
 import torch
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
+    from medfoundry.eval.provenance import collect
     from medfoundry.io import read_image
     from medfoundry.predict.contrastive import open_contrastive
 
@@ -40,7 +32,8 @@ def main() -> None:
     args = parser.parse_args()
     paths = sorted((Path(args.shared) / "medpix_ct_mr_captions" / "images").glob("*.jpg"))[: args.images]
     images = [read_image(p) for p in paths]
-    runs = []
+    runs, provenance = [], {}
+    load_before = os.getloadavg()[0]
     for weights in [None, *args.weights]:
         predictor = open_contrastive("medfoundry-clip-tiny", weights)
         predictor.embed_images(images[:32])  # warm-up
@@ -51,10 +44,13 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         runs.append({"weights": weights or "embedded", "images_per_s": round(len(images) / min(times), 1),
                      "seconds_best": round(min(times), 3), "seconds_all": [round(t, 3) for t in times]})
+        provenance[weights or "embedded"] = collect(predictor, data=paths, settings=args)
         print(json.dumps(runs[-1]))
     result = {"benchmark": "medfoundry-clip-tiny image embedding on the CPU (read images in memory; "
                            "preprocessing + image tower), best of repeats",
-              "images": len(images), "torch_threads": torch.get_num_threads(), "cpu": cpu_model(), "runs": runs}
+              "images": len(images), "torch_threads": torch.get_num_threads(),
+              "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)], "runs": runs,
+              "provenance": provenance}  # one entry per weights file: its sha256, the images, the machine
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -9,13 +9,14 @@ for the image tower. The issue also bounds CPU embedding speed to 1.5× version 
 
 from __future__ import annotations
 
+import argparse
 import json
-import platform
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from medfoundry.eval.provenance import collect
 from medfoundry.predict.contrastive import open_contrastive
 from medfoundry.predict.segment import open_segmenter
 
@@ -28,6 +29,9 @@ def gflops(fn, size: int) -> float:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "clip_tower_flops.json"))
+    args = ap.parse_args()
     clip = open_contrastive("medfoundry-clip-tiny")
     lite = open_segmenter("litemedsam")
     clip_size = clip.record.preprocess.image_size
@@ -41,8 +45,9 @@ def main() -> None:
     out = {"gflops_per_image": {k: round(v, 3) for k, v in rows.items()},
            "relative_to_clip_tiny": {k: round(v / base, 1) for k, v in rows.items()},
            "speed_bound": "issue 14: CPU embedding within 1.5x of version 1 (same tower as v2/v3)",
-           "torch": torch.__version__, "python": platform.python_version()}
-    path = Path(__file__).parent / "results" / "clip_tower_flops.json"
+           "provenance": {"medfoundry-clip-tiny": collect(clip, settings=args),  # random inputs: no dataset
+                          "litemedsam": collect(lite, settings=args)}}
+    path = Path(args.out)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 

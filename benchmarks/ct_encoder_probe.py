@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
+from medfoundry.eval.provenance import collect
 from medfoundry.io import MedImage, read_image
 from medfoundry.predict.volume_encoder import resample, to_ras
 
@@ -129,15 +128,25 @@ def main() -> None:
     size = tuple(int(s) for s in args.size.split(","))
     shared = Path(args.shared)
     cache = Path(args.cache)
+    models_json = cache.with_suffix(".provenance.json")  # the models that computed the cached features
+    data = [shared / "sts_ct_sarcoma_3d" / "cases.csv", shared / "deeplesion_ct_lesion_3d" / "metadata.csv",
+            *sorted({p for c in cases(shared) for p in (c["image"], c["mask"])})]
     t0 = time.perf_counter()
-    if cache.is_file():
+    from_cache = cache.is_file() and models_json.is_file()
+    if from_cache:
         z = np.load(cache, allow_pickle=False)
         feats = {k: z[k] for k in z.files if k not in ("y", "groups")}
         y, groups = z["y"], z["groups"]
+        provenance = json.loads(models_json.read_text())
     else:
         from medfoundry.predict.contrastive import open_contrastive
-        from medfoundry.predict.volume_encoder import open_volume_encoder
+        from medfoundry.predict.volume_encoder import load_volume_encoder
+        from medfoundry.registry.loading import fetch_weights
 
+        record, weights = fetch_weights("astra-ct-encoder")
+        encoder, clip = load_volume_encoder(record, weights), open_contrastive("medfoundry-clip-tiny")
+        provenance = {"astra-ct-encoder": collect(name=record.name, weights=weights, data=data, settings=args),
+                      "medfoundry-clip-tiny": collect(clip, data=data, settings=args)}
         rng = np.random.default_rng(0)
         crops, y, groups = [], [], []
         for case in cases(shared):
@@ -145,14 +154,13 @@ def main() -> None:
                 crops.append(crop)
                 y.append(label)
                 groups.append(case["patient"])
-        feats = features(crops, open_volume_encoder("astra-ct-encoder"), open_contrastive("medfoundry-clip-tiny"))
+        feats = features(crops, encoder, clip)
         y, groups = np.asarray(y), np.asarray(groups)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, y=y, groups=groups, **feats)
+        models_json.write_text(json.dumps(provenance, indent=1) + "\n")
     seconds = feats.pop("encoder_seconds")
     results = {name: probe(x, y, groups) for name, x in feats.items()}
-    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True)
-                .stdout.splitlines() if line.startswith("Model name")), platform.processor())
     out = {
         "task_a": "lesion-containing vs lesion-free 3D crops, patient-grouped 5-fold linear probe",
         "crop_voxels_xyz": list(size), "crop_mm": [s * d for s, d in zip(size, SPACING, strict=True)],
@@ -161,8 +169,10 @@ def main() -> None:
         "task_b": "not run: sts_ct_sarcoma_3d is all EXTREMITY, DeepLesion stacks carry no body-region label, and "
                   "totalsegmentator_examples holds one volume, so no two regions have two patients each",
         "encoder_seconds_per_crop_median": round(float(np.median(seconds)), 2),
-        "cpu": cpu, "note": "reduced run: small crops on a CPU shared by several jobs; features cached in "
-                            f"{args.cache}", "wall_seconds": round(time.perf_counter() - t0, 1),
+        "note": f"reduced run: small crops on a CPU shared by several jobs; features cached in {args.cache}",
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        # one entry per model; from the cache's side file when the features were cached (the models that made them)
+        "provenance": provenance, "features_from_cache": from_cache,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,15 +24,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "pacs"))
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return platform.processor() or "unknown"
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                "unknown")
 
 
 def series_with_uids(src: Path, dst: Path) -> tuple[str, str]:
@@ -77,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
     from orthanc_server import start_orthanc
 
-    import medfoundry
+    from medfoundry.eval.provenance import collect
     from medfoundry.io import read_image
     from medfoundry.io.dicomweb import store
 
@@ -121,11 +110,11 @@ def main() -> None:
         "dicomweb_first_read": summary(first),
         "dicomweb_cached_read": summary(cached),
         "server": f"Orthanc {orthanc_version} + DICOMweb plugin {where}",
-        "client": f"dicomweb-client {dicomweb_client.__version__}", "medfoundry": medfoundry.__version__,
-        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "client": f"dicomweb-client {dicomweb_client.__version__}",
         "load_average_1min_at_start": load_start, "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "command": f"nice -n 10 python benchmarks/dicomweb_read.py --shared ../shared/data --repeats {args.repeats} "
                    f"--out {args.out}",
+        "provenance": collect(data=src, settings=args),  # no model: the series reader
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

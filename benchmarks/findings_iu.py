@@ -26,8 +26,7 @@ import csv
 import hashlib
 import html
 import json
-import platform
-import subprocess
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from medfoundry.eval.provenance import collect  # noqa: E402
 from medfoundry.tasks.findings import (  # noqa: E402
     LABELS,
     OBSERVATIONS,
@@ -105,15 +105,6 @@ def write_html(path: Path, conf: dict, part: str) -> None:
         f"<table><tr><th>observation</th><th>codes</th>{head}</tr>{''.join(rows)}</table>", encoding="utf-8")
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
-                    platform.processor())
-    except OSError:
-        return platform.processor()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
@@ -138,11 +129,14 @@ def main() -> None:
     out = {"data": "iu_xray_reports_text/reports.csv", "reports": len(rows), "text": "findings + impression",
            "split": "development: sha256(uid) mod 5 >= 2; held-out: the rest (never read while writing rules)",
            "positive": "extractor positive or uncertain (U-ones); u_zeros: positive only",
-           "speed": {"cpu": cpu_model(), "threads": 1, "extractor_reports_per_s": round(len(rows) / ours_s, 1),
+           "speed": {"threads": 1, "load_average_1min": round(os.getloadavg()[0], 2),
+                     "extractor_reports_per_s": round(len(rows) / ours_s, 1),
                      "baseline_reports_per_s": round(len(rows) / base_s, 1)},
            "unmapped_code_heads": dict(unmapped_heads(r["MeSH"] for r in rows).most_common()),
            "codes_mapping_to_no_observation": dict(unmapped_codes(r["MeSH"] for r in rows).most_common()),
-           "parts": {}}
+           "parts": {},
+           # no model (rules); the machine (CPU) of the speed numbers is the provenance's
+           "provenance": collect(data=path, settings=args)}
     for part in args.parts.split(","):
         idx = [i for i, r in enumerate(rows) if part_of(r["uid"]) == part and has_reference(r["MeSH"])]
         refs = [reference_positives(rows[i]["MeSH"]) for i in idx]

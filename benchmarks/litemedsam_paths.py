@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from medfoundry.errors import InputContractError
+from medfoundry.eval.provenance import collect
 from medfoundry.io import read_image
 from medfoundry.predict.segment import open_segmenter
 from medfoundry.samples import shared_data_dir
@@ -39,24 +40,30 @@ def _mask_box(mask: np.ndarray) -> list[float]:
     return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
 
 
-def cases(root: Path, kvasir: int) -> list[tuple[str, object, list[float]]]:
+def cases(root: Path, kvasir: int, files: list[Path] | None = None) -> list[tuple[str, object, list[float]]]:
+    """(name, image, XYXY box) of every case; the files read are appended to ``files``."""
     import pydicom.data
 
     out = []
+    files = [] if files is None else files
     boxes = json.loads((root / "kvasir_seg" / "bboxes.json").read_text())
+    files.append(root / "kvasir_seg" / "bboxes.json")
     for name in [n for n, v in boxes.items() if len(v["bbox"]) == 1][:kvasir]:
         b = boxes[name]["bbox"][0]
-        out.append((f"kvasir/{name}", read_image(root / "kvasir_seg" / "images" / f"{name}.jpg"),
-                    [b["xmin"], b["ymin"], b["xmax"], b["ymax"]]))
+        files.append(root / "kvasir_seg" / "images" / f"{name}.jpg")
+        out.append((f"kvasir/{name}", read_image(files[-1]), [b["xmin"], b["ymin"], b["xmax"], b["ymax"]]))
     ts = root / "totalsegmentator_examples"
-    ct = read_image(ts / "dicom" / "example_ct_dicom")
-    labels = read_image(ts / "nifti" / "example_seg_dicom.nii.gz").array
+    files += [ts / "dicom" / "example_ct_dicom", ts / "nifti" / "example_seg_dicom.nii.gz"]
+    ct = read_image(files[-2])
+    labels = read_image(files[-1]).array
     k = int(np.argmax((labels > 0).sum(axis=(1, 2))))
     for lab in [v for v in np.unique(labels[k]) if v][:4]:  # up to four organs on the fullest slice
         if (labels[k] == lab).sum() >= 200:
             out.append((f"ct/slice{k}/label{int(lab)}", ct.slice(k), _mask_box(labels[k] == lab)))
-    out.append(("mr/MR_small", read_image(pydicom.data.get_testdata_file("MR_small.dcm")), [16, 16, 48, 48]))
-    cr = read_image(next((root / "siim_cxr_dicom_sample").glob("*.dcm")))
+    files.append(Path(pydicom.data.get_testdata_file("MR_small.dcm")))
+    out.append(("mr/MR_small", read_image(files[-1]), [16, 16, 48, 48]))
+    files.append(next((root / "siim_cxr_dicom_sample").glob("*.dcm")))
+    cr = read_image(files[-1])
     h, w = cr.spatial_shape
     out.append(("radiograph/siim", cr, [0.1 * w, 0.2 * h, 0.5 * w, 0.8 * h]))
     return out
@@ -85,8 +92,12 @@ def main() -> None:
     root = shared_data_dir()
     if root is None:
         raise SystemExit("needs ../shared/data")
-    data = cases(root, args.kvasir)
-    ref, ref_s = _masks(open_segmenter("litemedsam", precision="fp32"), data)
+    files: list[Path] = []
+    data = cases(root, args.kvasir, files)
+    reference = open_segmenter("litemedsam", precision="fp32")
+    ref, ref_s = _masks(reference, data)
+    # one entry per weights file: LiteMedSAM's checkpoint (every torch path) and the ONNX export
+    provenance = {"litemedsam": collect(reference, data=files, settings=args)}
     from medfoundry.models.sam_fast import native_bf16
 
     def fast(seg):
@@ -109,6 +120,8 @@ def main() -> None:
             results[name] = {"applicable": False, "error": str(exc)}
             print(name, "not applicable:", exc, flush=True)
             continue
+        if name == "onnx":
+            provenance["litemedsam-onnx"] = collect(seg, data=files, settings=args)
         masks, secs = _masks(seg, data)
         ious = [_iou(a, b) for a, b in zip(ref, masks, strict=True)]
         results[name] = {"iou_mean": statistics.mean(ious), "iou_min": min(ious),
@@ -120,7 +133,7 @@ def main() -> None:
            "cases": [d[0] for d in data], "threads": args.threads, "torch": torch.__version__,
            "native_bf16": native_bf16(),
            "command": f"OMP_NUM_THREADS={args.threads} nice -n 10 python benchmarks/litemedsam_paths.py "
-                      f"--kvasir {args.kvasir}", "paths": results}
+                      f"--kvasir {args.kvasir}", "paths": results, "provenance": provenance}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 

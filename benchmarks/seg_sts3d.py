@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
-import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,20 +28,12 @@ import numpy as np
 
 from medfoundry.datasets.splits import sts_split
 from medfoundry.eval.baselines import dice, ellipsoid_in_box
+from medfoundry.eval.provenance import collect
 from medfoundry.io import read_image
 from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import open_segmenter
 from medfoundry.tasks.measure import measure
 from medfoundry.tasks.volume import PREVIOUS_DEFAULTS, segment_volume
-
-
-def cpu_model() -> str:
-    """The CPU's model name as ``lscpu`` prints it (``platform.processor()`` where lscpu is missing)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -62,12 +52,13 @@ def main() -> None:
         records = sorted(csv.DictReader(fh), key=lambda r: r["patient_id"])
     split = sts_split([r["patient_id"] for r in records])
     seg = open_segmenter(args.model, args.weights)
-    cases = []
+    cases, files = [], [root / "cases.csv"]
     for r in records:
         if (args.split != "all" and split[r["patient_id"]] != args.split) or \
                 (args.patients and r["patient_id"] not in args.patients.split(",")):
             continue
         start = time.perf_counter()
+        files += [root / r["volume_file"], root / r["mask_file"]]
         volume = replace(read_image(root / r["volume_file"]), units="HU", modality="CT")
         truth = read_image(root / r["mask_file"]).array > 0
         key = int(r["key_slice"])
@@ -108,8 +99,8 @@ def main() -> None:
             "dice_3d_true_box_every_slice"),
         "baseline_ellipsoid_dice_3d_mean": mean("baseline_ellipsoid_dice_3d"),
         "seconds_per_volume_mean": mean("seconds"),
-        "cpu": cpu_model(),
         "per_patient": cases,
+        "provenance": collect(seg, data=files, settings=args),  # the CPU of seconds_per_volume: its machine
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))

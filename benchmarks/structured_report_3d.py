@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from medfoundry.datasets.splits import UNSEEN_LESION_PATIENTS, sts_split  # noqa: E402
 from medfoundry.eval.baselines import ellipsoid_in_box  # noqa: E402
+from medfoundry.eval.provenance import collect  # noqa: E402
 from medfoundry.io import read_image  # noqa: E402
 from medfoundry.predict.boxes import mask_box  # noqa: E402
 from medfoundry.predict.segment import open_segmenter  # noqa: E402
@@ -83,6 +83,17 @@ def main() -> None:
     args = ap.parse_args()
     saved = {p.stem: p for folder in args.predictions for p in Path(folder).glob("*.npz")}
     seg = None if saved else open_segmenter(args.model, None)
+    shared = Path(args.shared)
+    with open(shared / "sts_ct_sarcoma_3d" / "cases.csv", encoding="utf-8") as fh:
+        sts_files = [shared / "sts_ct_sarcoma_3d" / r[k] for r in list(csv.DictReader(fh))[: args.sts]
+                     for k in ("volume_file", "mask_file")]
+    data = [shared / "deeplesion_ct_lesion_3d" / "volumes", shared / "sts_ct_sarcoma_3d" / "cases.csv", *sts_files,
+            *sorted(saved.values())]
+    provenance = {args.model: collect(seg, name=None if seg else args.model, data=data, settings=args)}
+    for folder in args.predictions:  # the masks' own provenance: the evaluation run that wrote them
+        run = Path(folder).parent / "results.json"
+        provenance[f"eval_run:{Path(folder).parent.name}"] = (
+            json.loads(run.read_text()).get("provenance") if run.is_file() else None)
     rows = []
     start = time.perf_counter()
     for dataset, name, role, volume, truth in cases(Path(args.shared), args.sts):
@@ -106,10 +117,10 @@ def main() -> None:
             "baseline_long_axis_mm": base["long_axis"], "baseline_volume_ml": base["volume_ml"],
             "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(rows[-1]), flush=True)
-        write(args, rows)
+        write(args, rows, provenance)
 
 
-def write(args, rows: list[dict]) -> None:
+def write(args, rows: list[dict], provenance: dict) -> None:
     def summary(sel: list[dict]) -> dict:
         out = {"cases": len(sel)}
         if not sel:
@@ -121,13 +132,11 @@ def write(args, rows: list[dict]) -> None:
                         "median_rel_volume_error": round(float(np.median(vol)), 4)}
         return out
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                            check=False).stdout.strip()
     result = {
         "what": "lesion 1 of the structured report: long axis (mm) and volume (mL) vs the reference mask's",
         "prompt": "tight box of the reference mask on its largest slice, propagated (tasks/volume.segment_volume)",
         "baseline": "ellipsoid inscribed in the reference mask's 3D bounding box (knows the true z-extent)",
-        "model": args.model, "code_commit": commit,
+        "model": args.model,
         "masks_from_eval_runs": [Path(p).parent.name for p in args.predictions],
         "targets": {"median_abs_long_axis_error_mm": 2.0, "median_rel_volume_error": 0.10},
         "cases_run": len(rows), "cpu_note": "run on a shared 2-core CPU; --budget-s may stop before all cases",
@@ -137,6 +146,9 @@ def write(args, rows: list[dict]) -> None:
         "held_out": {ds: summary([r for r in rows if r["dataset"] == ds and r["role"] == "held-out"])
                      for ds in ("deeplesion", "sts")},
         "cases": rows,
+        # the segmenter (weights sha256, data, arguments, code commit, machine), or with --predictions the
+        # evaluation runs' own provenance beside the name of the model they ran
+        "provenance": provenance,
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(json.dumps({k: result[k] for k in ("all", "deeplesion", "sts", "held_out")}, indent=1))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def step_ms(kind: str, steps: int) -> tuple[float, float]:
 
 
 def main() -> int:
-    from medfoundry.eval.provenance import code_version, machine
+    from medfoundry.eval.provenance import collect
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -73,8 +74,12 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trainer_overhead.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results: dict = {"benchmark": "trainer_overhead", "steps": args.steps, "code": code_version(),
-                     "machine": machine(), "import_seconds_over_torch": {}, "ms_per_step": {}, "final_loss": {}}
+    load_before = os.getloadavg()[0]
+    # no dataset (seeded random batches); the model is the seeded MLP, hashed from its initial state dict
+    results: dict = {"benchmark": "trainer_overhead", "steps": args.steps,
+                     "provenance": collect(name="MLP 64-256-8 (seed 0)", weights=_model()[0].state_dict(),
+                                           settings=args),
+                     "import_seconds_over_torch": {}, "ms_per_step": {}, "final_loss": {}}
     for module in ("lightning_fabric", "accelerate"):
         results["import_seconds_over_torch"][module] = round(import_seconds(module, args.repeats), 3)
     for kind in ("plain", "fabric", "accelerate"):  # interleaved repeats, median: the machine is shared
@@ -85,6 +90,7 @@ def main() -> int:
             results["ms_per_step"][kind].append(round(ms, 4))
             results["final_loss"][kind] = loss
     results["median_ms_per_step"] = {k: statistics.median(v) for k, v in results["ms_per_step"].items()}
+    results["load_average_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(json.dumps({k: results[k] for k in ("import_seconds_over_torch", "median_ms_per_step", "final_loss")},
                      indent=2))

@@ -167,7 +167,7 @@ def max_difference(a: dict, b: dict) -> float:
 
 
 def main() -> int:
-    from medfoundry.eval.provenance import code_version, machine
+    from medfoundry.eval.provenance import collect
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-commit", default="acbe967")
@@ -176,7 +176,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "trainer_parity.json"))
     args = parser.parse_args()
     results: dict = {"benchmark": "trainer_parity", "baseline_commit": args.baseline_commit, "epochs": args.epochs,
-                     "code": code_version(), "machine": machine(), "runs": {}}
+                     "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         baseline = root / "baseline"
@@ -186,6 +186,8 @@ def main() -> int:
         subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
         (root / "data").mkdir()
         data = make_data(root / "data")
+        # no registry model: tiny models built from a seed (configs per run below); the synthetic data hashed here
+        results["provenance"] = collect(data=root / "data", settings=args)
         for kind in args.kinds.split(","):
             entry: dict = {"config": {k: v for k, v in config(kind, data, root / "x", args.epochs).items()
                                       if k not in ("out", "pairs", "manifest", "volumes", "init", "model")}}

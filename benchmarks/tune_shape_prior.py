@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from medfoundry.eval.baselines import dice, ellipsoid_in_box
+from medfoundry.eval.provenance import collect
 from medfoundry.predict.boxes import mask_box
 from medfoundry.tasks.volume import ELLIPSOID_SCALE, MAX_EXTENT, MIN_FRACTION, half_ellipsoids
 
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/tune_shape_prior.json")
     args = ap.parse_args()
     data = {p.stem: dict(np.load(p)) for p in sorted(Path(args.traj).glob("*.npz"))}
+    recorded = Path(args.traj) / "provenance.json"
     dataset = {p: "sts" if p.startswith("STS") else "deeplesion" for p in data}
 
     def score(masks: dict[str, np.ndarray]) -> dict:
@@ -87,6 +89,9 @@ def main() -> None:
         "reference: ellipsoid inscribed in the true 3D box (not a method)": score(
             {p: ellipsoid_in_box(d["truth"]) for p, d in data.items()}),
         "grid": sorted(grid, key=lambda r: -(r["dice_3d_mean_deeplesion"] + r["dice_3d_mean_sts"])),
+        # the model ran in record_propagation.py (its provenance.json, beside the trajectories); the replay runs none
+        "provenance": {"recording": json.loads(recorded.read_text())["provenance"] if recorded.is_file() else None,
+                       "replay": collect(data=sorted(Path(args.traj).glob("*.npz")), settings=args)},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=1))

@@ -6,7 +6,8 @@ every slice (until 4 slices past the true tumour, or until the mask vanishes) th
 the three box hypotheses. Variants of the gate and of the choice among hypotheses are then replayed on these
 recorded slices (the boxes stay those of the ungated run: an approximation — the gated propagation prompts
 tighter boxes — that costs no further model call), with the same stop rules. The reporting patients are never
-read. Model outputs are memoised per (slice, integer box) in ``--memo`` so a rerun costs nothing.
+read. Model outputs are memoised per (slice, integer box) in ``--memo`` so a rerun costs nothing; the memo is
+kept only for the same model, weights sha256 and code commit (:func:`medfoundry.eval.provenance.cache_key`).
 
     nice -n 10 python benchmarks/tune_sts3d_gate.py --patients 000001,000002,STS_003,STS_009 \\
         --out benchmarks/results/tune_sts3d_gate.json
@@ -27,6 +28,7 @@ import numpy as np
 
 from medfoundry.eval.baselines import dice
 from medfoundry.eval.prepare import UNSEEN_LESION_PATIENTS, sts_split
+from medfoundry.eval.provenance import cache_key, collect
 from medfoundry.io import read_image
 from medfoundry.predict.boxes import mask_box
 from medfoundry.predict.segment import open_segmenter
@@ -36,11 +38,16 @@ SCALES = (0.75, 0.9, 1.0)
 
 
 class Memo:
-    """Model outputs per (slice content, integer XYXY box): (packed mask bits, predicted IoU)."""
+    """Model outputs per (slice content, integer XYXY box): (packed mask bits, predicted IoU), for one model,
+    weights file and code version (a memo written by another is not read)."""
 
     def __init__(self, seg, path: Path) -> None:
         self.seg, self.path = seg, path
-        self.table = pickle.loads(path.read_bytes()) if path.is_file() else {}
+        self.key = {k: v for k, v in cache_key(seg, data_sha256=None, settings={}).items()
+                    if k in ("model", "weights_sha256", "code")}
+        stored = pickle.loads(path.read_bytes()) if path.is_file() else {}
+        self.table = stored.get("table", {}) if stored.get("key") == self.key else {}
+        self.reused = len(self.table)
 
     def predict(self, image, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tag = hashlib.sha1(np.ascontiguousarray(image.array).tobytes()).hexdigest()[:16] + str(image.units)
@@ -61,7 +68,7 @@ class Memo:
 
     def save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(self.table))
+        tmp.write_bytes(pickle.dumps({"key": self.key, "table": self.table}))
         os.replace(tmp, self.path)
 
 
@@ -145,8 +152,10 @@ def main() -> None:
         raise SystemExit(f"not tuning patients: {sorted(set(chosen) - set(tuning))}")
     Path(args.memo).parent.mkdir(parents=True, exist_ok=True)
     memo = Memo(open_segmenter("medfoundry-sam-lite"), Path(args.memo))
-    rows = []
+    rows, files = [], [root / "sts_ct_sarcoma_3d" / "cases.csv"]
     for p in chosen:
+        files += [root / "sts_ct_sarcoma_3d" / sts[p][k] for k in ("volume_file", "mask_file")] if p in sts else \
+            [lesions[p]]
         if p in sts:
             folder = root / "sts_ct_sarcoma_3d"
             volume = replace(read_image(folder / sts[p]["volume_file"]), units="HU", modality="CT")
@@ -163,7 +172,8 @@ def main() -> None:
                "model": "medfoundry-sam-lite",
                "mean": {ds: {name: float(np.mean([r[name] for r in rows if r["dataset"] == ds])) for name in VARIANTS}
                         for ds in sorted({r["dataset"] for r in rows})},
-               "patients": rows}
+               "patients": rows, "memo_entries_reused": memo.reused,
+               "provenance": collect(memo.seg, data=files, settings=args)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary["mean"], indent=2))
