@@ -3,6 +3,7 @@
     nice -n 5 python benchmarks/index_bench.py synthetic --n 1000000 --queries 300 \\
         --out benchmarks/results/index_bench_synthetic_1m.json
     nice -n 5 python benchmarks/index_bench.py real --batch-out OUT   # a `medfoundry batch embed` folder
+    python benchmarks/index_bench.py table benchmarks/results/index_bench_*.json   # the README's table
 
 ``synthetic``: ``--n`` unit vectors of width 512 from a Gaussian mixture (:class:`Clusters`, seeded, drawn in
 chunks): 1,000 clusters, each a random unit centre plus a variation of norm about 0.6 in a shared 64-dimensional
@@ -206,7 +207,29 @@ def parse_settings(args: argparse.Namespace) -> dict:
     return {"hnsw": [{"ef_search": int(e)} for e in args.ef_search.split(",")], "ivfpq": ivf, "exact": [{}]}
 
 
+def markdown_table(files: list[str]) -> str:
+    """The README's trade-off table (the ``best`` rows) of result files: ``python benchmarks/index_bench.py table
+    benchmarks/results/index_bench_*.json``."""
+    lines = ["| data | kind (FAISS) | search setting | recall@10 | queries/CPU-s (× exact) | queries/s wall (× exact) "
+             "| index size | memory to search | build (wall / CPU) | build peak RSS |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for f in files:
+        d = json.loads(Path(f).read_text())
+        name = f"{d['data']['vectors']:,} × {d['data']['dim']}" + (" real" if d["mode"] == "real" else " synthetic")
+        for b in d["best"]:
+            setting = ", ".join(f"{k} {v}" for k, v in b["search"].items()) or "–"
+            lines.append(f"| {name} | {b['kind']} (`{b['factory']}`) | {setting} | {b['recall_at_10']:.3f} | "
+                         f"{b['qps_cpu']:,.0f} ({b['speedup_vs_exact_cpu']:g}×) | {b['qps']:,.0f} "
+                         f"({b['speedup_vs_exact']:g}×) | {b['index_bytes'] / 2**20:,.0f} MiB | "
+                         f"{b['search_rss_mib']:,.0f} MiB | {b['build_s']:,.0f} s / {b['build_cpu_s']:,.0f} s | "
+                         f"{b['build_peak_rss_mib']:,.0f} MiB |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["table"]:
+        print(markdown_table(sys.argv[2:]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=["synthetic", "real"])
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic: number of vectors")
