@@ -274,7 +274,8 @@ def main() -> None:
                           "times are upper bounds; qps_cpu (queries per CPU second, one thread) depends much less "
                           "on the load",
                   "command": "nice -n 5 python benchmarks/index_bench.py "
-                             + " ".join("OUT" if a == args.batch_out else a for a in sys.argv[1:])}
+                             + " ".join("OUT" if a == args.batch_out else "TMP" if a == args.workdir else a
+                                       for a in sys.argv[1:])}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
 
