@@ -137,8 +137,9 @@ def test_full_disk_keeps_written_shards(archive: Path, tmp_path: Path, monkeypat
     assert len(list((out / "results").glob("*.parquet"))) + len(list((out / "errors").glob("*.parquet"))) == 1
     assert not list(out.rglob(".*.tmp"))  # no partial shard
     monkeypatch.setattr(pq, "write_table", real_write)
-    run_batch_job("embed", archive / "manifest.csv", out, model=MODEL, engine="local", progress=False)
-    assert len(_table(out, "results")) == 5
+    again = run_batch_job("embed", archive / "manifest.csv", out, model=MODEL, engine="local", progress=False)
+    assert again.already_done + again.processed == 7  # what the full disk stopped is done now, the rest kept
+    assert len(_table(out, "results")) == 5 and len(_table(out, "errors")) == 3  # each item exactly once
 
 
 def test_manifest_and_job_checks(archive: Path, tmp_path: Path) -> None:
@@ -196,3 +197,33 @@ def test_segment_equals_segmenter(archive: Path, tmp_path: Path) -> None:
         assert ref.sum() > 0 and np.array_equal(mask, ref)
         sizes = measure(ref, image)
         assert r["pixels"] == sizes.pixels and r["area_mm2"] == pytest.approx(sizes.area_mm2)
+
+
+def test_bad_manifests_and_bad_rows(archive: Path, tmp_path: Path, capsys) -> None:
+    """Missing columns or rows stop the job before any work (exit code 2 from the CLI); bad rows (an empty path,
+    a folder that is no image, a slice that does not exist, a repeated id) each get their reason in the errors
+    table, and the good row is processed."""
+    from medfoundry.cli.main import main
+
+    pa.parquet.write_table(pa.table({"file": [str(archive / "img0.png")]}), tmp_path / "nopath.parquet")
+    with pytest.raises(InputContractError, match=r"needs a 'path'.*has file"):
+        read_manifest(tmp_path / "nopath.parquet", "embed")
+    (tmp_path / "empty.csv").write_text("path,slice\n")
+    with pytest.raises(InputContractError, match="no rows"):
+        read_manifest(tmp_path / "empty.csv", "embed")
+    assert main(["batch", "embed", "--manifest", str(tmp_path / "nopath.parquet"), "--out", str(tmp_path / "o")]) == 2
+    assert "needs a 'path'" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+    (tmp_path / "not_an_image").mkdir()
+    rows = [("a", archive / "img0.png", ""), ("a", archive / "img1.png", ""), ("b", "", ""),
+            ("c", tmp_path / "not_an_image", ""), ("d", archive / "img0.png", "2"), ("e", archive / "vol.npy", "9")]
+    (tmp_path / "m.csv").write_text("id,path,slice\n" + "".join(f"{i},{p},{s}\n" for i, p, s in rows))
+    summary = run_batch_job("embed", tmp_path / "m.csv", tmp_path / "out", model=MODEL, engine="local",
+                            progress=False)
+    assert (summary.succeeded, summary.failed, summary.duplicates) == (1, 4, 1)
+    assert _table(tmp_path / "out", "results").column("id").to_pylist() == ["a"]
+    errors = {e["id"]: e for e in _table(tmp_path / "out", "errors").to_pylist()}
+    assert errors["a#row1"]["error_type"] == "manifest:Duplicate" and "duplicate of row 0" in errors["a#row1"]["error"]
+    assert errors["b"]["error"] == "empty path"
+    assert errors["c"]["error_type"].startswith("read:") and errors["c"]["source"].endswith("not_an_image")
+    assert "2D image" in errors["d"]["error"] and "outside the volume's 3 slices" in errors["e"]["error"]

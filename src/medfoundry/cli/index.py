@@ -31,11 +31,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          "re-ranked with 8-bit vectors); see benchmarks/results/index_bench_*.json for the measured "
                          "recall, speed and memory")
     pb.add_argument("--shard-size", type=int, default=2_000_000, help="with --from-batch: vectors per shard")
-    pb.add_argument("--ef-search", type=int, default=128, help="hnsw: candidates kept while searching")
+    pb.add_argument("--max-memory", default=None, metavar="SIZE",
+                    help="with --from-batch: memory one shard may take (e.g. 4G, 512M); smaller shards when needed")
+    pb.add_argument("--ef-search", type=int, default=128, help="hnsw: candidates kept while searching (default "
+                    "stored in the index; `index search --ef-search` overrides it)")
+    pb.add_argument("--ef-construction", type=int, default=80, help="hnsw: candidates kept while building")
     pb.add_argument("--hnsw-m", type=int, default=32, help="hnsw: graph degree")
     pb.add_argument("--nlist", type=int, default=None, help="ivfpq: inverted lists (default ~4·sqrt(N))")
-    pb.add_argument("--nprobe", type=int, default=32, help="ivfpq: lists searched per query")
-    pb.add_argument("--pq-m", type=int, default=64, help="ivfpq: bytes per PQ code (must divide the width)")
+    pb.add_argument("--nprobe", type=int, default=32, help="ivfpq: lists searched per query (stored default)")
+    pb.add_argument("--pq-m", type=int, default=64, help="ivfpq: sub-quantisers per PQ code (must divide the width)")
+    pb.add_argument("--pq-bits", type=int, choices=[8, 4], default=8,
+                    help="ivfpq: bits per sub-quantiser (4: SIMD fast scan, 16x cheaper to train)")
+    pb.add_argument("--refine", choices=["none", "sq8", "flat"], default="sq8",
+                    help="ivfpq: re-rank the k·k-factor best PQ candidates with 8-bit (sq8) or exact float32 "
+                         "(flat) vectors, or not at all (none)")
+    pb.add_argument("--k-factor", type=int, default=16, help="ivfpq: candidates re-ranked, as a multiple of k")
+    pb.add_argument("--train-size", type=int, default=65_536, help="ivfpq: vectors sampled to train the quantisers")
     pb.add_argument("--overwrite", action="store_true", help="with --from-batch: replace an existing index folder")
     pb.set_defaults(func=run_build)
     ps = isub.add_parser("search", help="search the index by text or by image")
@@ -50,6 +61,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--weights", default=None)
     ps.add_argument("--slice", type=int, default=None, dest="slice_index")
     ps.add_argument("--json", action="store_true")
+    ps.add_argument("--nprobe", type=int, default=None, help="ivfpq index: lists searched (default: as built)")
+    ps.add_argument("--ef-search", type=int, default=None, help="hnsw index: candidates kept (default: as built)")
+    ps.add_argument("--k-factor", type=int, default=None,
+                    help="ivfpq index: candidates re-ranked, as a multiple of k (default: as built)")
+    ps.add_argument("--max-memory", default=None, metavar="SIZE",
+                    help="index folder larger than SIZE (e.g. 2G): load its shards one at a time per search")
     ps.set_defaults(func=run_search)
 
 
@@ -99,32 +116,41 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def _build_from_batch(args: argparse.Namespace) -> int:
-    from medfoundry.tasks.vector_index import IndexParams, build_from_batch_output
+    from medfoundry.tasks.vector_index import IndexParams, build_from_batch_output, parse_bytes
 
     if args.folder or args.texts:
         raise InputContractError("--from-batch indexes a batch job's embeddings: give no FOLDER and no --texts")
-    params = IndexParams(kind=args.kind, hnsw_m=args.hnsw_m, ef_search=args.ef_search, nlist=args.nlist,
-                         nprobe=args.nprobe, pq_m=args.pq_m)
+    params = IndexParams(kind=args.kind, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction,
+                         ef_search=args.ef_search, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,
+                         pq_bits=args.pq_bits, refine=args.refine, k_factor=args.k_factor,
+                         train_size=args.train_size)
     header = build_from_batch_output(args.from_batch, args.index, params, shard_size=args.shard_size,
-                                     overwrite=args.overwrite)
+                                     overwrite=args.overwrite,
+                                     max_memory=None if args.max_memory is None else parse_bytes(args.max_memory))
     print(f"{args.index}: {header.count} images in {len(header.shards)} shard(s), {header.kind} index "
           f"({header.factory}) of {header.model} embeddings")
     return 0
 
 
-def open_index(path: str):
-    """The index at ``path``: a sharded vector index folder (``index.json``) or a ``.npz`` RetrievalIndex."""
+def open_index(path: str, args: argparse.Namespace | None = None):
+    """The index at ``path``: a sharded vector index folder (``index.json``, with the search options of ``args``)
+    or a ``.npz`` RetrievalIndex."""
     from medfoundry.tasks.retrieval import RetrievalIndex
-    from medfoundry.tasks.vector_index import VectorIndex, is_vector_index
+    from medfoundry.tasks.vector_index import VectorIndex, is_vector_index, parse_bytes
 
-    return VectorIndex(path) if is_vector_index(path) else RetrievalIndex.load(path)
+    if not is_vector_index(path):
+        return RetrievalIndex.load(path)
+    memory = getattr(args, "max_memory", None)
+    return VectorIndex(path, max_memory=None if memory is None else parse_bytes(memory),
+                       nprobe=getattr(args, "nprobe", None), ef_search=getattr(args, "ef_search", None),
+                       k_factor=getattr(args, "k_factor", None))
 
 
 def run_search(args: argparse.Namespace) -> int:
     from medfoundry.predict.volume_encoder import is_volume_encoder
     from medfoundry.registry.loading import resolve_model
 
-    index = open_index(args.index)
+    index = open_index(args.index, args)
     if is_volume_encoder(resolve_model(index.model, args.weights)[0]):
         if args.text or args.slice_index is not None:
             raise InputContractError(f"{args.index} holds {index.model} volume embeddings: search it with --image "

@@ -15,9 +15,17 @@ Kinds (``KINDS``):
 
 - ``exact``: ``IndexFlatIP``, today's exact search; 4·D bytes a vector.
 - ``hnsw``: ``HNSW{M},Flat`` graph (no training); 4·D + ~8·M bytes a vector; ``efSearch`` trades speed for recall.
-- ``ivfpq``: ``IVF{nlist},PQ{m}x8,Refine(SQ8)``: inverted lists of product-quantised codes whose best
-  ``k·k_factor`` candidates are re-ranked with 8-bit scalar-quantised vectors; m + D bytes a vector. Trained once
-  on a random sample of the vectors; every shard shares the trained quantisers.
+- ``ivfpq``: ``IVF{nlist},PQ{m}x{bits}`` inverted lists of product-quantised codes (``bits`` 8, or 4 for the
+  SIMD "fast-scan" layout), whose best ``k·k_factor`` candidates are re-ranked (``refine``) with 8-bit
+  scalar-quantised vectors (``sq8``: ``Refine(SQ8)``, m + D bytes a vector), with the exact float32 vectors
+  (``flat``: ``RFlat``, m + 4·D bytes) or not at all (``none``: m bytes). ``nprobe`` lists are searched. Trained
+  once on a random sample of the vectors; every shard shares the trained quantisers.
+
+Memory: ``max_memory`` (bytes) bounds what one shard holds (:meth:`IndexParams.bytes_per_vector` a vector), so a
+build keeps one shard (plus one input chunk) in memory at a time; a :class:`VectorIndex` opened with a
+``max_memory`` smaller than the index loads its shards one after the other for each search instead of all at once.
+Search parameters (``nprobe``, ``ef_search``, ``k_factor``) are stored in ``index.json`` and can be overridden
+when searching (:meth:`VectorIndex.set_search_params`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from medfoundry.errors import InputContractError, MedfoundryError
 from medfoundry.tasks.retrieval import Hit
 
 KINDS = ("exact", "hnsw", "ivfpq")
+REFINES = ("none", "sq8", "flat")
 FORMAT = "medfoundry-vector-index/1"
 
 
@@ -68,6 +77,8 @@ class IndexParams:
     ef_search: int = 128
     nlist: int | None = None
     pq_m: int = 64
+    pq_bits: int = 8
+    refine: str = "sq8"
     nprobe: int = 32
     k_factor: int = 16
     train_size: int = 65_536
@@ -81,11 +92,46 @@ class IndexParams:
         if self.kind == "ivfpq":
             if dim % self.pq_m:
                 raise InputContractError(f"--pq-m {self.pq_m} must divide the embedding width {dim}")
-            return f"IVF{self.lists(count)},PQ{self.pq_m}x8,Refine(SQ8)"
+            if self.pq_bits not in (4, 8):
+                raise InputContractError(f"--pq-bits must be 8 or 4 (fast scan), not {self.pq_bits}")
+            if self.refine not in REFINES:
+                raise InputContractError(f"--refine must be one of {', '.join(REFINES)}, not {self.refine!r}")
+            pq = f"PQ{self.pq_m}x{'4fs' if self.pq_bits == 4 else 8}"
+            return f"IVF{self.lists(count)},{pq}" + {"none": "", "sq8": ",Refine(SQ8)", "flat": ",RFlat"}[self.refine]
         raise InputContractError(f"unknown index kind {self.kind!r}: use one of {', '.join(KINDS)}")
 
     def lists(self, count: int) -> int:
+        """The number of IVF lists for ``count`` vectors."""
         return self.nlist or int(min(4096, max(64, 4 * np.sqrt(max(count, 1)))))
+
+    def bytes_per_vector(self, dim: int) -> float:
+        """About how many bytes one vector of width ``dim`` takes in memory in this kind of index (the FAISS
+        structure; the items table adds its ids)."""
+        if self.kind == "hnsw":
+            return 4 * dim + 8 * self.hnsw_m + 16  # vectors + level-0 links (2·M int32) + upper levels
+        if self.kind == "ivfpq":
+            codes = self.pq_m * self.pq_bits / 8 + 8  # PQ code + the int64 id in its inverted list
+            return codes + {"none": 0, "sq8": dim, "flat": 4 * dim}.get(self.refine, 0)
+        return 4 * dim
+
+    def shard_size_for(self, max_memory: int, dim: int) -> int:
+        """The most vectors of width ``dim`` a shard may hold to stay within ``max_memory`` bytes (at least 1)."""
+        return max(1, int(max_memory // self.bytes_per_vector(dim)))
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"512M"``, ``"8G"``, ``"1.5GiB"`` or ``"65536"`` → bytes (K/M/G/T are powers of 1024)."""
+    if isinstance(text, int):
+        return text
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(raw[-1:], 1)
+    try:
+        value = float(raw[:-1] if scale > 1 else raw) * scale
+    except ValueError:
+        raise InputContractError(f"{text!r} is not a size (e.g. 512M, 8G)") from None
+    if value < 1:
+        raise InputContractError(f"a memory size must be positive, not {text!r}")
+    return int(value)
 
 
 def apply_search_params(index: Any, params: IndexParams) -> None:
@@ -94,7 +140,9 @@ def apply_search_params(index: Any, params: IndexParams) -> None:
     if params.kind == "hnsw":
         faiss.downcast_index(index).hnsw.efSearch = params.ef_search
     elif params.kind == "ivfpq":
-        faiss.downcast_index(index).k_factor = float(params.k_factor)
+        top = faiss.downcast_index(index)
+        if hasattr(top, "k_factor"):  # a refine step
+            top.k_factor = float(params.k_factor)
         faiss.extract_index_ivf(index).nprobe = params.nprobe
 
 
@@ -133,8 +181,12 @@ def _unit(x: np.ndarray, dim: int) -> np.ndarray:
 def build_vector_index(chunks: Iterable[tuple[np.ndarray, dict[str, list]]], out: str | Path, *, dim: int,
                        count: int, params: IndexParams, model: str | None = None,
                        weights_sha256: str | None = None, shard_size: int = 2_000_000,
-                       train_vectors: np.ndarray | None = None, overwrite: bool = False) -> IndexHeader:
+                       train_vectors: np.ndarray | None = None, overwrite: bool = False,
+                       max_memory: int | None = None) -> IndexHeader:
     """Build the index folder ``out`` from ``chunks`` of (vectors (n, D) float32, columns {name: n values}).
+
+    A shard holds at most ``shard_size`` vectors, fewer when ``max_memory`` (bytes a shard may take in memory,
+    see :meth:`IndexParams.shard_size_for`) asks for it.
 
     ``count`` is the expected total (sizes the IVF lists); ``train_vectors`` (T, D) trains IVF-PQ (required for
     that kind: a random sample, e.g. from :func:`sample_parquet_vectors`). The columns must include ``id``; all
@@ -147,22 +199,25 @@ def build_vector_index(chunks: Iterable[tuple[np.ndarray, dict[str, list]]], out
 
         raise OutputExistsError(out)
     factory = params.factory(dim, count)
+    if max_memory is not None:
+        shard_size = min(shard_size, params.shard_size_for(max_memory, dim))
     trained = None
     if params.kind == "ivfpq":
         if train_vectors is None or len(train_vectors) < 256:
             raise InputContractError("an IVF-PQ index needs at least 256 training vectors")
         nlist = params.lists(count)
         if len(train_vectors) < 39 * nlist:
-            nlist = max(1, len(train_vectors) // 39)
-            factory = f"IVF{nlist},PQ{params.pq_m}x8,Refine(SQ8)"
-            params = IndexParams(**{**asdict(params), "nlist": nlist})
+            params = IndexParams(**{**asdict(params), "nlist": max(1, len(train_vectors) // 39)})
+            factory = params.factory(dim, count)
         trained = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         trained.train(_unit(train_vectors, dim))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     header = IndexHeader(params.kind, factory, dim, 0, model, weights_sha256, asdict(params))
     try:
-        current, columns, filled = None, None, 0
+        current: Any = None
+        columns: dict[str, list[Any]] = {}
+        filled = 0
 
         def flush() -> None:
             nonlocal current, columns, filled
@@ -173,7 +228,7 @@ def build_vector_index(chunks: Iterable[tuple[np.ndarray, dict[str, list]]], out
             pa.parquet.write_table(pa.table(columns), tmp / f"{name}.items.parquet")
             header.shards.append(asdict(Shard(f"{name}.faiss", f"{name}.items.parquet", filled)))
             header.count += filled
-            current, columns, filled = None, None, 0
+            current, columns, filled = None, {}, 0
 
         for vectors, cols in chunks:
             if "id" not in cols:
@@ -280,7 +335,8 @@ def sample_parquet_vectors(files: list[Path], total: int, size: int, seed: int =
 
 
 def build_from_batch_output(folder: str | Path, out: str | Path, params: IndexParams, *,
-                            shard_size: int = 2_000_000, overwrite: bool = False) -> IndexHeader:
+                            shard_size: int = 2_000_000, overwrite: bool = False,
+                            max_memory: int | None = None) -> IndexHeader:
     """Index the embeddings of a ``medfoundry batch embed`` output folder (its ``results/*.parquet``)."""
     info = parquet_info(folder)
     if not info["rows"]:
@@ -290,16 +346,23 @@ def build_from_batch_output(folder: str | Path, out: str | Path, params: IndexPa
         train = sample_parquet_vectors(info["files"], info["rows"], params.train_size)
     return build_vector_index(iter_parquet_vectors(info["files"]), out, dim=info["dim"], count=info["rows"],
                               params=params, model=info["model"], weights_sha256=info["weights_sha256"],
-                              shard_size=shard_size, train_vectors=train, overwrite=overwrite)
+                              shard_size=shard_size, train_vectors=train, overwrite=overwrite,
+                              max_memory=max_memory)
 
 
 # -- search -------------------------------------------------------------------------------------------------------
 
 class VectorIndex:
-    """A built index folder, opened for search (shards memory-mapped read-only)."""
+    """A built index folder, opened for search (shards memory-mapped read-only).
 
-    def __init__(self, folder: str | Path, mmap: bool = True) -> None:
-        faiss, pa = _faiss(), _arrow()
+    ``max_memory`` (bytes): when the shards' files together are larger, none is kept open; each search loads the
+    shards one after the other (slower, but at most one shard in memory). ``nprobe``/``ef_search``/``k_factor``
+    override the search parameters stored at build time.
+    """
+
+    def __init__(self, folder: str | Path, mmap: bool = True, max_memory: int | None = None,
+                 nprobe: int | None = None, ef_search: int | None = None, k_factor: int | None = None) -> None:
+        pa = _arrow()
         self.folder = Path(folder)
         path = self.folder / "index.json"
         if not path.is_file():
@@ -310,16 +373,36 @@ class VectorIndex:
             if raw.get("format") != FORMAT:
                 raise ValueError(f"format {raw.get('format')!r}")
             self.header = IndexHeader(**raw)
+            self.params = IndexParams(**self.header.params)
         except (ValueError, TypeError) as exc:
             raise InputContractError(f"{path} is not a medfoundry vector index ({exc})") from exc
-        self.params = IndexParams(**self.header.params)
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        self.shards, self.items = [], []
-        for s in self.header.shards:
-            index = faiss.read_index(str(self.folder / s["file"]), flags)
+        self.mmap = mmap
+        self.index_bytes = sum((self.folder / s["file"]).stat().st_size for s in self.header.shards)
+        self.streaming = max_memory is not None and self.index_bytes > max_memory
+        self.shards: list[Any] = []
+        self.items = [pa.parquet.read_table(self.folder / s["items"]) for s in self.header.shards]
+        if not self.streaming:
+            self.shards = [self._load(s) for s in self.header.shards]
+        self.set_search_params(nprobe=nprobe, ef_search=ef_search, k_factor=k_factor)
+
+    def _load(self, shard: dict[str, Any]) -> Any:
+        faiss = _faiss()
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if self.mmap else 0
+        index = faiss.read_index(str(self.folder / shard["file"]), flags)
+        apply_search_params(index, self.params)
+        return index
+
+    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None,
+                          k_factor: int | None = None) -> None:
+        """Change ``nprobe`` (IVF-PQ lists searched), ``ef_search`` (HNSW candidates) or ``k_factor`` (IVF-PQ
+        candidates re-ranked, as a multiple of k) for the following searches; None keeps the current value."""
+        for name, value in (("nprobe", nprobe), ("ef_search", ef_search), ("k_factor", k_factor)):
+            if value is not None:
+                if value < 1:
+                    raise InputContractError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+                setattr(self.params, name, int(value))
+        for index in self.shards:
             apply_search_params(index, self.params)
-            self.shards.append(index)
-            self.items.append(pa.parquet.read_table(self.folder / s["items"]))
 
     # the attributes the CLI reads from an index, as RetrievalIndex has them
     @property
@@ -353,8 +436,10 @@ class VectorIndex:
         row over all shards in order; -1 where fewer than k items exist)."""
         queries = _unit(np.atleast_2d(queries), self.dim)
         all_s, all_i, offset = [], [], 0
-        for index, shard in zip(self.shards, self.header.shards, strict=True):
+        for n, shard in enumerate(self.header.shards):
+            index = self._load(shard) if self.streaming else self.shards[n]
             s, i = index.search(queries, min(k, shard["count"]))
+            del index
             all_s.append(s)
             all_i.append(np.where(i >= 0, i + offset, -1))
             offset += shard["count"]
