@@ -21,6 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+import medfoundry
+from medfoundry.eval.provenance import collect
+
+#: the weights file the `medfoundry` commands this script runs load (the embedded model of this install)
+EMBEDDED_CLIP = Path(medfoundry.__file__).parent / "weights" / "medfoundry-clip-tiny" / "model.safetensors"
+
 
 def cpu_model() -> str:
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -84,7 +90,8 @@ def main() -> None:
               "note": "wall time of each whole command (Python start, Ray start, model loading included) on a "
                       "2-core machine shared by many other processes at the same time (see the load averages); "
                       "run under nice -n 10",
-              "command": "python benchmarks/batch_embed.py " + " ".join(sys.argv[1:])}
+              "command": "python benchmarks/batch_embed.py " + " ".join(sys.argv[1:]),
+              "provenance": collect(name="medfoundry-clip-tiny", weights=EMBEDDED_CLIP, data=images, settings=args)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

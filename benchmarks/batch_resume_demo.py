@@ -23,6 +23,12 @@ import sys
 import time
 from pathlib import Path
 
+import medfoundry
+from medfoundry.eval.provenance import collect
+
+#: the weights file the `medfoundry` commands this script runs load (the embedded model of this install)
+EMBEDDED_CLIP = Path(medfoundry.__file__).parent / "weights" / "medfoundry-clip-tiny" / "model.safetensors"
+
 
 def shared_images(root: Path) -> list[str]:
     """Every 2D-embeddable image of the shared data (see the module docstring), sorted per folder."""
@@ -102,6 +108,8 @@ def main() -> None:
         .strip(),
         "loadavg_end": os.getloadavg(),
         "note": "2-core machine shared by many processes; run under nice -n 10",
+        "provenance": collect(name="medfoundry-clip-tiny", weights=EMBEDDED_CLIP, data=[Path(p) for p in rows],
+                              settings=args),
     }
     result["second_run"]["out"] = "OUT"  # machine-specific folders out of the committed file
     for e in result["final"]["errors_table"]:

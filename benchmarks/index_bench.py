@@ -40,6 +40,8 @@ from queue import Empty
 
 import numpy as np
 
+from medfoundry.eval.provenance import collect
+
 DIM = 512
 
 
@@ -275,7 +277,11 @@ def main() -> None:
                           "on the load",
                   "command": "nice -n 5 python benchmarks/index_bench.py "
                              + " ".join("OUT" if a == args.batch_out else "TMP" if a == args.workdir else a
-                                       for a in sys.argv[1:])}
+                                       for a in sys.argv[1:]),
+                  # the vectors' model and weights sha256 (real mode) are in "data", read from the batch shards
+                  "provenance": collect(name=meta.get("model", "none (synthetic vectors)"),
+                                        data=args.batch_out if args.mode != "synthetic" else None,
+                                        settings=args)}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
 
