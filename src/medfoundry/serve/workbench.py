@@ -108,14 +108,17 @@ class Workbench:
             raise InputContractError(f"unknown predictor kind {kind!r}")
         with self._load_lock:
             if kind not in self._predictors:
+                name = self.model_names[kind]
+                if kind != "chat" and name is None:
+                    raise InputContractError(f"no {kind} model configured")
                 if kind == "contrastive":
                     from medfoundry.predict.contrastive import open_contrastive
 
-                    self._predictors[kind] = open_contrastive(self.model_names[kind])
+                    self._predictors[kind] = open_contrastive(str(name))
                 elif kind == "segmentation":
                     from medfoundry.predict.segment import open_segmenter
 
-                    seg = open_segmenter(self.model_names[kind])
+                    seg = open_segmenter(str(name))
                     if self.seg_decoder_precision != "fp32":
                         seg.set_decoder_precision(self.seg_decoder_precision)
                     self._predictors[kind] = seg
