@@ -132,8 +132,10 @@ class LoadSampler:
         return {"mean": round(statistics.fmean(x), 2), "max": round(max(x), 2), "samples": len(self.samples)}
 
 
-def direct_baseline(data: bytes, box: list[float], n: int, source: str, threads: int | None = None) -> dict:
-    """The same prompts through the predictor in this process, one caller (``threads``: PyTorch threads)."""
+def direct_baseline(data: bytes, box: list[float], n: int, source: str, threads: int | None = None,
+                    decoder: str = "fp32", masks: list | None = None) -> dict:
+    """The same prompts through the predictor in this process, one caller (``threads``: PyTorch threads;
+    ``decoder``: the mask decoder's precision). With ``masks``, the masks are appended to it."""
     import tempfile
 
     import torch
@@ -149,19 +151,23 @@ def direct_baseline(data: bytes, box: list[float], n: int, source: str, threads:
     if threads is not None:
         torch.set_num_threads(threads)
     seg = open_segmenter("medfoundry-sam-lite")
+    if decoder != "fp32":
+        seg.set_decoder_precision(decoder)
     seg.set_image(image)
     seg.predict(boxes=np.asarray([box], np.float32))  # the embedding, once
     ms = []
     for body in prompts(box, n, 99):
         t = time.perf_counter()
         seg.set_image(image)
-        seg.predict(boxes=np.asarray([body["box"]], np.float32), points=np.asarray([p[:2] for p in body["points"]],
-                    np.float32), point_labels=np.ones(len(body["points"]), int)).best()
+        mask = seg.predict(boxes=np.asarray([body["box"]], np.float32), points=np.asarray(
+            [p[:2] for p in body["points"]], np.float32), point_labels=np.ones(len(body["points"]), int)).best()
         ms.append((time.perf_counter() - t) * 1000)
+        if masks is not None:
+            masks.append(mask[0])
     ms.sort()
     used = torch.get_num_threads()
     torch.set_num_threads(default_threads)
-    return {"requests": n, "torch_threads": used, "p50_ms": round(statistics.median(ms), 1),
+    return {"requests": n, "torch_threads": used, "decoder": decoder, "p50_ms": round(statistics.median(ms), 1),
             "p95_ms": round(ms[int(0.95 * n)], 1)}
 
 
@@ -211,7 +217,21 @@ def main() -> None:
             server.kill()
     with LoadSampler() as base_load:
         baseline = direct_baseline(data, box, args.requests, source)
-        baseline_1 = direct_baseline(data, box, args.requests, source, threads=1)
+        fp32_masks: list = []
+        baseline_1 = direct_baseline(data, box, args.requests, source, threads=1, masks=fp32_masks)
+        fast = {}
+        if args.fast_prompts:
+            from medfoundry.models.sam_fast import native_bf16
+
+            if native_bf16():  # what the server runs with --fast-prompts, and how far its masks are from fp32's
+                bf16_masks: list = []
+                fast = {"baseline_direct_predictor_1_thread_bf16_decoder": direct_baseline(
+                    data, box, args.requests, source, threads=1, decoder="bf16", masks=bf16_masks)}
+                ious = [float((a & b).sum() / max(1, (a | b).sum())) for a, b in zip(fp32_masks, bf16_masks,
+                                                                                       strict=True)]
+                fast["bf16_vs_fp32_mask_iou"] = {"min": round(min(ious), 4), "mean": round(statistics.fmean(ious), 4)}
+            else:
+                fast = {"fast_prompts": "no native bfloat16 on this CPU: the server kept the fp32 decoder"}
     commit = subprocess.run(["git", "-C", str(Path(args.src).parent), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     result = {"benchmark": "serve_load", "what": "POST /v1/images/{id}/segment (box + one moving object point, "
@@ -222,7 +242,7 @@ def main() -> None:
               "server_args": extra, "commit": commit or None,
               "image": source, "levels": levels, "load_average_during_levels": sampler.summary(),
               "baseline_direct_predictor": baseline, "baseline_direct_predictor_1_thread": baseline_1,
-              "load_average_during_baselines": base_load.summary(),
+              **fast, "load_average_during_baselines": base_load.summary(),
               "cpu": cpu_model(), "cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in os.getloadavg()],
               "note": "the 2-core machine was shared with other jobs during this run (the lead's training among "
