@@ -202,8 +202,9 @@ def test_ct_box_propagated_through_the_volume(page, server, shared_data: Path, t
     """A box drawn around the aorta on one slice of the shared CT series with "propagate" ticked: a 3D mask
     on several slices, its volume (mL) and mean HU listed, and the NIfTI download overlapping the reference
     aorta label of the series (TotalSegmentator's output shipped with it). The same prompt through
-    medfoundry.tasks.segmentation directly gave Dice 0.615 over 19 of the 20 slices (0.748 on the prompted
-    one; 0.619 through the page, whose box comes from the mouse); a box around the spleen gives ~0 with medfoundry-sam-lite, so the spleen is not used here."""
+    medfoundry.tasks.segmentation directly gave Dice 0.615 over 19 of the 20 slices (0.748 on the prompted one;
+    0.619 through the page, whose box comes from the mouse); a box around the spleen gives ~0 with
+    medfoundry-sam-lite, so the spleen is not used here."""
     import httpx
 
     from medfoundry.io import read_image
