@@ -2,11 +2,15 @@
 clients on loopback; requests per second and p50/p95 latency. Baseline, measured the same way in the same
 sitting: the same prompts through the predictor directly (no HTTP, one caller).
 
-    nice -n 10 python benchmarks/serve_load.py --out benchmarks/results/serve_load.json
+    nice -n 5 python benchmarks/serve_load.py --out benchmarks/results/serve_load.json
+    nice -n 5 python benchmarks/serve_load.py --fast-prompts --out benchmarks/results/serve_load_fast_prompts.json
+    # the server of another checkout (e.g. before a change), measured the same way in the same sitting:
+    nice -n 5 python benchmarks/serve_load.py --src /tmp/old/src --out benchmarks/results/serve_load_before.json
 
 The server runs in its own process (``medfoundry serve`` on a free port); each client is a thread with its own
 HTTP connection. Every click sends the same box and one object point that moves inside it, so the decoder runs
-on every request and the encoder only once (the embedding is cached per image and slice).
+on every request and the encoder only once (the embedding is cached per image and slice). The load average of
+the machine is sampled every second during the run: on a shared machine, other jobs' work is in the latencies.
 """
 
 from __future__ import annotations
@@ -58,10 +62,10 @@ def prompts(box: list[float], n: int, seed: int) -> list[dict]:
             for _ in range(n)]
 
 
-def start_server(port: int) -> subprocess.Popen:
+def start_server(port: int, src: Path, extra: list[str]) -> subprocess.Popen:
     code = ("import sys; from medfoundry.cli.main import main; "
-            f"sys.exit(main(['serve', '--port', '{port}', '--demo', '']))")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+            f"sys.exit(main({['serve', '--port', str(port), '--demo', '', *extra]!r}))")
+    env = {**os.environ, "PYTHONPATH": str(src)}
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
@@ -103,8 +107,38 @@ def run_clients(base: str, image_id: str, box: list[float], clients: int, per_cl
             "p95_ms": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 1), "mean_ms": round(statistics.fmean(ms), 1)}
 
 
-def direct_baseline(data: bytes, box: list[float], n: int, source: str) -> dict:
+class LoadSampler:
+    """The 1-minute load average, sampled every second in a background thread."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        x = self.samples or [float("nan")]
+        return {"mean": round(statistics.fmean(x), 2), "max": round(max(x), 2), "samples": len(self.samples)}
+
+
+def direct_baseline(data: bytes, box: list[float], n: int, source: str, threads: int | None = None,
+                    decoder: str = "fp32", masks: list | None = None) -> dict:
+    """The same prompts through the predictor in this process, one caller (``threads``: PyTorch threads;
+    ``decoder``: the mask decoder's precision). With ``masks``, the masks are appended to it."""
     import tempfile
+
+    import torch
 
     from medfoundry.io import read_image
     from medfoundry.predict.segment import open_segmenter
@@ -113,18 +147,28 @@ def direct_baseline(data: bytes, box: list[float], n: int, source: str) -> dict:
         f.write(data)
         f.flush()
         image = read_image(f.name)
+    default_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     seg = open_segmenter("medfoundry-sam-lite")
+    if decoder != "fp32":
+        seg.set_decoder_precision(decoder)
     seg.set_image(image)
     seg.predict(boxes=np.asarray([box], np.float32))  # the embedding, once
     ms = []
     for body in prompts(box, n, 99):
         t = time.perf_counter()
         seg.set_image(image)
-        seg.predict(boxes=np.asarray([body["box"]], np.float32), points=np.asarray([p[:2] for p in body["points"]],
-                    np.float32), point_labels=np.ones(len(body["points"]), int)).best()
+        mask = seg.predict(boxes=np.asarray([body["box"]], np.float32), points=np.asarray(
+            [p[:2] for p in body["points"]], np.float32), point_labels=np.ones(len(body["points"]), int)).best()
         ms.append((time.perf_counter() - t) * 1000)
+        if masks is not None:
+            masks.append(mask[0])
     ms.sort()
-    return {"requests": n, "p50_ms": round(statistics.median(ms), 1), "p95_ms": round(ms[int(0.95 * n)], 1)}
+    used = torch.get_num_threads()
+    torch.set_num_threads(default_threads)
+    return {"requests": n, "torch_threads": used, "decoder": decoder, "p50_ms": round(statistics.median(ms), 1),
+            "p95_ms": round(ms[int(0.95 * n)], 1)}
 
 
 def main() -> None:
@@ -133,6 +177,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32, help="requests per level (split over the clients)")
     ap.add_argument("--levels", default="1,4,16")
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--src", default=str(ROOT / "src"), help="the medfoundry sources the server runs")
+    ap.add_argument("--src-label", default=None, help="what --src is (e.g. the commit it was exported from)")
+    ap.add_argument("--seg-threads", type=int, default=None, help="passed to the server (default: its own)")
+    ap.add_argument("--fast-prompts", action="store_true", help="passed to the server")
     args = ap.parse_args()
     import httpx
 
@@ -143,7 +191,10 @@ def main() -> None:
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     load_before = os.getloadavg()
-    server = start_server(port)
+    extra = [*(["--seg-threads", str(args.seg_threads)] if args.seg_threads is not None else []),
+             *(["--fast-prompts"] if args.fast_prompts else [])]
+    server = start_server(port, Path(args.src), extra)
+    sampler = LoadSampler()
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -155,22 +206,48 @@ def main() -> None:
         image_id = httpx.post(base + "/v1/images", files={"file": ("img", data)}, timeout=120).json()["id"]
         warm = httpx.post(f"{base}/v1/images/{image_id}/segment", json=prompts(box, 1, 0)[0], timeout=300)
         assert warm.status_code == 200, warm.text
-        levels = [run_clients(base, image_id, box, c, max(1, args.requests // c)) for c in
-                  (int(x) for x in args.levels.split(","))]
+        with sampler:
+            levels = [run_clients(base, image_id, box, c, max(1, args.requests // c)) for c in
+                      (int(x) for x in args.levels.split(","))]
     finally:
         server.terminate()
         try:
             server.wait(30)
         except subprocess.TimeoutExpired:  # requests still queued: stop it anyway
             server.kill()
-    baseline = direct_baseline(data, box, args.requests, source)
+    with LoadSampler() as base_load:
+        baseline = direct_baseline(data, box, args.requests, source)
+        fp32_masks: list = []
+        baseline_1 = direct_baseline(data, box, args.requests, source, threads=1, masks=fp32_masks)
+        fast = {}
+        if args.fast_prompts:
+            from medfoundry.models.sam_fast import native_bf16
+
+            if native_bf16():  # what the server runs with --fast-prompts, and how far its masks are from fp32's
+                bf16_masks: list = []
+                fast = {"baseline_direct_predictor_1_thread_bf16_decoder": direct_baseline(
+                    data, box, args.requests, source, threads=1, decoder="bf16", masks=bf16_masks)}
+                ious = [float((a & b).sum() / max(1, (a | b).sum())) for a, b in zip(fp32_masks, bf16_masks,
+                                                                                       strict=True)]
+                fast["bf16_vs_fp32_mask_iou"] = {"min": round(min(ious), 4), "mean": round(statistics.fmean(ious), 4)}
+            else:
+                fast = {"fast_prompts": "no native bfloat16 on this CPU: the server kept the fp32 decoder"}
+    commit = subprocess.run(["git", "-C", str(Path(args.src).parent), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
     result = {"benchmark": "serve_load", "what": "POST /v1/images/{id}/segment (box + one moving object point, "
               "embedding cached), medfoundry-sam-lite, loopback, server in its own process",
-              "image": source, "levels": levels, "baseline_direct_predictor": baseline,
+              "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
+              "server_src": args.src_label or ("this checkout" if Path(args.src).resolve() == (ROOT / "src").resolve()
+                                               else args.src),
+              "server_args": extra, "commit": commit or None,
+              "image": source, "levels": levels, "load_average_during_levels": sampler.summary(),
+              "baseline_direct_predictor": baseline, "baseline_direct_predictor_1_thread": baseline_1,
+              **fast, "load_average_during_baselines": base_load.summary(),
               "cpu": cpu_model(), "cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
               "load_average_after": [round(x, 2) for x in os.getloadavg()],
-              "note": "the 2-core machine was shared with other engineers' jobs during this run (see the load "
-                      "averages): latencies include waiting for the CPU",
+              "note": "the 2-core machine was shared with other jobs during this run (the lead's training among "
+                      "them; see the load averages, where 2.0 means both cores busy): latencies include waiting "
+                      "for the CPU",
               "target": "p95 < 100 ms with 4 clients"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -64,9 +64,10 @@ def page(server):
         browser.close()
 
 
-def _idle(page, extra: str = "true") -> None:
+def _idle(page, extra: str = "true", timeout_s: float = 180) -> None:
     try:
-        page.wait_for_function(f"window.mf.lastError !== '' || (window.mf.busy === 0 && ({extra}))", timeout=180000)
+        page.wait_for_function(f"window.mf.lastError !== '' || (window.mf.busy === 0 && ({extra}))",
+                               timeout=timeout_s * 1000)
     except playwright.Error:
         pytest.fail(f"the page did not settle: {page.evaluate('[window.mf.busy, window.mf.lastError]')}")
     assert page.evaluate("window.mf.lastError") == "", page.evaluate("window.mf.lastError")
@@ -107,7 +108,6 @@ def test_kvasir_box_overlay_labels_and_download(page, server, shared_data: Path,
     _idle(page, "window.mf.mask !== null")
     after = _pixels(page)
     assert "long axis" in page.inner_text("#measure")
-    _shot(page, "viewer_kvasir_box.png")
 
     # the API's mask for the same prompt, mapped onto the canvas: its pixels are tinted, the others are not
     import httpx
@@ -145,15 +145,20 @@ def test_kvasir_box_overlay_labels_and_download(page, server, shared_data: Path,
                         json={"labels": ["a colon polyp", "a chest x-ray"]}, timeout=180).json()["probs"]
     assert shown.keys() == direct.keys() and all(abs(shown[k] - direct[k]) < 1e-6 for k in shown)
     assert abs(sum(shown.values()) - 1) < 1e-4
+    _shot(page, "viewer_kvasir_box.png")
 
 
-def test_ct_series_scroll_and_lung_preset(page, server, shared_data: Path, tmp_path: Path) -> None:
+def _series_zip(shared_data: Path, tmp_path: Path) -> Path:
     folder = shared_data / "totalsegmentator_examples" / "dicom" / "example_ct_dicom"
     series = tmp_path / "series.zip"
     with zipfile.ZipFile(series, "w") as z:
         for f in sorted(folder.iterdir()):
             z.write(f, f.name)
-    _open(page, series)
+    return series
+
+
+def test_ct_series_scroll_and_lung_preset(page, server, shared_data: Path, tmp_path: Path) -> None:
+    _open(page, _series_zip(shared_data, tmp_path))
     n = page.evaluate("window.mf.img.slices")
     start = page.evaluate("window.mf.index.axial")
     assert n > 1 and page.inner_text("#slicelabel") == f"slice {start + 1} / {n}"
@@ -191,3 +196,61 @@ def test_ct_series_scroll_and_lung_preset(page, server, shared_data: Path, tmp_p
     page.click("#views button[data-view=axial]")
     _idle(page)
     _shot(page, "viewer_ct_lung.png")
+
+
+def test_ct_box_propagated_through_the_volume(page, server, shared_data: Path, tmp_path: Path) -> None:
+    """A box drawn around the aorta on one slice of the shared CT series with "propagate" ticked: a 3D mask
+    on several slices, its volume (mL) and mean HU listed, and the NIfTI download overlapping the reference
+    aorta label of the series (TotalSegmentator's output shipped with it). The same prompt through
+    medfoundry.tasks.segmentation directly gave Dice 0.615 over 19 of the 20 slices (0.748 on the prompted one;
+    0.619 through the page, whose box comes from the mouse); a box around the spleen gives ~0 with
+    medfoundry-sam-lite, so the spleen is not used here."""
+    import httpx
+
+    from medfoundry.io import read_image
+
+    _open(page, _series_zip(shared_data, tmp_path))
+    ref = read_image(str(shared_data / "totalsegmentator_examples" / "nifti" / "example_seg_dicom.nii.gz"))
+    image = read_image(str(shared_data / "totalsegmentator_examples" / "dicom" / "example_ct_dicom"))
+    assert np.allclose(ref.origin[0], image.origin[0]) and np.allclose(ref.spacing, image.spacing)
+    # the label map's rows run the other way (its y direction is -1): put it on the series' grid
+    aorta = np.asarray(ref.array == 52)[:, ::-1, :]
+    assert 100 < float(image.array[aorta].mean()) < 400  # contrast-filled vessel: the grids agree
+    k = 10
+    ys, xs = np.nonzero(aorta[k])
+    box = [xs.min() - 3, ys.min() - 3, xs.max() + 4, ys.max() + 4]
+    page.select_option("#preset", "abdomen")
+    _idle(page)
+    page.evaluate(f"window.mf.index.axial = {k}")
+    page.locator("#slice").fill(str(k))
+    page.dispatch_event("#slice", "input")
+    _idle(page)
+    assert page.evaluate("window.mf.index.axial") == k
+    page.check("#propagate")
+    x0, y0 = page.evaluate(f"window.mf.toCanvas({box[0]}, {box[1]})")
+    x1, y1 = page.evaluate(f"window.mf.toCanvas({box[2]}, {box[3]})")
+    rect = page.locator("#view").bounding_box()
+    page.mouse.move(rect["x"] + x0, rect["y"] + y0)
+    page.mouse.down()
+    page.mouse.move(rect["x"] + (x0 + x1) / 2, rect["y"] + (y0 + y1) / 2)
+    page.mouse.move(rect["x"] + x1, rect["y"] + y1)
+    page.mouse.up()
+    _idle(page, "window.mf.mask !== null", timeout_s=900)  # minutes on a busy 2-core machine
+    table = page.inner_text("#measure")
+    assert "mL" in table and "mean HU" in table, table
+    slices = page.evaluate("Object.keys(window.mf.mask.slices).length")
+    assert slices > 3
+    _shot(page, "viewer_ct_aorta_3d.png")
+
+    mask_id = page.evaluate("window.mf.mask.id")
+    image_id = page.evaluate("window.mf.img.id")
+    r = httpx.get(f"{server}/v1/images/{image_id}/masks/{mask_id}.nii.gz", timeout=180)
+    assert r.status_code == 200, r.text
+    (tmp_path / "mask.nii.gz").write_bytes(r.content)
+    downloaded = read_image(str(tmp_path / "mask.nii.gz"))
+    assert np.allclose(downloaded.origin, image.origin) and np.allclose(downloaded.direction, image.direction)
+    got = np.asarray(downloaded.array) > 0
+    assert got.shape == aorta.shape
+    dice = 2 * (got & aorta).sum() / (got.sum() + aorta.sum())
+    print(f"aorta Dice of the propagated mask: {dice:.3f} over {slices} slices")
+    assert dice > 0.5, dice

@@ -33,6 +33,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--deid", action="store_true",
                    help="de-identify DICOM uploads (PS3.15 Annex E basic profile) before they are stored; other "
                         "formats are refused; upload names are not kept")
+    p.add_argument("--clean-pixels", action="store_true",
+                   help="with --deid: blank burned-in text where the curated filters of pydicom's deid package "
+                        "name it for the device; without it, uploads declaring burned-in annotation are refused")
+    p.add_argument("--seg-threads", type=int, default=1,
+                   help="PyTorch threads of the segmentation worker (default 1: best on a shared machine; 0: one "
+                        "per core)")
+    p.add_argument("--fast-prompts", action="store_true",
+                   help="run the mask decoder in bfloat16 where the CPU has native bfloat16 (about twice as fast "
+                        "per click; masks agree with float32's to IoU > 0.99, see benchmarks/serve_load.py)")
     p.set_defaults(func=run)
 
 
@@ -47,10 +56,19 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise MedfoundryError("medfoundry serve needs its extra: pip install 'medfoundry[serve]'") from exc
     token = resolve_token(args.host, args.token)
+    if args.clean_pixels and not args.deid:
+        raise MedfoundryError("--clean-pixels applies to de-identified uploads: add --deid")
+    fast = False
+    if args.fast_prompts:
+        from medfoundry.models.sam_fast import native_bf16
+
+        fast = native_bf16()
     bench = Workbench(store=args.store, ttl_seconds=args.ttl_minutes * 60, calibration=args.calibration,
                       uncertain_below=args.uncertain_below, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
                       contrastive_model=args.clip_model, segmentation_model=args.seg_model, index=args.index,
-                      chat_model=args.chat_model, chat_weights=args.chat_weights, deid=_deidentifier(args.deid))
+                      chat_model=args.chat_model, chat_weights=args.chat_weights,
+                      deid=_deidentifier(args.deid, args.clean_pixels), seg_threads=args.seg_threads or None,
+                      seg_decoder_precision="bf16" if fast else "fp32")
     app = create_app(bench, demo_dir=args.demo, token=token, cors_origins=args.cors_origin)
     print(f"medfoundry viewer on http://{args.host}:{args.port}/  (demo page: /demo/, API: /v1, docs: /docs)"
           + ("  token required: open /?token=... once" if token else ""))
@@ -64,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _deidentifier(enabled: bool):
+def _deidentifier(enabled: bool, clean_pixels: bool = False):
     if not enabled:
         return None
     from medfoundry.io.deid import Deidentifier
 
-    return Deidentifier()
+    return Deidentifier(clean_pixels=clean_pixels)

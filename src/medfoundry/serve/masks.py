@@ -65,11 +65,9 @@ def axis_segments(mask2d: np.ndarray, spacing: tuple[float, float]) -> dict[str,
     (the widest extent perpendicular to it) of a 2D mask, as ``{"long": [[x, y], [x, y]], "short": [...]}``
     in pixel coordinates (x = column, y = row, pixel corners at integers); None for an empty mask. The
     lengths are those of :func:`medfoundry.tasks.measure.diameters`."""
-    from scipy.ndimage import binary_erosion
+    from medfoundry.tasks.measure import boundary
 
-    mask2d = np.asarray(mask2d, dtype=bool)
-    edge = mask2d & ~binary_erosion(mask2d, border_value=0)  # the hull's corners all belong to edge pixels
-    ys, xs = np.nonzero(edge)
+    ys, xs = np.nonzero(boundary(mask2d))  # the hull's corners all belong to boundary pixels
     if ys.size == 0:
         return None
     dy, dx = spacing

@@ -152,12 +152,10 @@ def build_router(bench: Workbench) -> Any:
     def segment(image_id: str, req: SegmentRequest) -> dict:
         """A mask from a box and/or points on an axial plane, with measurements and axis end points. The
         image embedding is cached per image and slice, so further prompts only run the decoder."""
-        from medfoundry.tasks.measure import measure
-
         out = bench.segment(image_id, req.box, req.points, req.slice, req.propagate)
         mask, key = out["mask"], out["slice"]
         shown = mask[key] if mask.ndim == 3 else mask
-        meas = measure(mask, out["image"]).to_dict()
+        meas = out["measurement"].to_dict()
         on = out["image"] if mask.ndim == 2 else out["image"].slice(meas["key_slice"] or key)
         axis_mask = mask[meas["key_slice"]] if mask.ndim == 3 and meas["key_slice"] is not None else shown
         slices = {int(z): mk.rle_encode(mask[z]) for z in np.nonzero(mask.any(axis=(1, 2)))[0]} \

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -65,7 +66,7 @@ def sniff_suffix(head: bytes) -> str:
         return ".nii"
     if head.startswith(b"\x1f\x8b"):
         try:  # a gzip stream: a NIfTI only if its first header says so (only 348 bytes are inflated)
-            inner = gzip.GzipFile(fileobj=_Head(head)).read(348)
+            inner = gzip.GzipFile(fileobj=io.BytesIO(head)).read(348)
         except (OSError, EOFError, zlib.error):
             return ""
         if inner[344:348] in (b"n+1\x00", b"n+2\x00"):
@@ -74,18 +75,6 @@ def sniff_suffix(head: bytes) -> str:
     if head.startswith(b"PK\x03\x04"):
         return ".zip"
     return ""
-
-
-class _Head:
-    """A read-only stream over bytes (gzip needs a file object)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.data) if n < 0 else self.pos + n
-        out, self.pos = self.data[self.pos:end], min(end, len(self.data))
-        return out
 
 
 def _zip_kind(path: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -44,6 +45,12 @@ class Workbench:
         calibration: a calibration file (``medfoundry calibrate``): applied when the labels asked are its labels.
         uncertain_below: a top probability below this is shown as an abstention ("uncertain").
         deid: a :class:`medfoundry.io.deid.Deidentifier`: uploads are de-identified before they are stored.
+        seg_threads: PyTorch threads of the segmentation worker (the one thread that runs the segmenter; None:
+            PyTorch's default, one per core). One by default: a prompt's decoder is small, and on a shared
+            machine a second OpenMP thread waiting for a busy core costs more than it gains (see
+            benchmarks/serve_load.py).
+        seg_decoder_precision: ``fp32`` or ``bf16`` (the mask decoder in bfloat16: about twice as fast per
+            prompt on CPUs with native bfloat16; see :meth:`PromptSegmenter.set_decoder_precision`).
     """
 
     def __init__(self, store: str | Path | None = None, max_upload_bytes: int = 512 << 20, max_images: int = 32,
@@ -51,7 +58,8 @@ class Workbench:
                  segmentation_model: str = "medfoundry-sam-lite", index: str | Path | None = None,
                  chat_model: str | None = None, chat_weights: str | None = None, deid: Any = None,
                  ttl_seconds: float = 3600.0, calibration: str | Path | None = None,
-                 uncertain_below: float | None = None) -> None:
+                 uncertain_below: float | None = None, seg_threads: int | None = 1,
+                 seg_decoder_precision: str = "fp32") -> None:
         self.images = ImageStore(store, max_upload_bytes=max_upload_bytes, max_images=max_images,
                                  ttl_seconds=ttl_seconds, deid=deid)
         self.store = self.images.folder
@@ -60,6 +68,13 @@ class Workbench:
         self._predictors: dict[str, Any] = {}
         self.locks = {kind: threading.RLock() for kind in KINDS}  # one per predictor: they keep per-call state
         self._load_lock = threading.Lock()
+        if seg_threads is not None and seg_threads < 1:
+            raise InputContractError(f"seg_threads must be at least 1, got {seg_threads}")
+        if seg_decoder_precision not in ("fp32", "bf16"):
+            raise InputContractError(f"unknown decoder precision {seg_decoder_precision!r}: use fp32 or bf16")
+        self.seg_decoder_precision = seg_decoder_precision
+        self.runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medfoundry-seg",
+                                         initializer=_set_threads, initargs=(seg_threads,))
         self.calibration = None
         self.uncertain_below = uncertain_below
         if calibration is not None:
@@ -93,14 +108,20 @@ class Workbench:
             raise InputContractError(f"unknown predictor kind {kind!r}")
         with self._load_lock:
             if kind not in self._predictors:
+                name = self.model_names[kind]
+                if kind != "chat" and name is None:
+                    raise InputContractError(f"no {kind} model configured")
                 if kind == "contrastive":
                     from medfoundry.predict.contrastive import open_contrastive
 
-                    self._predictors[kind] = open_contrastive(self.model_names[kind])
+                    self._predictors[kind] = open_contrastive(str(name))
                 elif kind == "segmentation":
                     from medfoundry.predict.segment import open_segmenter
 
-                    self._predictors[kind] = open_segmenter(self.model_names[kind])
+                    seg = open_segmenter(str(name))
+                    if self.seg_decoder_precision != "fp32":
+                        seg.set_decoder_precision(self.seg_decoder_precision)
+                    self._predictors[kind] = seg
                 else:
                     from medfoundry.predict.conversational import open_chat
 
@@ -184,42 +205,42 @@ class Workbench:
 
     def segment(self, image_id: str, box: list[float] | None, points: list[list[float]] | None = None,
                 slice_index: int | None = None, propagate: bool = False) -> dict[str, Any]:
-        """Prompted mask: box XYXY and points (x, y[, label]) in the axial plane's pixels (x = column,
-        y = row). Returns ``{mask_id, mask, image, plane, slice}``: the mask (2D (H, W), or (Z, H, W) with
-        ``propagate`` on a volume) as bool, the image it lives on, the prompted plane and its slice index.
-        The mask is kept with the image (:attr:`StoredImage.masks`) for download under ``mask_id``."""
+        """Prompted mask through the one segmentation flow (:func:`medfoundry.tasks.segmentation.segment`): box
+        XYXY and points (x, y[, label]) in the axial plane's pixels (x = column, y = row). Returns ``{mask_id,
+        mask, image, plane, slice, measurement}``: the mask (2D (H, W), or (Z, H, W) with ``propagate`` on a
+        volume) as bool, the image it lives on, the prompted plane, its slice index and the flow's
+        :class:`~medfoundry.tasks.measure.Measurement`. The mask is kept with the image
+        (:attr:`StoredImage.masks`) for download under ``mask_id``.
+
+        The model runs on one worker thread (:attr:`runner`), one prompt at a time, so concurrent requests
+        queue for it instead of sharing the CPU cores between several PyTorch calls."""
+        from medfoundry.tasks.segmentation import segment
+
         stored = self.get(image_id)
-        plane = stored.plane(slice_index)
+        plane = stored.plane(slice_index)  # checks the slice (a 2D image has none but 0)
         k = (stored.depth // 2 if slice_index is None else slice_index) if stored.image.is_volume else None
         if box is None and not points:
             raise InputContractError("give a box or at least one point")
-        boxes = None if box is None else np.asarray(box, dtype=np.float32).reshape(1, 4)
-        pts = labels = None
-        if points:
-            if any(len(p) not in (2, 3) for p in points) or any(len(p) == 3 and p[2] not in (0, 1) for p in points):
-                raise InputContractError("points are [x, y] or [x, y, label] with label 1 (object) or 0 (background)")
-            pts = np.array([p[:2] for p in points], dtype=np.float32)
-            labels = np.array([int(p[2]) if len(p) == 3 else 1 for p in points])
-        if propagate and not stored.image.is_volume:
-            raise InputContractError("propagation needs a volume")
-        with stored.lock, self.locks["segmentation"]:
-            seg = self.predictor("segmentation")
-            if propagate:
-                from medfoundry.tasks.volume import segment_volume
+        if points and any(len(p) == 3 and p[2] not in (0, 1) for p in points):
+            raise InputContractError("points are [x, y] or [x, y, label] with label 1 (object) or 0 (background)")
+        boxes = None if box is None else [box]
+        seg = self.predictor("segmentation")
 
-                result = segment_volume(seg, stored.image, k, box=None if boxes is None else boxes[0], points=pts,
-                                        point_labels=labels)
-                mask, on = np.asarray(result.mask, dtype=bool), stored.image
-            else:
-                seg.set_image(plane)
-                mask, on = np.asarray(seg.predict(boxes=boxes, points=pts, point_labels=labels).best()[0],
-                                      dtype=bool), plane
-            mask_id = uuid.uuid4().hex[:16]
+        def run() -> Any:
+            with stored.lock, self.locks["segmentation"]:
+                return segment(seg, stored.image, boxes, points, k, propagate)
+
+        outcome = self.runner.submit(run).result()
+        mask = np.asarray(outcome.mask, dtype=bool)
+        mask_id = uuid.uuid4().hex[:16]
+        with stored.lock:
             stored.keep_mask(mask_id, {"mask": mask, "slice": k, "propagated": propagate})
-        return {"mask_id": mask_id, "mask": mask, "image": on, "plane": plane, "slice": k}
+        return {"mask_id": mask_id, "mask": mask, "image": outcome.image, "plane": plane, "slice": k,
+                "measurement": outcome.measurement}
 
     def close(self) -> None:
-        """Forget the images and remove the store if this workbench created it."""
+        """Stop the model worker, forget the images and remove the store if this workbench created it."""
+        self.runner.shutdown(wait=False, cancel_futures=True)
         self.images.close()
 
 
@@ -243,6 +264,14 @@ def _thumbnail(item: str, size: int = 96) -> str | None:
     except (MedfoundryError, OSError, ValueError):
         return None
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _set_threads(n: int | None) -> None:
+    """PyTorch's intra-op threads for the calling thread (OpenMP keeps the number per thread)."""
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def plane_of(image: MedImage, slice_index: int | None) -> MedImage:

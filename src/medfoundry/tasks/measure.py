@@ -49,13 +49,23 @@ class Measurement:
                 f"short axis {self.short_axis_mm:.1f} {self.size_unit}")
 
 
+def boundary(mask2d: np.ndarray) -> np.ndarray:
+    """The (H, W) bool pixels of a 2D mask with a 4-neighbour outside it (the image's edge counts as outside).
+    The convex hull of the mask's pixel corners is that of its boundary pixels' corners: a corner of an inner
+    pixel is surrounded by mask on at least three sides, so it is never a hull vertex."""
+    m = np.asarray(mask2d, dtype=bool)
+    inner = np.zeros_like(m)
+    inner[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return m & ~inner
+
+
 def diameters(mask2d: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:
     """(long axis, short axis) in mm of a 2D mask with pixel spacing (dy, dx).
 
     Long axis: the largest distance between two pixel corners of the mask. Short axis: the largest extent of
     the mask perpendicular to it (the RECIST short-axis measurement).
     """
-    ys, xs = np.nonzero(mask2d)
+    ys, xs = np.nonzero(boundary(mask2d))  # the hull's corners all belong to boundary pixels
     if ys.size == 0:
         return 0.0, 0.0
     dy, dx = spacing
