@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medfoundry.eval.provenance import collect
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -248,7 +250,14 @@ def main() -> None:
               "note": "the 2-core machine was shared with other jobs during this run (the lead's training among "
                       "them; see the load averages, where 2.0 means both cores busy): latencies include waiting "
                       "for the CPU",
-              "target": "p95 < 100 ms with 4 clients"}
+              "target": "p95 < 100 ms with 4 clients",
+              # the server's model file (of the served checkout) and the picture sent
+              "provenance": collect(name="medfoundry-sam-lite",
+                                    weights=Path(args.src) / "medfoundry" / "weights" / "medfoundry-sam-lite"
+                                    / "model.safetensors",
+                                    data=shared / "kvasir_seg" / "images" / "cju0qkwl35piu0993l0dewei2.jpg"
+                                    if shared is not None and source.startswith("shared:") else None,
+                                    settings=args)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
