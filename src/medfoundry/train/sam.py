@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medfoundry.errors import InputContractError
 from medfoundry.models.sam import SamModel, build_sam
 from medfoundry.predict.boxes import crop_box, mask_box
 from medfoundry.train.seg_data import SegSample, box_crop_contract, jitter_box, load_manifest, training_sample
@@ -310,7 +311,6 @@ def train_sam(cfg: SamTrainConfig) -> Path:
     ``cfg.batch_size`` is per process: under ``torchrun`` with N processes a step draws a global batch of
     N × batch_size samples and each rank computes its shard; gradients are averaged by DistributedDataParallel.
     BatchNorm layers in training mode (``mode="full"`` with a BatchNorm backbone) see their rank's shard only."""
-    from medfoundry.registry.loading import load_state_dict
 
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     trainer = Trainer(TrainerConfig(out=cfg.out, seed=cfg.seed, device=device, bf16=device.startswith("cuda"),
@@ -321,7 +321,7 @@ def train_sam(cfg: SamTrainConfig) -> Path:
     trainer.log(f"{len(train)} training objects, {len(val)} validation objects")
     model = build_sam(dict(cfg.arch)).to(trainer.device)
     if cfg.init:
-        model.load_state_dict(load_state_dict(Path(cfg.init)), strict=False)
+        load_init(model, cfg.init)
     _apply_mode(model, cfg.mode)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -337,6 +337,29 @@ def train_sam(cfg: SamTrainConfig) -> Path:
     record = box_crop_record("medfoundry-sam-lite", dict(cfg.arch), cfg.mean, cfg.std, f"manifest {cfg.manifest}",
                              ["CT", "endoscopy"])
     return trainer.finish(model.state_dict(), record, history, cfg)
+
+
+def load_init(model: SamModel, source: str | Path) -> None:
+    """Copy a checkpoint (file, or a folder holding one) into ``model``, every tensor by name and shape.
+
+    Raises:
+        InputContractError: the checkpoint lacks some of the model's tensors or holds tensors the model does not
+            have (another architecture or layout): nothing would be trained from it, so nothing is loaded.
+    """
+    from medfoundry.registry.loading import find_checkpoint_file, load_state_dict
+
+    path = Path(source)
+    state = load_state_dict(find_checkpoint_file(path) if path.is_dir() else path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or wrong:
+        raise InputContractError(
+            f"--init {source} does not fit this architecture ({model.__class__.__name__}, {len(own)} tensors): "
+            f"missing {missing[:4]}{'…' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
+            f"{'…' if len(unexpected) > 4 else ''}, shape differs {wrong[:4]}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
 def box_crop_record(name: str, arch: dict[str, Any], mean: Any, std: Any, training_data: str,
