@@ -48,22 +48,8 @@ def setup(tmp_path_factory):
     BertModel(BertConfig(**TEXT)).save_pretrained(root / "bert")
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(minilm_dir() / name, root / "bert" / name)
-    # medclip.modeling_medclip without the package __init__, its hub ids pointed at the local folders
-    folder = Path(importlib.util.find_spec("medclip").submodule_search_locations[0])
-    saved = {k: v for k, v in sys.modules.items() if k == "medclip" or k.startswith("medclip.")}
-    package = types.ModuleType("medclip")
-    package.__path__ = [str(folder)]
-    sys.modules["medclip"] = package
-    try:
-        constants = importlib.import_module("medclip.constants")
-        constants.BERT_TYPE, constants.VIT_TYPE = str(root / "bert"), str(root / "swin")
-        modeling = importlib.import_module("medclip.modeling_medclip")
-        torch.manual_seed(1)
-        reference = modeling.MedCLIPModel(vision_cls=modeling.MedCLIPVisionModelViT).eval()
-    finally:
-        for key in [k for k in sys.modules if k == "medclip" or k.startswith("medclip.")]:
-            del sys.modules[key]
-        sys.modules.update(saved)
+    torch.manual_seed(1)
+    reference = _reference_medclip(root / "bert", root / "swin")
     torch.save(reference.state_dict(), root / "pytorch_model.bin")
     with zipfile.ZipFile(root / "medclip-vit-pretrained.zip", "w") as archive:
         archive.write(root / "pytorch_model.bin", "medclip-vit-pretrained/pytorch_model.bin")
@@ -136,7 +122,8 @@ def test_wrong_inputs_are_typed_errors(setup, tmp_path: Path) -> None:
 
 
 def _reference_medclip(bert: Path, swin: Path):
-    """medclip.modeling_medclip.MedCLIPModel (ViT variant) with its hub ids pointed at local folders."""
+    """medclip.modeling_medclip.MedCLIPModel (ViT variant) with its hub ids pointed at local folders (imported
+    without the package ``__init__``, then the package's modules restored)."""
     folder = Path(importlib.util.find_spec("medclip").submodule_search_locations[0])
     saved = {k: v for k, v in sys.modules.items() if k == "medclip" or k.startswith("medclip.")}
     package = types.ModuleType("medclip")

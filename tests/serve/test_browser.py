@@ -64,6 +64,18 @@ def page(server):
         browser.close()
 
 
+def _drag_box(page, box) -> None:
+    """Draw a box (x0, y0, x1, y1 in image pixels) on the viewer's canvas with the mouse, as a user does."""
+    x0, y0 = page.evaluate(f"window.mf.toCanvas({box[0]}, {box[1]})")
+    x1, y1 = page.evaluate(f"window.mf.toCanvas({box[2]}, {box[3]})")
+    rect = page.locator("#view").bounding_box()
+    page.mouse.move(rect["x"] + x0, rect["y"] + y0)
+    page.mouse.down()
+    page.mouse.move(rect["x"] + (x0 + x1) / 2, rect["y"] + (y0 + y1) / 2)
+    page.mouse.move(rect["x"] + x1, rect["y"] + y1)
+    page.mouse.up()
+
+
 def _idle(page, extra: str = "true", timeout_s: float = 180) -> None:
     try:
         page.wait_for_function(f"window.mf.lastError !== '' || (window.mf.busy === 0 && ({extra}))",
@@ -97,14 +109,7 @@ def test_kvasir_box_overlay_labels_and_download(page, server, shared_data: Path,
     box = json.loads((shared_data / "kvasir_seg" / "bboxes.json").read_text())[name]["bbox"][0]
     _open(page, shared_data / "kvasir_seg" / "images" / f"{name}.jpg")
     before = _pixels(page)
-    x0, y0 = page.evaluate(f"window.mf.toCanvas({box['xmin']}, {box['ymin']})")
-    x1, y1 = page.evaluate(f"window.mf.toCanvas({box['xmax']}, {box['ymax']})")
-    rect = page.locator("#view").bounding_box()
-    page.mouse.move(rect["x"] + x0, rect["y"] + y0)
-    page.mouse.down()
-    page.mouse.move(rect["x"] + (x0 + x1) / 2, rect["y"] + (y0 + y1) / 2)
-    page.mouse.move(rect["x"] + x1, rect["y"] + y1)
-    page.mouse.up()
+    _drag_box(page, [box["xmin"], box["ymin"], box["xmax"], box["ymax"]])
     _idle(page, "window.mf.mask !== null")
     after = _pixels(page)
     assert "long axis" in page.inner_text("#measure")
@@ -227,14 +232,7 @@ def test_ct_box_propagated_through_the_volume(page, server, shared_data: Path, t
     _idle(page)
     assert page.evaluate("window.mf.index.axial") == k
     page.check("#propagate")
-    x0, y0 = page.evaluate(f"window.mf.toCanvas({box[0]}, {box[1]})")
-    x1, y1 = page.evaluate(f"window.mf.toCanvas({box[2]}, {box[3]})")
-    rect = page.locator("#view").bounding_box()
-    page.mouse.move(rect["x"] + x0, rect["y"] + y0)
-    page.mouse.down()
-    page.mouse.move(rect["x"] + (x0 + x1) / 2, rect["y"] + (y0 + y1) / 2)
-    page.mouse.move(rect["x"] + x1, rect["y"] + y1)
-    page.mouse.up()
+    _drag_box(page, box)
     _idle(page, "window.mf.mask !== null", timeout_s=900)  # minutes on a busy 2-core machine
     table = page.inner_text("#measure")
     assert "mL" in table and "mean HU" in table, table
