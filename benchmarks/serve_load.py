@@ -5,7 +5,7 @@ sitting: the same prompts through the predictor directly (no HTTP, one caller).
     nice -n 5 python benchmarks/serve_load.py --out benchmarks/results/serve_load.json
     nice -n 5 python benchmarks/serve_load.py --fast-prompts --out benchmarks/results/serve_load_fast_prompts.json
     # the server of another checkout (e.g. before a change), measured the same way in the same sitting:
-    nice -n 5 python benchmarks/serve_load.py --src /tmp/old/src --out benchmarks/results/serve_load_before.json
+    nice -n 5 python benchmarks/serve_load.py --src OLD_CHECKOUT/src --out benchmarks/results/serve_load_before.json
 
 The server runs in its own process (``medfoundry serve`` on a free port); each client is a thread with its own
 HTTP connection. Every click sends the same box and one object point that moves inside it, so the decoder runs
