@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medfoundry.eval.provenance import collect
+from medfoundry.eval.provenance import collect, portable_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -238,7 +238,8 @@ def main() -> None:
                             capture_output=True, text=True).stdout.strip()
     result = {"benchmark": "serve_load", "what": "POST /v1/images/{id}/segment (box + one moving object point, "
               "embedding cached), medfoundry-sam-lite, loopback, server in its own process",
-              "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
+              "command": "python benchmarks/serve_load.py " + " ".join(
+                  portable_path(a) if Path(a).exists() else a for a in sys.argv[1:]),
               "server_src": args.src_label or ("this checkout" if Path(args.src).resolve() == (ROOT / "src").resolve()
                                                else args.src),
               "server_args": extra, "commit": commit or None,
