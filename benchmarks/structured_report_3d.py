@@ -5,11 +5,14 @@
 For every DeepLesion sub-volume (``deeplesion_ct_lesion_3d``, 4) and soft-tissue-sarcoma CT crop
 (``sts_ct_sarcoma_3d``, first ``--sts`` patients): key slice = the slice where the reference mask is largest;
 prompt = the tight box of the reference mask there; the segmenter propagates it through the volume
-(:func:`medfoundry.tasks.volume.segment_volume`, as `medfoundry report --structured --propagate` does); the
+(:func:`medfoundry.tasks.segmentation.segment`, as `medfoundry report --structured --propagate` does: box
+propagation, or the model's own 3D inference for 3D models such as medfoundry-box3d-tiny); the
 structured report (:func:`medfoundry.tasks.structured_report.structured_report`) of that mask and of the reference
 mask give lesion 1's long axis (mm, RECIST-style on its longest slice) and volume (mL). Errors: absolute long-axis
 error (mm) and relative volume error, medians over cases. Baseline, measured the same way: the ellipsoid inscribed
-in the reference mask's 3D bounding box (it knows the true z-extent, which the box on one slice does not give).
+in the reference mask's 3D bounding box (it knows the true z-extent, which the box on one slice does not give),
+and ``keybox``: the ellipsoid from the key-slice box alone (its z semi-axis the mean in-plane one, in mm). 3D Dice
+of each is recorded beside the measurements.
 ``--predictions DIR ...`` takes the masks an evaluation run already wrote (``medfoundry eval --benchmark
 lesion-3d|sts-3d``: ``<run>/predictions/<case>.npz``) instead of running the segmenter again, and measures only
 those cases. Writes ``benchmarks/results/structured_report_3d.json``. The propagation code is whatever
@@ -32,13 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from medfoundry.datasets.splits import UNSEEN_LESION_PATIENTS, sts_split  # noqa: E402
-from medfoundry.eval.baselines import ellipsoid_in_box  # noqa: E402
+from medfoundry.eval.baselines import dice, ellipsoid_from_key_box, ellipsoid_in_box  # noqa: E402
 from medfoundry.eval.provenance import collect  # noqa: E402
 from medfoundry.io import read_image  # noqa: E402
 from medfoundry.predict.boxes import mask_box  # noqa: E402
 from medfoundry.predict.segment import open_segmenter  # noqa: E402
+from medfoundry.tasks.segmentation import segment  # noqa: E402
 from medfoundry.tasks.structured_report import structured_report  # noqa: E402
-from medfoundry.tasks.volume import segment_volume  # noqa: E402
 
 
 def lesion1(mask: np.ndarray, image) -> dict:
@@ -107,14 +110,19 @@ def main() -> None:
             packed = np.load(saved[name])
             pred = np.unpackbits(packed["mask"])[: truth.size].reshape(tuple(packed["shape"])).astype(bool)
         else:
-            pred = segment_volume(seg, volume, key, box=mask_box(truth[key])).mask
-        ref, ours, base = lesion1(truth, volume), lesion1(pred, volume), lesion1(ellipsoid_in_box(truth), volume)
+            pred = segment(seg, volume, mask_box(truth[key])[None], slice_index=key, propagate=True).mask
+        box_3d, key_box = ellipsoid_in_box(truth), ellipsoid_from_key_box(truth.shape, volume.spacing, key,
+                                                                             mask_box(truth[key]))
+        ref, ours, base, keybox = (lesion1(m, volume) for m in (truth, pred, box_3d, key_box))
         rows.append({
             "dataset": dataset, "case": name, "role": role, "key_slice": key,
             "spacing_mm": [round(s, 4) for s in volume.spacing],
             "reference_long_axis_mm": ref["long_axis"], "reference_volume_ml": ref["volume_ml"],
             "model_long_axis_mm": ours["long_axis"], "model_volume_ml": ours["volume_ml"],
             "baseline_long_axis_mm": base["long_axis"], "baseline_volume_ml": base["volume_ml"],
+            "keybox_long_axis_mm": keybox["long_axis"], "keybox_volume_ml": keybox["volume_ml"],
+            "model_dice_3d": round(dice(pred, truth), 4), "baseline_dice_3d": round(dice(box_3d, truth), 4),
+            "keybox_dice_3d": round(dice(key_box, truth), 4),
             "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(rows[-1]), flush=True)
         write(args, rows, provenance)
@@ -125,17 +133,21 @@ def write(args, rows: list[dict], provenance: dict) -> None:
         out = {"cases": len(sel)}
         if not sel:
             return out
-        for who in ("model", "baseline"):
+        for who in ("model", "baseline", "keybox"):
             la = [abs(r[f"{who}_long_axis_mm"] - r["reference_long_axis_mm"]) for r in sel]
             vol = [abs(r[f"{who}_volume_ml"] - r["reference_volume_ml"]) / r["reference_volume_ml"] for r in sel]
             out[who] = {"median_abs_long_axis_error_mm": round(float(np.median(la)), 2),
-                        "median_rel_volume_error": round(float(np.median(vol)), 4)}
+                        "median_rel_volume_error": round(float(np.median(vol)), 4),
+                        "mean_dice_3d": round(float(np.mean([r[f"{who}_dice_3d"] for r in sel])), 4)
+                        if all(f"{who}_dice_3d" in r for r in sel) else None}
         return out
 
     result = {
         "what": "lesion 1 of the structured report: long axis (mm) and volume (mL) vs the reference mask's",
-        "prompt": "tight box of the reference mask on its largest slice, propagated (tasks/volume.segment_volume)",
+        "prompt": "tight box of the reference mask on its largest slice, through the segmentation flow "
+                  "(tasks/segmentation.segment with propagate: box propagation, or the model's own 3D inference)",
         "baseline": "ellipsoid inscribed in the reference mask's 3D bounding box (knows the true z-extent)",
+        "keybox": "no-model ellipsoid from the key-slice box alone (z semi-axis = mean in-plane semi-axis, mm)",
         "model": args.model,
         "masks_from_eval_runs": [Path(p).parent.name for p in args.predictions],
         "targets": {"median_abs_long_axis_error_mm": 2.0, "median_rel_volume_error": 0.10},

@@ -214,3 +214,49 @@ def test_one_process_holds_the_whole_global_batch(tmp_path: Path) -> None:
     assert trainer.shard(5) == slice(0, 5) and trainer.shard_sizes(5) == [5]
     x = torch.randn(3, 4)
     assert trainer.gather(x) is x and trainer.from_main(2.5) == 2.5
+
+
+class _NaNOnceTask:
+    """A linear model fit on fixed data whose second step's loss is NaN (a bad batch)."""
+
+    loss_key = "loss"
+    clock_schedule = False
+    epochs, steps_per_epoch = 1, 4
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def begin_epoch(self, epoch: int, first_step: int) -> None:
+        pass
+
+    def training_step(self, module: torch.nn.Module, epoch: int, step: int) -> torch.Tensor:
+        loss = module(torch.ones(2, 3)).pow(2).mean()
+        return loss * float("nan") if step == 1 else loss
+
+    def learning_rate(self, step: int, elapsed_s: float) -> float:
+        return 0.1
+
+    def validate(self, epoch: int) -> dict:
+        return {}
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+    def model_state(self) -> dict:
+        return self.model.state_dict()
+
+    def load_model_state(self, state: dict) -> None:
+        self.model.load_state_dict(state)
+
+
+def test_a_non_finite_step_is_skipped_and_the_weights_stay_finite(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    trainer = Trainer(TrainerConfig(out=tmp_path, device="cpu", progress=False))
+    module, opt = trainer.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    history = trainer.fit(_NaNOnceTask(model), module, opt)
+    assert history[-1]["skipped_steps"] == 1 and np.isfinite(history[-1]["loss"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -165,13 +165,14 @@ def _report_and_store(args: argparse.Namespace, image: str, folder: str, seg_pat
     return out
 
 
-#: architectures that run through their reference packages (MedSAM2: sam2; SAM-Med3D: medim), in float32
-REFERENCE_ARCHS = ("sam2", "sam_med3d")
+#: architectures with their own inference in float32, to which the options of medfoundry's SAM do not apply:
+#: MedSAM2 (the sam2 package), SAM-Med3D (medim) and Box3DNet (one pass from a key-slice box to the 3D object)
+REFERENCE_ARCHS = ("sam2", "sam_med3d", "box3d")
 
 
 def _reference_arch(args: argparse.Namespace) -> str | None:
-    """The model's architecture when it runs through its reference package, after refusing the options that
-    apply only to medfoundry's own SAM implementation; None for every other model."""
+    """The model's architecture when it runs its own inference (:data:`REFERENCE_ARCHS`), after refusing the
+    options that apply only to medfoundry's own SAM implementation; None for every other model."""
     from medfoundry.registry.loading import resolve_model
 
     if not args.model:
@@ -185,8 +186,8 @@ def _reference_arch(args: argparse.Namespace) -> str | None:
                                        ("--propagation-head", args.propagation_head), ("--text", bool(args.text)))
                if used]
     if refused:
-        raise InputContractError(f"{args.model} runs through its reference package in float32: "
-                                 f"{', '.join(refused)} do not apply")
+        raise InputContractError(f"{args.model} runs its own inference in float32: {', '.join(refused)} "
+                                 "do not apply")
     return arch
 
 
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         from medfoundry.predict.sam_med3d import open_sam_med3d
 
         segmenter = open_sam_med3d(args.model, args.weights)
-    elif reference == "sam2":
+    elif reference in ("sam2", "box3d"):
         segmenter = open_segmenter(args.model, args.weights, precision="fp32")
     else:
         segmenter = open_segmenter(args.model or DEFAULT_MODEL, args.weights, onnx=args.onnx, tta=args.tta,

@@ -130,6 +130,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     help="also write the resume point OUT/last.pt every N optimiser steps (default: at epoch ends)")
     pv.set_defaults(func=run_sam_propagation)
 
+    pb = tsub.add_parser("box3d", help="train a Box3DNet: one box on a key slice -> the object's 3D mask in one "
+                         "pass (the 3D alternative to slice-by-slice propagation)")
+    bsrc = pb.add_mutually_exclusive_group(required=True)
+    bsrc.add_argument("--volumes", help="JSON-lines manifest: image, mask (label-map volume), optional image_key, "
+                      "mask_key, units (HU), labels, split (train/val), source, name")
+    bsrc.add_argument("--shared", help="build the manifest from the shared data folder (written to OUT): STS tune "
+                      "patients, DeepLesion 000001/000002, TotalSegmentator example organs")
+    pb.add_argument("--out", required=True)
+    pb.add_argument("--epochs", type=int, default=20)
+    pb.add_argument("--steps-per-epoch", type=int, default=50)
+    pb.add_argument("--batch-size", type=int, default=4)
+    pb.add_argument("--lr", type=float, default=2e-3)
+    pb.add_argument("--max-minutes", type=float, default=None)
+    pb.add_argument("--seed", type=int, default=0)
+    pb.add_argument("--device", default="auto")
+    pb.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA, or CPUs with native bf16)")
+    pb.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                    help="also write the resume point OUT/last.pt every N optimiser steps (default: at epoch ends)")
+    pb.set_defaults(func=run_box3d)
+
     from medfoundry.cli.train_captioner import add_parser as add_captioner_parser
 
     add_captioner_parser(tsub)
@@ -245,6 +265,20 @@ def run_sam_propagation(args: argparse.Namespace) -> int:
                             device=args.device, checkpoint_every=args.checkpoint_every)
     print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
     print(f"model written to {train_propagation(cfg, base=record)}")
+    return 0
+
+
+def run_box3d(args: argparse.Namespace) -> int:
+    from medfoundry.train.box3d import Box3DTrainConfig, shared_box3d_manifest, train_box3d
+
+    volumes = args.volumes
+    if args.shared:
+        volumes = str(shared_box3d_manifest(args.shared, Path(args.out) / "volumes.jsonl"))
+    cfg = Box3DTrainConfig(volumes=volumes, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                           batch_size=args.batch_size, lr=args.lr, max_minutes=args.max_minutes, seed=args.seed,
+                           device=args.device, bf16=args.bf16, checkpoint_every=args.checkpoint_every)
+    print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
+    print(f"model written to {train_box3d(cfg)}")
     return 0
 
 

@@ -29,6 +29,22 @@ def ellipsoid_in_box(mask: np.ndarray) -> np.ndarray:
     return (((grid - c) / r) ** 2).sum(-1) <= 1
 
 
+def ellipsoid_from_key_box(shape: tuple[int, int, int], spacing: tuple[float, ...], key: int,
+                           box: np.ndarray) -> np.ndarray:
+    """(Z, Y, X) bool: the no-model answer to a key-slice box that, unlike :func:`ellipsoid_in_box`, does not know
+    the object's extent along z: the ellipsoid whose cross-section on slice ``key`` is the ellipse inscribed in
+    ``box`` (XYXY pixel edges) and whose semi-axis along z is the mean of the in-plane semi-axes, in mm
+    (``spacing`` is (dz, dy, dx) mm)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    dz, dy, dx = (float(s) for s in spacing)
+    ry, rx = (y1 - y0) / 2 * dy, (x1 - x0) / 2 * dx
+    rz = (rx + ry) / 2
+    zz, yy, xx = np.meshgrid(*[np.arange(n) + 0.5 for n in shape], indexing="ij")
+    q = (((zz - key - 0.5) * dz / rz) ** 2 + ((yy - (y0 + y1) / 2) * dy / ry) ** 2
+         + ((xx - (x0 + x1) / 2) * dx / rx) ** 2)
+    return q <= 1
+
+
 def pixel_features(image, size: int = 32) -> np.ndarray:
     """(size·size,) raw grey pixels in [0, 1] of a 2D :class:`~medfoundry.io.MedImage` after its default window,
     resized with PIL (bilinear): the input of the no-model baselines for probes and retrieval."""

@@ -442,6 +442,13 @@ def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: s
         segmenter.loaded_weights = LoadedWeights(Path(onnx))
         return segmenter
     record, resolved = fetch_weights(model, weights)
+    if record.arch == "box3d":  # one pass from a key-slice box to the 3D object (predict/box3d.py)
+        from medfoundry.predict.box3d import load_box3d
+
+        if precision == "bf16" or embed_pool != 1 or kwargs.get("tta", "none") != "none":
+            raise InputContractError(f"{record.name} segments volumes in one float32 pass: --precision bf16, "
+                                     "--embed-pool and --tta do not apply")
+        return load_box3d(record, resolved, device)  # type: ignore[return-value]
     if "segmentation-2d" not in record.tasks:
         raise InputContractError(f"{record.name} is a {record.family} model, not a promptable segmenter")
     segmenter = load_segmenter(record, resolved, device, **kwargs)

@@ -19,10 +19,12 @@ propagation accumulates.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from scipy import ndimage
 
 from medfoundry.errors import InputContractError
 from medfoundry.io import read_image
+from medfoundry.io.image import MedImage
 from medfoundry.models.sam import SamModel, build_sam
 from medfoundry.predict.boxes import crop_box, mask_box, previous_mask_prompt
 from medfoundry.train.sam import box_crop_record, dice_loss
@@ -116,22 +119,9 @@ def load_volume_objects(path: str | Path, max_gap_mm: float, val_fraction: float
                         ) -> dict[str, list[VolumeObject]]:
     """Read the manifest into objects per split. Rows without ``split`` put ``val_fraction`` of their labels
     (chosen with ``seed``) in validation."""
-    path = Path(path)
     rng = random.Random(seed)
     out: dict[str, list[VolumeObject]] = {"train": [], "val": []}
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        image = read_image(_resolve(path, row["image"]), key=row.get("image_key"))
-        labels_img = read_image(_resolve(path, row["mask"]), key=row.get("mask_key"))
-        if not image.is_volume or not labels_img.is_volume:
-            raise InputContractError(f"{row['image']}: propagation training needs volumes and label-map volumes")
-        labels = labels_img.array
-        if row.get("flip_y", labels_img.orientation[1] != image.orientation[1]):
-            labels = labels[:, ::-1]  # label map written with the other row direction
-        if labels.shape != image.array.shape:
-            raise InputContractError(f"{row['mask']}: label map {labels.shape} does not match {image.array.shape}")
+    for row, image, labels in read_label_volumes(path):
         slices = np.stack([display_rgb(image.slice(z)) for z in range(image.array.shape[0])])
         max_gap = max(1, int(max_gap_mm // image.spacing[0]))
         values = row.get("labels") or [int(v) for v in np.unique(labels) if v]
@@ -143,6 +133,34 @@ def load_volume_objects(path: str | Path, max_gap_mm: float, val_fraction: float
             out[split].append(VolumeObject(slices, np.ascontiguousarray(masks), max_gap, row.get("source", ""),
                                            f"{Path(row['image']).name}:{value}"))
     return out
+
+
+def read_label_volumes(path: str | Path) -> Iterator[tuple[dict, MedImage, np.ndarray]]:
+    """Each row of a volumes manifest (JSON lines: ``image``, ``mask``, optional ``image_key``/``mask_key`` for
+    npz, ``flip_y``, ``units`` (``"HU"`` for CT files that do not say so), ``labels``, ``split``, ``source``;
+    paths relative to the manifest) as (row, image volume, (Z, Y, X) label map on the image's grid).
+
+    Raises:
+        InputContractError: a file that is not a volume, or a label map that does not fit its image.
+    """
+    path = Path(path)
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        image = read_image(_resolve(path, row["image"]), key=row.get("image_key"))
+        if row.get("units"):
+            image = dataclasses.replace(image, units=row["units"], modality="CT" if row["units"] == "HU"
+                                        else image.modality)
+        labels_img = read_image(_resolve(path, row["mask"]), key=row.get("mask_key"))
+        if not image.is_volume or not labels_img.is_volume:
+            raise InputContractError(f"{row['image']}: 3D training needs volumes and label-map volumes")
+        labels = labels_img.array
+        if row.get("flip_y", labels_img.orientation[1] != image.orientation[1]):
+            labels = labels[:, ::-1]  # label map written with the other row direction
+        if labels.shape != image.array.shape:
+            raise InputContractError(f"{row['mask']}: label map {labels.shape} does not match {image.array.shape}")
+        yield row, image, np.ascontiguousarray(labels)
 
 
 def _resolve(manifest: Path, file: str) -> str:
@@ -319,7 +337,6 @@ def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:
     ``base`` is the :class:`~medfoundry.registry.records.ModelRecord` of the initial model (from ``--model``):
     its architecture and input contract are kept; without it ``cfg.arch``/``cfg.mean``/``cfg.std`` describe
     the model. ``cfg.batch_size`` is per process (under torchrun each rank computes its shard of the global batch)."""
-    import dataclasses
 
     from medfoundry.registry.loading import load_state_dict
 

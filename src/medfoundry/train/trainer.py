@@ -233,6 +233,7 @@ class Trainer:
         for epoch in range(start_epoch, task.epochs):
             first = start_step if epoch == start_epoch else 0
             losses = list(progress.get("losses", [])) if first else []
+            skipped = 0
             t0 = time.time() - (float(progress.get("epoch_s", 0.0)) if first else 0.0)
             task.begin_epoch(epoch, first)
             for s in range(first, task.steps_per_epoch):
@@ -251,17 +252,24 @@ class Trainer:
                     break
                 optimizer.zero_grad(set_to_none=True)
                 self.fabric.backward(loss)
-                if cfg.grad_clip is not None:
-                    self.fabric.clip_gradients(module, optimizer, max_norm=cfg.grad_clip, error_if_nonfinite=False)
+                # the global gradient norm (the same on every rank after DDP's all-reduce); clipped when asked
+                norm = self.fabric.clip_gradients(module, optimizer, max_norm=cfg.grad_clip or float("inf"),
+                                                  error_if_nonfinite=False)
+                steps_run += 1
+                if not bool(torch.isfinite(torch.as_tensor(norm))):  # one bad batch must not poison the weights
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    self.log(json.dumps({"epoch": epoch + 1, "step": s + 1, "skipped": "non-finite gradient"}))
+                    continue
                 optimizer.step()
                 losses.append(self.mean_over_ranks(loss))
-                steps_run += 1
                 self._progress(epoch, s + 1, task.steps_per_epoch, losses[-1], started)
                 if cfg.checkpoint_every and (s + 1) % cfg.checkpoint_every == 0 and s + 1 < task.steps_per_epoch:
                     self._save(task, optimizer, epoch, s + 1, history, losses, time.time() - started,
                                time.time() - t0)
             entry: dict[str, Any] = {"epoch": epoch + 1, task.loss_key: float(np.mean(losses)) if losses else None,
-                                     "seconds": round(time.time() - t0, 1)}
+                                     "seconds": round(time.time() - t0, 1), **({"skipped_steps": skipped} if skipped
+                                                                                else {})}
             if self.is_main:
                 entry.update(task.validate(epoch))
             history.append(entry)
