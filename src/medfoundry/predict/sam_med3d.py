@@ -114,10 +114,7 @@ class SamMed3DSegmenter:
         if not len(points) or (points < 0).any() or (points > shape - 1).any():
             raise InputContractError(f"points {points.tolist()} must be (Z, Y, X) voxel indices inside the volume "
                                      f"of shape {tuple(shape)}")
-        ras, spacing = to_ras(image)  # checks it is a greyscale volume with real spacing
-        if image.meta.get("slice_spacing_uniform") is False:  # a DICOM series with a missing slice
-            raise InputContractError(f"{image.source or 'the volume'}: its slices are not evenly spaced (a slice is "
-                                     "missing?); resampling to 1.5 mm would misplace them")
+        ras, spacing = to_ras(image)  # a greyscale volume with real spacing and evenly spaced slices
         transform = _orientation(image)
         pts_ras = np.zeros_like(points)
         for axis, (out_axis, flip) in enumerate(transform):
