@@ -95,3 +95,35 @@ def test_cli_embed_on_a_dicom_series_folder(shared_data: Path, tmp_path: Path, s
     x = preprocess_volume(image, RECORD.arch_config)
     assert x.shape == SMALL and x.min() >= 0 and x.max() <= 1 and x.std() > 0.01  # real anatomy in the crop
     np.testing.assert_allclose(emb, small_encoder.embed_volumes([image]), atol=1e-6)
+
+
+def _bad_volume(tmp_path: Path, case: str) -> Path:
+    import nibabel as nib
+
+    volume = np.random.default_rng(0).integers(-1000, 1000, (24, 20, 6)).astype(np.int16)  # NIfTI order X, Y, Z
+    if case == "no spacing":  # a bare array: no geometry at all
+        np.save(tmp_path / "vol.npy", volume.T)
+        return tmp_path / "vol.npy"
+    if case == "no orientation":  # qform_code = sform_code = 0: directions unknown
+        img = nib.Nifti1Image(volume, None)
+        assert int(img.header["qform_code"]) == int(img.header["sform_code"]) == 0
+        nib.save(img, tmp_path / "vol.nii.gz")
+        return tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(volume[:, :, :1], np.diag([0.8, 0.8, 3.0, 1.0])), tmp_path / "vol.nii.gz")
+    return tmp_path / "vol.nii.gz"  # a single slice
+
+
+@pytest.mark.parametrize(("case", "message"), [("no spacing", "no voxel spacing"),
+                                               ("no orientation", "no orientation"),
+                                               ("single slice", "single slice")])
+def test_bad_volume_files_are_typed_errors_and_embed_writes_nothing(tmp_path: Path, small_encoder, capsys,
+                                                                    case: str, message: str) -> None:
+    from medfoundry.cli.main import main
+
+    path = _bad_volume(tmp_path, case)
+    with pytest.raises(InputContractError, match=message):
+        to_ras(read_image(str(path)))
+    out = tmp_path / "f.npy"
+    assert main(["embed", str(path), "--model", "astra-ct-encoder", "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == [path.name]
