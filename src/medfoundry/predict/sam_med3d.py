@@ -130,6 +130,20 @@ class SamMed3DSegmenter:
                     "resampled_shape": resampled.shape}
         return znormalise(crop), pts_res - start, geometry
 
+    def set_image(self, image: MedImage) -> None:
+        """Refused: SAM-Med3D has no 2D image path (its :meth:`segment` takes the whole volume)."""
+        raise InputContractError(self._whole_volumes())
+
+    def predict(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: SAM-Med3D has no 2D prompt path (its :meth:`segment` takes the whole volume)."""
+        raise InputContractError(self._whole_volumes())
+
+    def _whole_volumes(self) -> str:
+        return (f"{self.record.name} segments whole volumes from points, not 2D images: call "
+                f"segmenter.segment(volume, points_zyx), or medfoundry.tasks.segmentation.segment(segmenter, volume, "
+                f"points=[[x, y]], slice_index=K, propagate=True); CLI: medfoundry segment VOLUME --model "
+                f"{self.record.name} --slice K --point x,y --propagate")
+
     @torch.no_grad()
     def segment(self, image: MedImage, points: np.ndarray, labels: np.ndarray | None = None,
                 previous: torch.Tensor | None = None) -> Volume3DResult:
