@@ -200,3 +200,27 @@ def test_cli_segments_a_volume_in_3d(checkpoint: Path, volume: Path, tmp_path: P
                     ["segment", *args, "--out", str(bad)])
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err and not bad.exists(), (args, err)
+
+
+def test_open_segmenter_gives_the_sam_med3d_segmenter(checkpoint: Path, volume: Path, monkeypatch) -> None:
+    """``open_segmenter`` on a SAM-Med3D record (as the CLI's ``segment --model sam-med3d-turbo`` does) returns
+    SamMed3DSegmenter: the flow segments a volume with it, and 2D use says how to run it (typed)."""
+    from medfoundry.predict.sam_med3d import SamMed3DSegmenter
+    from medfoundry.predict.segment import load_segmenter, open_segmenter
+    from medfoundry.registry import catalog
+    from medfoundry.tasks.segmentation import segment
+
+    record = dataclasses.replace(get_record("sam-med3d-turbo"), name="sam-med3d-tiny-test", aliases=(),
+                                 arch_config=TINY)
+    monkeypatch.setitem(catalog._RECORDS, record.name, record)
+    segmenter = open_segmenter(record.name, checkpoint)
+    assert isinstance(segmenter, SamMed3DSegmenter) and isinstance(load_segmenter(record, checkpoint),
+                                                                   SamMed3DSegmenter)
+    image = read_image(volume)
+    outcome = segment(segmenter, image, points=[[34, 30]], slice_index=12, propagate=True)  # = segment() at (12,30,34)
+    assert outcome.mask.shape == image.array.shape and outcome.mask.any() and not outcome.mask.all()
+    for call in (lambda: segmenter.set_image(image.slice(12)), lambda: segmenter.predict(points=[[34, 30]])):
+        with pytest.raises(InputContractError, match=r"--slice K --point x,y --propagate"):
+            call()
+    with pytest.raises(InputContractError, match="whole volumes"):
+        segment(segmenter, image.slice(12), points=[[34, 30]])

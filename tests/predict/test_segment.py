@@ -216,3 +216,14 @@ def test_segmenter_refuses_what_is_not_a_backend() -> None:
 
     with pytest.raises(InputContractError, match="not a segmentation backend"):
         PromptSegmenter(torch.nn.Linear(2, 2), _record({"encoder": "vit_test", "image_size": 256}))
+
+
+@pytest.mark.parametrize("options", [{"onnx": "exported"}, {"precision": "bf16"}, {"embed_pool": 2},
+                                     {"tta": "flip"}, {"cache_dir": "c"}])
+def test_open_segmenter_refuses_sam_med3d_options_before_any_weights(options: dict) -> None:
+    """SAM-Med3D runs through open_sam_med3d (float32, whole volumes): options of medfoundry's own SAM are typed
+    errors that name them, raised before the (absent) weights are looked for."""
+    from medfoundry.predict.segment import open_segmenter
+
+    with pytest.raises(InputContractError, match=rf"sam-med3d-turbo \(SAM-Med3D\).*{next(iter(options))} do not"):
+        open_segmenter("sam-med3d-turbo", **options)

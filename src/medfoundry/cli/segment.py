@@ -250,14 +250,19 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(entry, indent=2) if args.json else f"{args.out}: box {result.box.round(1).tolist()}, "
               f"{entry['pixels']} px")
         return 0
-    from medfoundry.tasks.segmentation import segment_file
+    from medfoundry.tasks.segmentation import segment_file, write_mask
 
     for job in jobs:
         out = job.get("out") or str(Path(args.out_dir) / f"{Path(job['image']).name.split('.')[0]}_mask.nii.gz")
         outcome, image = segment_file(segmenter, job["image"], job.get("boxes") or [], job.get("points") or [],
                                       job.get("slice"), args.propagate or bool(job.get("propagate")),
-                                      args.propagation_head, out=out, label=job.get("label", "object"),
-                                      overwrite=args.overwrite, progress=not args.json)
+                                      args.propagation_head, progress=not args.json)
+        if outcome.volume is not None and not outcome.mask.any():  # a propagation that found nothing to follow
+            why = "the model's 3D mask is empty" if outcome.volume.stopped[0] == "model" else outcome.volume.stopped[0]
+            raise InputContractError(f"{job['image']}: no object on key slice {job.get('slice')} inside the prompt "
+                                     f"({why}); nothing written to {out}: check --slice and the box or points")
+        write_mask(outcome, out, series=image.meta.get("series_folder") if is_dicomweb(job["image"]) else job["image"],
+                   label=job.get("label", "object"), overwrite=args.overwrite)
         stored = None
         if out.endswith(".dcm") and (args.sr or args.store):
             folder = image.meta.get("series_folder") if is_dicomweb(job["image"]) else job["image"]

@@ -394,7 +394,10 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> MedI
     """Read the one DICOM series in ``folder`` (or the one named ``series_uid``) as a ``(Z, Y, X)`` volume.
 
     Slices are sorted by their position along the slice normal; slice spacing is the median distance between
-    neighbouring positions (``meta["slice_spacing_uniform"]`` says whether all gaps agree within 1 %).
+    neighbouring positions (``meta["slice_spacing_uniform"]`` says whether all gaps agree within 1 %, and
+    ``meta["slice_step_range_mm"]`` gives the smallest and largest gap). A series with a missing slice is read
+    (for viewing); consumers that need real 3D geometry refuse it
+    (:func:`medfoundry.predict.volume_encoder.to_ras`).
     """
     folder = Path(folder)
     groups = list_series(folder)
@@ -442,7 +445,8 @@ def _stack_series(folder: Path, files: list[Path], datasets: list[Any]) -> MedIm
     assert first.direction is not None  # dataset_to_image always sets the in-plane directions
     dtypes = {s.array.dtype for s in slices}
     stack = np.stack([s.array for s in slices]).astype(np.result_type(*dtypes))
-    meta = {**first.meta, "slices": len(slices), "slice_spacing_uniform": bool(np.allclose(gaps, dz, rtol=0.01))}
+    meta = {**first.meta, "slices": len(slices), "slice_spacing_uniform": bool(np.allclose(gaps, dz, rtol=0.01)),
+            "slice_step_range_mm": [round(float(gaps.min()), 4), round(float(gaps.max()), 4)]}
     return MedImage(
         array=stack,
         spacing=(dz, *first.spacing),

@@ -114,10 +114,7 @@ class SamMed3DSegmenter:
         if not len(points) or (points < 0).any() or (points > shape - 1).any():
             raise InputContractError(f"points {points.tolist()} must be (Z, Y, X) voxel indices inside the volume "
                                      f"of shape {tuple(shape)}")
-        ras, spacing = to_ras(image)  # checks it is a greyscale volume with real spacing
-        if image.meta.get("slice_spacing_uniform") is False:  # a DICOM series with a missing slice
-            raise InputContractError(f"{image.source or 'the volume'}: its slices are not evenly spaced (a slice is "
-                                     "missing?); resampling to 1.5 mm would misplace them")
+        ras, spacing = to_ras(image)  # a greyscale volume with real spacing and evenly spaced slices
         transform = _orientation(image)
         pts_ras = np.zeros_like(points)
         for axis, (out_axis, flip) in enumerate(transform):
@@ -132,6 +129,20 @@ class SamMed3DSegmenter:
         geometry = {"transform": transform, "grids": grids, "start": start, "ras_shape": ras.shape,
                     "resampled_shape": resampled.shape}
         return znormalise(crop), pts_res - start, geometry
+
+    def set_image(self, image: MedImage) -> None:
+        """Refused: SAM-Med3D has no 2D image path (its :meth:`segment` takes the whole volume)."""
+        raise InputContractError(self._whole_volumes())
+
+    def predict(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: SAM-Med3D has no 2D prompt path (its :meth:`segment` takes the whole volume)."""
+        raise InputContractError(self._whole_volumes())
+
+    def _whole_volumes(self) -> str:
+        return (f"{self.record.name} segments whole volumes from points, not 2D images: call "
+                f"segmenter.segment(volume, points_zyx), or medfoundry.tasks.segmentation.segment(segmenter, volume, "
+                f"points=[[x, y]], slice_index=K, propagate=True); CLI: medfoundry segment VOLUME --model "
+                f"{self.record.name} --slice K --point x,y --propagate")
 
     @torch.no_grad()
     def segment(self, image: MedImage, points: np.ndarray, labels: np.ndarray | None = None,

@@ -402,6 +402,10 @@ def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwa
         from medfoundry.predict.medsam2 import load_sam2_segmenter
 
         return load_sam2_segmenter(record, weights, device)  # type: ignore[return-value]
+    if record.arch == "sam_med3d":  # SAM-Med3D: medim's network, whole volumes (medfoundry.predict.sam_med3d)
+        from medfoundry.predict.sam_med3d import load_sam_med3d_segmenter
+
+        return load_sam_med3d_segmenter(record, weights, device)  # type: ignore[return-value]
     if record.arch != "sam":
         raise RegistryError(f"{record.name}: architecture {record.arch!r} is registered but medfoundry cannot run "
                             "it yet")
@@ -428,9 +432,27 @@ def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: s
     ``precision``: ``fp32``; ``bf16`` (falls back to float32 with a warning where bfloat16 is not native);
     ``auto``: whichever is faster here with masks that agree (:mod:`medfoundry.predict.precision`; probed once
     per machine and cached). The decision is kept in ``segmenter.precision_choice``.
+
+    SAM-Med3D (``sam-med3d-turbo``, architecture ``sam_med3d``) gives its
+    :class:`~medfoundry.predict.sam_med3d.SamMed3DSegmenter` (:func:`~medfoundry.predict.sam_med3d.open_sam_med3d`),
+    which segments whole volumes from points: ``segmenter.segment(volume, points_zyx)``, or the flow
+    :func:`medfoundry.tasks.segmentation.segment` with ``slice_index=K, points=[[x, y]], propagate=True`` (the CLI:
+    ``medfoundry segment VOLUME --model sam-med3d-turbo --slice K --point x,y --propagate``). It runs in float32
+    through its reference package: ``onnx``, ``precision`` other than fp32/auto, ``embed_pool`` and ``tta`` are
+    refused (InputContractError) before any weights are looked for.
     """
     from medfoundry.registry.loading import fetch_weights, resolve_model
 
+    if resolve_model(model, weights)[0].arch == "sam_med3d":
+        refused = [name for name, used in (("onnx", onnx is not None), ("precision", precision not in ("fp32", "auto")),
+                                           ("embed_pool", embed_pool != 1),
+                                           *((k, k != "tta" or v != "none") for k, v in kwargs.items())) if used]
+        if refused:
+            raise InputContractError(f"{model} (SAM-Med3D) runs through its reference package in float32 on whole "
+                                     f"volumes: {', '.join(refused)} do not apply")
+        from medfoundry.predict.sam_med3d import open_sam_med3d
+
+        return open_sam_med3d(model, weights, device)  # type: ignore[return-value]
     if onnx is not None:
         if precision not in ("fp32", "auto") or embed_pool != 1:
             raise InputContractError("--precision/--fast-prompts apply to PyTorch models; ONNX runs as exported")

@@ -34,7 +34,9 @@ def to_ras(image: MedImage) -> tuple[np.ndarray, tuple[float, float, float]]:
     their obliquity, as in MONAI).
 
     Raises:
-        InputContractError: not a greyscale volume of at least two slices, or geometry that is only a default.
+        InputContractError: not a greyscale volume of at least two slices, spacing that is only a default, a
+            NIfTI header without orientation (qform and sform codes 0), or a DICOM series whose slices are not
+            evenly spaced (a missing slice: one spacing would misplace them).
     """
     import nibabel as nib
 
@@ -47,6 +49,15 @@ def to_ras(image: MedImage) -> tuple[np.ndarray, tuple[float, float, float]]:
     if str(image.meta.get("spacing_source", "")).startswith("default"):
         raise InputContractError(f"{image.source or 'volume'} has no voxel spacing ({image.meta['spacing_source']})"
                                  ": use a NIfTI file, a DICOM series or an .npz with geometry")
+    if image.meta.get("qform_code") == 0 and image.meta.get("sform_code") == 0:  # io.nifti records both codes
+        raise InputContractError(f"{image.source or 'volume'} has no orientation (its NIfTI qform_code and sform_code "
+                                 "are 0, so the axes' directions are unknown): save it with its scanner geometry")
+    if image.meta.get("slice_spacing_uniform") is False:  # io.dicom.read_dicom_series marks it; refused here only
+        steps = image.meta.get("slice_step_range_mm")
+        seen = f" (steps from {steps[0]:g} to {steps[1]:g} mm)" if steps else ""
+        raise InputContractError(f"{image.source or 'the volume'}: its slices are not evenly spaced{seen}; a slice "
+                                 f"is missing? Resampling with one slice spacing ({image.spacing[0]:g} mm) would "
+                                 "misplace them: give the complete series")
     ras_affine = _LPS_TO_RAS @ image.affine  # array index (Z, Y, X) → RAS mm
     ornt = nib.orientations.io_orientation(ras_affine)
     transform = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt("RAS"))
