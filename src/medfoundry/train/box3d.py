@@ -33,12 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medfoundry.eval.baselines import dice, ellipsoid_in_box
 from medfoundry.io.image import MedImage
 from medfoundry.models.box3d import Box3DConfig, Box3DNet
 from medfoundry.predict.box3d import Box3DContract, Box3DSegmenter, normalised, patch_input, sample
 from medfoundry.predict.boxes import mask_box
 from medfoundry.registry.records import ModelRecord, Preprocess
+from medfoundry.tasks.shapes import dice, ellipsoid_in_box
 from medfoundry.train.sam_propagation import read_label_volumes
 from medfoundry.train.trainer import Trainer, TrainerConfig
 
