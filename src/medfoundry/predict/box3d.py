@@ -9,6 +9,8 @@ The input contract (held in the record's ``arch_config["contract"]``, used alike
   volume's ends (``reflection`` padding) so that where a scan stops is no cue.
 - **Intensities.** CT in HU: clipped to ``hu_window`` and scaled to [0, 1]. Anything else (already windowed
   8-bit CT, MR): the volume's ``percentiles`` scaled to [0, 1].
+- **Test-time mirroring** (``flips``): the logits are the mean over the patch as it is and mirrored along
+  each axis and all three (:data:`FLIPS`, one batch of five).
 - **Prompt channel.** 1 inside the box on the patch's slices within half a source slice of the key slice
   (the two central slices at least), 0 elsewhere.
 
@@ -34,6 +36,9 @@ from medfoundry.errors import InputContractError, WeightsError
 from medfoundry.io.image import MedImage
 from medfoundry.registry.records import ModelRecord
 
+#: the mirrorings of test-time augmentation (dims of a (C, D, H, W) patch): none, each axis, all three
+FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (3,), (1, 2, 3))
+
 
 @dataclass(frozen=True)
 class Box3DContract:
@@ -45,6 +50,7 @@ class Box3DContract:
     hu_window: tuple[float, float] = (-160.0, 240.0)
     percentiles: tuple[float, float] = (0.5, 99.5)
     threshold: float = 0.5
+    flips: bool = False
 
     @classmethod
     def from_record(cls, record: ModelRecord) -> Box3DContract:
@@ -57,7 +63,8 @@ class Box3DContract:
                    depth_context=float(c.get("depth_context", d.depth_context)),
                    hu_window=_pair(c.get("hu_window", d.hu_window)),
                    percentiles=_pair(c.get("percentiles", d.percentiles)),
-                   threshold=float(c.get("threshold", d.threshold)))
+                   threshold=float(c.get("threshold", d.threshold)),
+                   flips=bool(c.get("flips", d.flips)))
 
 
 def _pair(values: Any) -> tuple[float, float]:
@@ -192,7 +199,12 @@ class Box3DSegmenter:
         """(Z, Y, X) float32 logits of the object prompted by ``box`` (XYXY pixel edges) on ``key_slice``."""
         shape = tuple(volume.array.shape[:3])
         x, _ = patch_input(normalised(volume, self.contract), shape, volume.spacing, key_slice, box, self.contract)
-        logits = self.model(x[None].to(self.device))[0, 0].float().cpu()
+        if self.contract.flips:  # test-time mirroring: the mean logits over the patch mirrored along each axis set
+            batch = torch.stack([x.flip(dims) for dims in FLIPS])
+            out = self.model(batch.to(self.device))[:, 0].float().cpu()
+            logits = torch.stack([o.flip([d - 1 for d in dims]) for o, dims in zip(out, FLIPS, strict=True)]).mean(0)
+        else:
+            logits = self.model(x[None].to(self.device))[0, 0].float().cpu()
         return logits_to_volume(logits, shape, volume.spacing, key_slice, box, self.contract)
 
     def segment_3d(self, volume: MedImage, key_slice: int, box: np.ndarray | None, points: Any = None,

@@ -289,7 +289,7 @@ def box3d_record(name: str, cfg: Box3DTrainConfig, contract: Box3DContract, trai
     """The record of a trained Box3DNet (architecture, contract; no weights source: the folder holds them)."""
     contract_dict = {"context": contract.context, "depth_context": contract.depth_context,
                      "hu_window": list(contract.hu_window), "percentiles": list(contract.percentiles),
-                     "threshold": contract.threshold}
+                     "threshold": contract.threshold, "flips": contract.flips}
     return ModelRecord(
         name=name, arch="box3d", family="VPM-adaptation", tasks=("segmentation-3d",), modalities=("CT",),
         license="research-only (inherits its training data's terms)", commercial_use=False,
