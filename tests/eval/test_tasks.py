@@ -143,6 +143,7 @@ def test_segmentation_3d_with_label_map_of_another_orientation(tmp_path: Path) -
     assert case["key_slice"] == 4 and case["slices_true"] == [1, 7]
     assert res["baseline"]["dice"] > 0.9  # the truth, once flipped onto the CT grid, is the ball
     assert res["metrics"]["dice"]["value"] > 0.6 and (tmp_path / "run-seg3d" / "predictions" / "ball.npz").is_file()
+    assert "along z" in (tmp_path / "run-seg3d" / "report.html").read_text()  # the cut through z beside the key slice
 
 
 def test_new_task_spec_problems_are_listed(tmp_path: Path) -> None:

@@ -131,3 +131,18 @@ def test_loaded_weights_name_the_state_actually_loaded() -> None:
     from medfoundry.eval.provenance import collect
 
     assert collect(seg)["weights_sha256"] == seg.loaded_weights.sha256 and len(seg.loaded_weights.sha256) == 64
+
+
+def test_the_embedded_model_loads_offline_and_finds_a_ball_from_one_box() -> None:
+    from medfoundry.predict.segment import open_segmenter
+    from medfoundry.tasks.segmentation import segment
+
+    seg = open_segmenter("medfoundry-box3d-tiny")
+    assert seg.record.embedded and seg.loaded_weights.sha256 == seg.record.weights[0].sha256
+    zz, yy, xx = np.mgrid[0:30, 0:96, 0:96]
+    ball = ((zz - 15) * 3.0) ** 2 + ((yy - 48) * 0.8) ** 2 + ((xx - 44) * 0.8) ** 2 <= 25.0**2
+    ct = np.where(ball, 45.0, 0.0) + np.where(((yy - 48) * 0.8) ** 2 + ((xx - 44) * 0.8) ** 2 <= 34**2, 0, -100.0)
+    vol = MedImage(array=(ct + np.random.default_rng(0).normal(0, 8, ct.shape)).astype(np.float32),
+                   spacing=(3.0, 0.8, 0.8), units="HU", modality="CT")
+    outcome = segment(seg, vol, [mask_box(ball[15])], slice_index=15, propagate=True)
+    assert dice(outcome.mask, ball) > 0.75

@@ -1,6 +1,6 @@
 """Run training configurations one after another in this process group (started by the tests under torchrun):
 ``python -m torch.distributed.run --nproc_per_node 2 tests/train/ddp_runs.py RUNS.json``, where RUNS.json is a
-list of ``{"kind": "clip" | "clip-lora" | "sam" | "sam-propagation", "config": {...}}``."""
+list of ``{"kind": "clip" | "clip-lora" | "sam" | "sam-propagation" | "box3d", "config": {...}}``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ def run(kind: str, config: dict) -> Path:
         from medfoundry.train.sam import SamTrainConfig, train_sam
 
         return train_sam(SamTrainConfig(**config))
+    if kind == "box3d":
+        from medfoundry.train.box3d import Box3DTrainConfig, train_box3d
+
+        return train_box3d(Box3DTrainConfig(**config))
     from medfoundry.train.sam_propagation import PropagationConfig, train_propagation
 
     return train_propagation(PropagationConfig(**config))

@@ -29,7 +29,7 @@ SAM_ARCH = {"encoder": "lite", "image_size": 64, "backbone": "resnet10t", "embed
 OPEN_CLIP_CFG = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16},
                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1},
                  "quick_gelu": True}
-KINDS = ["clip", "clip-lora", "sam", "sam-propagation"]
+KINDS = ["clip", "clip-lora", "sam", "sam-propagation", "box3d"]
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:
@@ -117,6 +117,12 @@ def _config(kind: str, data: dict, out: Path, processes: int, **extra) -> dict:
         cfg = SamTrainConfig(manifest=str(data["sam"]), out=str(out), epochs=2, batch_size=4 // processes,
                              steps_per_epoch=2 * processes, device="cpu", warmup_steps=1, mode="lora",
                              arch=dict(SAM_ARCH), **extra)
+    elif kind == "box3d":  # instance norm only: no per-process batch statistics
+        from medfoundry.train.box3d import Box3DTrainConfig
+
+        cfg = Box3DTrainConfig(volumes=str(data["volumes"]), out=str(out), epochs=2, steps_per_epoch=2 * processes,
+                               batch_size=4 // processes, warmup_steps=1, device="cpu",
+                               features=(2, 2, 4, 4, 8, 2), contract={"grid": (16, 32, 32)}, **extra)
     else:
         from medfoundry.train.sam_propagation import PropagationConfig
 
@@ -186,7 +192,7 @@ def test_interrupted_mid_epoch_and_resumed_ends_where_an_uninterrupted_run_ends(
 
 @pytest.mark.slow
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(runs: dict) -> None:
-    """One torchrun launch runs the four trainers with 2 gloo processes each."""
+    """One torchrun launch runs the five trainers with 2 gloo processes each."""
     root = runs["root"]
     items = [{"kind": kind, "config": _config(kind, runs["data"], root / f"{kind}-two", 2)} for kind in KINDS]
     (root / "runs.json").write_text(json.dumps(items))

@@ -146,6 +146,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pb.add_argument("--seed", type=int, default=0)
     pb.add_argument("--device", default="auto")
     pb.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA, or CPUs with native bf16)")
+    pb.add_argument("--padding", choices=["border", "reflection"], default="border",
+                    help="the patch beyond the volume's ends: the end slice repeated (default), or mirrored")
     pb.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                     help="also write the resume point OUT/last.pt every N optimiser steps (default: at epoch ends)")
     pb.set_defaults(func=run_box3d)
@@ -276,7 +278,8 @@ def run_box3d(args: argparse.Namespace) -> int:
         volumes = str(shared_box3d_manifest(args.shared, Path(args.out) / "volumes.jsonl"))
     cfg = Box3DTrainConfig(volumes=volumes, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                            batch_size=args.batch_size, lr=args.lr, max_minutes=args.max_minutes, seed=args.seed,
-                           device=args.device, bf16=args.bf16, checkpoint_every=args.checkpoint_every)
+                           device=args.device, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
+                           contract={"padding": args.padding})
     print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
     print(f"model written to {train_box3d(cfg)}")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,10 @@ def _overlays(report: dict[str, Any], folder: Path, k: int = 3) -> list[tuple[st
         truth = truth_mask(case, image, keys.get("mask"))
         pred_path = folder / "predictions" / case.get("prediction", "")
         pred = load_prediction(pred_path) if case.get("prediction") and pred_path.is_file() else None
+        side = None
         if "key_slice" in case:
             z = case["key_slice"]
+            side = _side_view(image, truth, pred, np.array(case["box"]), z)
             image, truth, pred = image.slice(z), truth[z], None if pred is None else pred[z]
         rgb = display_rgb(image)
         if pred is not None:
@@ -119,7 +122,31 @@ def _overlays(report: dict[str, Any], folder: Path, k: int = 3) -> list[tuple[st
         rgb = draw_box(overlay_mask(rgb, truth, color=(80, 255, 80), alpha=0.2), box)
         out.append((f"{tag}: {case['id']} (Dice {case['model']['dice']:.3f})",
                     _array_png(thumbnail(_zoom(rgb, box), 280))))
+        if side is not None:
+            out.append((f"{tag}: {case['id']} along z (through the box centre; key slice marked)",
+                        _array_png(thumbnail(side, 280))))
     return out
+
+
+def _side_view(volume: Any, truth: np.ndarray, pred: np.ndarray | None, box: np.ndarray, key: int) -> np.ndarray:
+    """(H, W, 3) uint8: the volume cut along z through the prompt box's centre column (rows: slices, stretched to
+    millimetres), around the box's rows; prediction red, truth green, the key slice as a yellow line."""
+    from PIL import Image
+
+    from medfoundry.viz import display_rgb, overlay_mask
+
+    x = int(np.clip((box[0] + box[2]) / 2, 0, truth.shape[2] - 1))
+    pad = int(max(box[3] - box[1], 16))
+    y0, y1 = int(max(box[1] - pad, 0)), int(min(box[3] + pad, truth.shape[1]))
+    cut = replace(volume, array=volume.array[:, y0:y1, x], spacing=(volume.spacing[0], volume.spacing[1]),
+                  direction=None)
+    rgb = display_rgb(cut)
+    if pred is not None:
+        rgb = overlay_mask(rgb, pred[:, y0:y1, x], color=(255, 60, 60), alpha=0.35)
+    rgb = overlay_mask(rgb, truth[:, y0:y1, x], color=(80, 255, 80), alpha=0.2)
+    rgb[key, :, :] = (255, 220, 0)
+    rows = max(round(rgb.shape[0] * volume.spacing[0] / volume.spacing[1]), 1)
+    return np.asarray(Image.fromarray(rgb).resize((rgb.shape[1], rows), Image.NEAREST))
 
 
 def _retrieval_examples(report: dict[str, Any], k: int = 3) -> str:

@@ -51,6 +51,7 @@ class Box3DContract:
     percentiles: tuple[float, float] = (0.5, 99.5)
     threshold: float = 0.5
     flips: bool = False
+    padding: str = "reflection"
 
     @classmethod
     def from_record(cls, record: ModelRecord) -> Box3DContract:
@@ -64,7 +65,7 @@ class Box3DContract:
                    hu_window=_pair(c.get("hu_window", d.hu_window)),
                    percentiles=_pair(c.get("percentiles", d.percentiles)),
                    threshold=float(c.get("threshold", d.threshold)),
-                   flips=bool(c.get("flips", d.flips)))
+                   flips=bool(c.get("flips", d.flips)), padding=str(c.get("padding", d.padding)))
 
 
 def _pair(values: Any) -> tuple[float, float]:
@@ -123,11 +124,12 @@ def prompt_channel(coords: torch.Tensor, shape: tuple[int, int, int], key: float
     return (inside & near[:, None, None]).float()
 
 
-def sample(array: np.ndarray | torch.Tensor, coords: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """(D, H, W) values of the (Z, Y, X) ``array`` at ``coords`` (see :func:`patch_coordinates`), mirrored at
-    the array's ends."""
+def sample(array: np.ndarray | torch.Tensor, coords: torch.Tensor, mode: str = "bilinear",
+           padding: str = "reflection") -> torch.Tensor:
+    """(D, H, W) values of the (Z, Y, X) ``array`` at ``coords`` (see :func:`patch_coordinates`); beyond the
+    array's ends ``padding``: ``"reflection"`` (mirrored) or ``"border"`` (the end slice repeated)."""
     t = torch.as_tensor(array, dtype=torch.float32)[None, None]
-    return F.grid_sample(t, coords[None], mode=mode, padding_mode="reflection", align_corners=True)[0, 0]
+    return F.grid_sample(t, coords[None], mode=mode, padding_mode=padding, align_corners=True)[0, 0]
 
 
 def patch_input(values: np.ndarray, shape: tuple[int, int, int], spacing: tuple[float, ...], key: float,
@@ -136,7 +138,8 @@ def patch_input(values: np.ndarray, shape: tuple[int, int, int], spacing: tuple[
     """The model input (2, D, H, W) (normalised intensities, prompt) from normalised ``values`` (Z, Y, X), and the
     patch coordinates (D, H, W, 3)."""
     coords = patch_coordinates(shape, spacing, key, box, contract, context_scale)
-    return torch.stack([sample(values, coords), prompt_channel(coords, shape, key, box)]), coords
+    return torch.stack([sample(values, coords, padding=contract.padding), prompt_channel(coords, shape, key, box)]), \
+        coords
 
 
 def logits_to_volume(logits: torch.Tensor, shape: tuple[int, int, int], spacing: tuple[float, ...], key: float,

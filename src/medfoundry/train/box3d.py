@@ -159,7 +159,7 @@ def training_example(obj: LabelledObject, contract: Box3DContract, cfg: Box3DTra
     scale = rng.uniform(1 - cfg.context_jitter, 1 + cfg.context_jitter)
     shape = tuple(mask.shape)
     x, coords = patch_input(values, shape, obj.volume.spacing, key, box, contract, scale)  # type: ignore[arg-type]
-    y = sample(mask.astype(np.float32), coords)
+    y = sample(mask.astype(np.float32), coords, padding=contract.padding)
     dims = [d for d, flip in ((1, rng.random() < 0.5), (2, rng.random() < 0.5), (3, rng.random() < 0.5)) if flip]
     if dims:
         x, y = x.flip(dims), y.flip([d - 1 for d in dims])
@@ -289,7 +289,7 @@ def box3d_record(name: str, cfg: Box3DTrainConfig, contract: Box3DContract, trai
     """The record of a trained Box3DNet (architecture, contract; no weights source: the folder holds them)."""
     contract_dict = {"context": contract.context, "depth_context": contract.depth_context,
                      "hu_window": list(contract.hu_window), "percentiles": list(contract.percentiles),
-                     "threshold": contract.threshold, "flips": contract.flips}
+                     "threshold": contract.threshold, "flips": contract.flips, "padding": contract.padding}
     return ModelRecord(
         name=name, arch="box3d", family="VPM-adaptation", tasks=("segmentation-3d",), modalities=("CT",),
         license="research-only (inherits its training data's terms)", commercial_use=False,
