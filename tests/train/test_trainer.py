@@ -132,6 +132,20 @@ def _config(kind: str, data: dict, out: Path, processes: int, **extra) -> dict:
     return asdict(cfg)
 
 
+def _cancelled_by_instance_norm(name: str) -> bool:
+    """A convolution bias that an instance norm subtracts right away (every BasicUNet block but the output conv)."""
+    return name.endswith(".conv.bias") and "final_conv" not in name
+
+
+def _same_box3d_outputs(a: Path, b: Path) -> None:
+    from medfoundry.predict.segment import open_segmenter
+
+    x = torch.rand(1, 2, 16, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ya, yb = (open_segmenter(f"local-dir:{p / 'model'}").model(x) for p in (a, b))
+    torch.testing.assert_close(ya, yb, atol=1e-4, rtol=1e-4)
+
+
 def _weights(out: Path) -> dict[str, torch.Tensor]:
     weights: dict[str, torch.Tensor] = {}
     for path in sorted((out / "model").glob("*.safetensors")):
@@ -206,7 +220,11 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(runs: dict) 
         one, two = _weights(root / f"{kind}-one"), _weights(root / f"{kind}-two")
         assert one.keys() == two.keys()
         for k in one:  # AdamW turns float rounding of near-zero gradients into ~1e-5 parameter differences
+            if kind == "box3d" and _cancelled_by_instance_norm(k):
+                continue  # its true gradient is 0: AdamW steps on rounding noise (the output is the same, below)
             torch.testing.assert_close(two[k], one[k], atol=1e-4, rtol=1e-4, msg=f"{kind}: {k}")
+        if kind == "box3d":
+            _same_box3d_outputs(root / f"{kind}-one", root / f"{kind}-two")
         h1 = json.loads((root / f"{kind}-one" / "history.json").read_text())
         h2 = json.loads((root / f"{kind}-two" / "history.json").read_text())
         key = "train_loss" if kind == "clip-lora" else "loss"
