@@ -175,3 +175,17 @@ def test_collect_describes_model_data_settings_code_and_machine(tmp_path: Path) 
     assert dataset_hash(w)["sha256"] == hashlib.sha256(b"weights").hexdigest()
     (data / "a.png").write_bytes(b"b")
     assert dataset_hash(data)["sha256"] != info["dataset"]["items"][0]["sha256"]
+
+
+def test_the_cache_key_changes_with_the_record_when_the_weights_do_not() -> None:
+    import dataclasses
+    from types import SimpleNamespace
+
+    from medfoundry.registry import get_record
+
+    record = get_record("medfoundry-box3d-tiny")
+    other = dataclasses.replace(record, arch_config={**record.arch_config,
+                                                     "contract": {**record.arch_config["contract"], "threshold": 0.5}})
+    keys = [cache_key(SimpleNamespace(record=r, loaded_weights=None), data_sha256="d", settings={"a": 1})
+            for r in (record, other)]
+    assert keys[0]["weights_sha256"] == keys[1]["weights_sha256"] and keys[0] != keys[1]

@@ -213,12 +213,15 @@ def collect(model: Any = None, *, name: str | None = None, weights: Any = None,
 
 
 def cache_key(model: Any, *, data_sha256: str | None, settings: Any) -> dict[str, Any]:
-    """What a cached prediction depends on: model name, sha256 of the weights actually loaded, dataset hash,
-    settings hash and code version (package + commit; an uncommitted edit is not seen)."""
+    """What a cached prediction depends on: model name, sha256 of the weights actually loaded, sha256 of the model's
+    record (its input contract and settings such as thresholds change predictions without changing the weights),
+    dataset hash, settings hash and code version (package + commit; an uncommitted edit is not seen)."""
     loaded = weights_of(model)
     record = getattr(model, "record", None)
     code = code_version()
     return {"model": record.name if record is not None else None,
             "weights_sha256": loaded.sha256 if loaded is not None else None,
+            "record_sha256": None if record is None else settings_sha256(
+                record.to_dict() if hasattr(record, "to_dict") else record),
             "dataset_sha256": data_sha256, "settings_sha256": settings_sha256(settings),
             "code": f"{code['package']}+{code['git_commit'] or ''}"}
