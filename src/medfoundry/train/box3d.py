@@ -40,7 +40,7 @@ from medfoundry.predict.boxes import mask_box
 from medfoundry.registry.records import ModelRecord, Preprocess
 from medfoundry.tasks.shapes import dice, ellipsoid_in_box
 from medfoundry.train.sam_propagation import read_label_volumes
-from medfoundry.train.trainer import Trainer, TrainerConfig
+from medfoundry.train.trainer import SeededSampleTask, Trainer, TrainerConfig
 
 #: objects smaller than this many voxels, or on fewer than 2 slices, are not trained on
 MIN_VOXELS = 200
@@ -229,36 +229,15 @@ def validate_objects(segmenter: Box3DSegmenter, objects: list[LabelledObject]) -
             "val_per_object": per}
 
 
-class _Box3DTask:
-    loss_key = "loss"
-    clock_schedule = False
+class _Box3DTask(SeededSampleTask):
+    """:func:`train_box3d`'s task: each rank builds its shard's augmented patches from the seeds."""
 
     def __init__(self, cfg: Box3DTrainConfig, trainer: Trainer, model: Box3DNet, record: ModelRecord,
                  objects: dict[str, list[LabelledObject]], contract: Box3DContract) -> None:
-        self.cfg, self.trainer, self.model, self.record = cfg, trainer, model, record
-        self.val = objects["val"]
-        self.epochs = cfg.epochs
-        self.steps_per_epoch = max(1, cfg.steps_per_epoch // trainer.world_size)
-        self.total = self.steps_per_epoch * cfg.epochs
-        self.global_batch = cfg.batch_size * trainer.world_size
+        super().__init__(trainer, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
+                         lr=cfg.lr, warmup_steps=cfg.warmup_steps, seed=cfg.seed)
+        self.cfg, self.model, self.record, self.val = cfg, model, record, objects["val"]
         self.dataset = _Samples(objects["train"], contract, cfg)
-        self.stream, self.drawn, self.seeds = random.Random(cfg.seed), 0, []
-        self.batches: Any = iter(())
-
-    def learning_rate(self, step: int, elapsed_s: float) -> float:
-        cfg = self.cfg
-        return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / self.total))
-
-    def begin_epoch(self, epoch: int, first_step: int) -> None:
-        per_epoch = self.steps_per_epoch * self.global_batch
-        while self.drawn <= epoch:
-            self.seeds = [self.stream.getrandbits(32) for _ in range(per_epoch)]
-            self.drawn += 1
-        part = self.trainer.shard(self.global_batch)
-        starts = range(first_step * self.global_batch, per_epoch, self.global_batch)
-        self.batches = iter(torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=[self.seeds[s : s + self.global_batch][part] for s in starts]))
-        self.model.train()
 
     def training_step(self, module: torch.nn.Module, epoch: int, step: int) -> torch.Tensor | None:
         batch = next(self.batches)
@@ -271,18 +250,6 @@ class _Box3DTask:
         out = validate_objects(segmenter, self.val)
         self.model.train()
         return out
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        pass
-
-    def model_state(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
-    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state)
 
 
 def box3d_record(name: str, cfg: Box3DTrainConfig, contract: Box3DContract, training_data: str) -> ModelRecord:

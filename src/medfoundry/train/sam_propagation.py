@@ -41,7 +41,7 @@ from medfoundry.models.sam import SamModel, build_sam
 from medfoundry.predict.boxes import crop_box, mask_box, previous_mask_prompt
 from medfoundry.train.sam import box_crop_record, dice_loss
 from medfoundry.train.seg_data import MIN_AREA, box_crop_contract, training_sample
-from medfoundry.train.trainer import Trainer, TrainerConfig
+from medfoundry.train.trainer import SeededSampleTask, Trainer, TrainerConfig
 from medfoundry.viz import display_rgb
 
 
@@ -274,38 +274,17 @@ class PropagationStep(torch.nn.Module):
         return F.binary_cross_entropy_with_logits(up, y) + dice_loss(up, y) + F.mse_loss(iou.float()[:, 0], true_iou)
 
 
-class _PropagationTask:
-    """:func:`train_propagation`'s task for :class:`~medfoundry.train.trainer.Trainer`: one seed per sample of the
-    global batch from one stream on every rank; each rank builds its shard's pairs."""
-
-    loss_key = "loss"
-    clock_schedule = False
+class _PropagationTask(SeededSampleTask):
+    """:func:`train_propagation`'s task: each rank builds its shard's slice pairs from the seeds."""
 
     def __init__(self, cfg: PropagationConfig, trainer: Trainer, model: SamModel,
                  objects: dict[str, list[VolumeObject]]) -> None:
-        self.cfg, self.trainer, self.model, self.val = cfg, trainer, model, objects["val"]
-        self.epochs = cfg.epochs
-        # --steps-per-epoch counts steps of one process's batch: under torchrun an epoch is shared out
-        self.steps_per_epoch = max(1, cfg.steps_per_epoch // trainer.world_size)
-        self.total = self.steps_per_epoch * cfg.epochs
-        self.global_batch = cfg.batch_size * trainer.world_size
+        super().__init__(trainer, epochs=cfg.epochs, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
+                         lr=cfg.lr, warmup_steps=cfg.warmup_steps, seed=cfg.seed)
+        self.cfg, self.model, self.val = cfg, model, objects["val"]
         self.dataset = PropagationDataset(objects["train"], cfg, self.steps_per_epoch * self.global_batch)
-        self.stream, self.drawn, self.seeds = random.Random(cfg.seed), 0, []
-        self.batches: Any = iter(())
 
-    def learning_rate(self, step: int, elapsed_s: float) -> float:
-        cfg = self.cfg
-        return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * step / self.total))
-
-    def begin_epoch(self, epoch: int, first_step: int) -> None:
-        per_epoch = self.steps_per_epoch * self.global_batch
-        while self.drawn <= epoch:  # the stream continues over epochs (a resumed run replays the earlier ones)
-            self.seeds = [self.stream.getrandbits(32) for _ in range(per_epoch)]
-            self.drawn += 1
-        part = self.trainer.shard(self.global_batch)
-        starts = range(first_step * self.global_batch, per_epoch, self.global_batch)
-        self.batches = iter(torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=[self.seeds[s : s + self.global_batch][part] for s in starts]))
+    def train_mode(self) -> None:
         self.model.eval()  # frozen encoder keeps its BatchNorm statistics; the head has no dropout or norm stats
 
     def training_step(self, module: torch.nn.Module, epoch: int, step: int) -> torch.Tensor | None:
@@ -317,18 +296,6 @@ class _PropagationTask:
         if not self.val:
             return {}
         return evaluate_propagation(self.model, self.val, self.cfg, self.trainer.device)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {}  # the sample stream is replayed from the seed
-
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
-        pass
-
-    def model_state(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
-    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state)
 
 
 def train_propagation(cfg: PropagationConfig, base: Any = None) -> Path:

@@ -17,6 +17,7 @@ computed on features gathered with :meth:`Trainer.gather`) and no layer keeps pe
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -84,6 +85,62 @@ class TrainingTask(Protocol):
     def load_state(self, state: dict[str, torch.Tensor]) -> None: ...
     def model_state(self) -> dict[str, torch.Tensor]: ...
     def load_model_state(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+class SeededSampleTask:
+    """The mechanics shared by tasks whose samples are drawn by seed (``train sam-propagation``, ``train box3d``):
+    one seed per sample of the global batch from one stream (``seed``) on every rank, each rank loading its shard
+    through ``self.dataset[seed]``; warm-up then cosine learning rate; weights as the resume point (the stream is
+    replayed from the seed, so no generator state is saved). Subclasses set ``self.dataset`` and ``self.model``,
+    and define :meth:`train_mode`, ``training_step`` and ``validate``.
+
+    ``steps_per_epoch`` counts steps of one process's batch: under torchrun an epoch is shared out.
+    """
+
+    loss_key = "loss"
+    clock_schedule = False
+    model: torch.nn.Module
+    dataset: Any
+
+    def __init__(self, trainer: Trainer, *, epochs: int, steps_per_epoch: int, batch_size: int, lr: float,
+                 warmup_steps: int, seed: int) -> None:
+        self.trainer, self.epochs, self.lr, self.warmup_steps = trainer, epochs, lr, warmup_steps
+        self.steps_per_epoch = max(1, steps_per_epoch // trainer.world_size)
+        self.total = self.steps_per_epoch * epochs
+        self.global_batch = batch_size * trainer.world_size
+        self.stream, self.drawn, self.seeds = random.Random(seed), 0, []
+        self.batches: Any = iter(())
+
+    def learning_rate(self, step: int, elapsed_s: float) -> float:
+        warm = min(1.0, (step + 1) / self.warmup_steps)
+        return self.lr * warm * 0.5 * (1 + math.cos(math.pi * step / self.total))
+
+    def begin_epoch(self, epoch: int, first_step: int) -> None:
+        per_epoch = self.steps_per_epoch * self.global_batch
+        while self.drawn <= epoch:  # the stream continues over epochs (a resumed run replays the earlier ones)
+            self.seeds = [self.stream.getrandbits(32) for _ in range(per_epoch)]
+            self.drawn += 1
+        part = self.trainer.shard(self.global_batch)
+        starts = range(first_step * self.global_batch, per_epoch, self.global_batch)
+        self.batches = iter(torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=[self.seeds[s : s + self.global_batch][part] for s in starts]))
+        self.train_mode()
+
+    def train_mode(self) -> None:
+        """Set the model's modes for training (called at each epoch's start)."""
+        self.model.train()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
 
 
 def _fabric(device: str, bf16: bool) -> Any:
