@@ -146,3 +146,17 @@ def test_the_embedded_model_loads_offline_and_finds_a_ball_from_one_box() -> Non
                    spacing=(3.0, 0.8, 0.8), units="HU", modality="CT")
     outcome = segment(seg, vol, [mask_box(ball[15])], slice_index=15, propagate=True)
     assert dice(outcome.mask, ball) > 0.75
+
+
+def test_every_way_in_gives_the_box3d_segmenter_or_a_typed_error(tmp_path) -> None:
+    from medfoundry.predict.segment import load_segmenter, open_segmenter
+    from medfoundry.registry import get_record
+    from medfoundry.registry.loading import fetch_weights
+
+    record, weights = fetch_weights("medfoundry-box3d-tiny")
+    assert record == get_record("medfoundry-box3d-tiny")
+    assert isinstance(load_segmenter(record, weights), Box3DSegmenter)
+    with pytest.raises(InputContractError, match="no ONNX export"):
+        open_segmenter("medfoundry-box3d-tiny", onnx=tmp_path)
+    with pytest.raises(InputContractError, match="do not apply"):
+        open_segmenter("medfoundry-box3d-tiny", tta="logits")

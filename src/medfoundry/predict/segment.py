@@ -406,6 +406,10 @@ def load_segmenter(record: ModelRecord, weights: Any, device: str = "cpu", **kwa
         from medfoundry.predict.sam_med3d import load_sam_med3d_segmenter
 
         return load_sam_med3d_segmenter(record, weights, device)  # type: ignore[return-value]
+    if record.arch == "box3d":  # a key-slice box to the 3D object in one pass (medfoundry.predict.box3d)
+        from medfoundry.predict.box3d import load_box3d
+
+        return load_box3d(record, weights, device)  # type: ignore[return-value]
     if record.arch != "sam":
         raise RegistryError(f"{record.name}: architecture {record.arch!r} is registered but medfoundry cannot run "
                             "it yet")
@@ -460,6 +464,8 @@ def open_segmenter(model: str, weights: Any = None, device: str = "cpu", onnx: s
         from medfoundry.models.sam import SamConfig
 
         record, _ = resolve_model(model, weights)
+        if record.arch != "sam":
+            raise InputContractError(f"{record.name} ({record.arch}) has no ONNX export: ONNX runs SAM-format models")
         segmenter = PromptSegmenter(OnnxSam(onnx, SamConfig(**record.arch_config)), record, **kwargs)
         segmenter.loaded_weights = LoadedWeights(Path(onnx))
         return segmenter
