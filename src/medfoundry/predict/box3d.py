@@ -5,8 +5,9 @@ The input contract (held in the record's ``arch_config["contract"]``, used alike
 - **Patch geometry.** The patch is centred on the box's centre on the key slice. In-plane it spans ``context`` ×
   the box's longer side (in mm) on both axes; along z it spans ``depth_context`` × that side, centred on the key
   slice (objects may be longer along the body axis than across it). It is sampled on the model's ``grid``
-  ``(D, H, W)`` by trilinear interpolation (``grid_sample`` with ``align_corners=True``), mirrored at the
-  volume's ends (``reflection`` padding) so that where a scan stops is no cue.
+  ``(D, H, W)`` by trilinear interpolation (``grid_sample`` with ``align_corners=True``). Beyond the volume's
+  ends, ``padding``: ``"border"`` (the end slice repeated; medfoundry-box3d-tiny, chosen on its validation
+  patients) or ``"reflection"`` (mirrored; the default of records that do not say).
 - **Intensities.** CT in HU: clipped to ``hu_window`` and scaled to [0, 1]. Anything else (already windowed
   8-bit CT, MR): the volume's ``percentiles`` scaled to [0, 1].
 - **Test-time mirroring** (``flips``): the logits are the mean over the patch as it is and mirrored along
