@@ -137,6 +137,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       "mask_key, units (HU), labels, split (train/val), source, name")
     bsrc.add_argument("--shared", help="build the manifest from the shared data folder (written to OUT): STS tune "
                       "patients, DeepLesion 000001/000002, TotalSegmentator example organs")
+    pb.add_argument("--val-patients", type=int, default=2, metavar="N",
+                    help="with --shared: the last N STS tune patients validate instead of training (0: train on all "
+                    "12, the final fit once the recipe is chosen)")
     pb.add_argument("--out", required=True)
     pb.add_argument("--epochs", type=int, default=20)
     pb.add_argument("--steps-per-epoch", type=int, default=50)
@@ -275,7 +278,7 @@ def run_box3d(args: argparse.Namespace) -> int:
 
     volumes = args.volumes
     if args.shared:
-        volumes = str(shared_box3d_manifest(args.shared, Path(args.out) / "volumes.jsonl"))
+        volumes = str(shared_box3d_manifest(args.shared, Path(args.out) / "volumes.jsonl", args.val_patients))
     cfg = Box3DTrainConfig(volumes=volumes, out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                            batch_size=args.batch_size, lr=args.lr, max_minutes=args.max_minutes, seed=args.seed,
                            device=args.device, bf16=args.bf16, checkpoint_every=args.checkpoint_every,
