@@ -215,7 +215,8 @@ def test_cli_embed_and_index_on_volumes(astra_predictor, shared_data: Path, tmp_
     from medfoundry.cli.main import main
     from medfoundry.predict import volume_encoder
 
-    monkeypatch.setitem(RECORD.arch_config, "size", list(SMALL))  # keep the test short; the contract is 224²×160
+    # keep the test short (the contract is 224²×160, ~50 s a volume on 2 cores): the predictor holds its own copy
+    monkeypatch.setitem(astra_predictor.contract, "size", list(SMALL))
     monkeypatch.setattr(volume_encoder, "open_volume_encoder", lambda *a, **k: astra_predictor)
     vol = shared_data / "totalsegmentator_examples" / "nifti" / "example_ct_sm.nii.gz"
     out = tmp_path / "f.npy"
