@@ -214,3 +214,18 @@ def test_cli_build_and_search_from_batch_job(tmp_path: Path, capsys) -> None:
         hits = json.loads(capsys.readouterr().out)
         assert Path(hits[0]["item"]).name == "im4.png" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert main(["index", "build", str(tmp_path), "--kind", "hnsw", "--index", str(tmp_path / "x.npz")]) == 2
+
+
+@pytest.mark.parametrize("factory", ["IVF16,PQ4x8", "IVF16,PQ4x8,Refine(SQ8)", "IVF16,PQ4x8,RFlat"])
+def test_8_bit_pq_skips_polysemous_training(factory: str) -> None:
+    """index_factory turns on polysemous training (seconds of annealing) for 8-bit codes, which asymmetric
+    search never uses: the builder turns it off."""
+    import faiss
+
+    from medfoundry.tasks.vector_index import _skip_polysemous_training
+
+    index = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)
+    inner = faiss.downcast_index(getattr(index, "base_index", index))
+    assert inner.do_polysemous_training  # faiss's default, the reason for the helper
+    _skip_polysemous_training(index)
+    assert not inner.do_polysemous_training

@@ -178,6 +178,20 @@ def _unit(x: np.ndarray, dim: int) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+def _skip_polysemous_training(index: Any) -> None:
+    """``index_factory`` switches on polysemous training for 8-bit PQ codes: a simulated annealing that reorders
+    each codebook so that Hamming distances between codes mean something. medfoundry searches by asymmetric
+    distance (``polysemous_ht`` 0), which no codebook order changes, so the annealing (seconds even for a few
+    thousand vectors) buys nothing."""
+    import faiss
+
+    for candidate in (index, getattr(index, "base_index", None)):
+        if candidate is not None:
+            inner = faiss.downcast_index(candidate)
+            if hasattr(inner, "do_polysemous_training"):
+                inner.do_polysemous_training = False
+
+
 def build_vector_index(chunks: Iterable[tuple[np.ndarray, dict[str, list]]], out: str | Path, *, dim: int,
                        count: int, params: IndexParams, model: str | None = None,
                        weights_sha256: str | None = None, shard_size: int = 2_000_000,
@@ -210,6 +224,7 @@ def build_vector_index(chunks: Iterable[tuple[np.ndarray, dict[str, list]]], out
             params = IndexParams(**{**asdict(params), "nlist": max(1, len(train_vectors) // 39)})
             factory = params.factory(dim, count)
         trained = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        _skip_polysemous_training(trained)
         trained.train(_unit(train_vectors, dim))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
