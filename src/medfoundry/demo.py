@@ -1,7 +1,8 @@
 """The main job on real sample images with the embedded default models, written to one HTML page.
 
 Sections: the images read (any format), zero-shot labels and a grounding heatmap (medfoundry-clip-tiny),
-prompted masks with measurements in 2D and 3D (medfoundry-sam-lite), a similar-case search over a small
+prompted masks with measurements in 2D (medfoundry-sam-lite) and 3D (medfoundry-box3d-tiny from one box), a
+similar-case search over a small
 gallery, and reports (a draft from those measurements; for chest X-rays a retrieved clinical note when the
 shared data is present). Every picture is a PNG beside ``index.html``; every number is also in ``demo.json``.
 """
@@ -48,7 +49,7 @@ def _kvasir_box(root: Path, image_path: Path) -> np.ndarray | None:
 def run_demo(out: Path, log=print) -> dict[str, Any]:
     """Run every section into ``out`` (created); returns what ``demo.json`` holds."""
     from medfoundry.predict.contrastive import open_contrastive
-    from medfoundry.predict.segment import open_segmenter
+    from medfoundry.predict.default_segmenter import open_default_segmenter
     from medfoundry.registry import list_models
     from medfoundry.tasks.segmentation import segment
     from medfoundry.tasks.zero_shot import label_set, zero_shot_classify
@@ -93,7 +94,7 @@ def run_demo(out: Path, log=print) -> dict[str, Any]:
         extra = {k: max(entry[k], key=entry[k].get) for k in (*CROSS_SECTION_SETS, "finding") if k in entry}
         log(f"label  {name:14s} {kinds.top(i)[0]} ({kinds.top(i)[1]:.2f}) {extra or ''}")
 
-    seg = open_segmenter("medfoundry-sam-lite")
+    seg = open_default_segmenter()  # medfoundry-sam-lite in 2D, medfoundry-box3d-tiny for a box in 3D
     root = shared_data_dir()
     jobs: list[tuple[str, MedImage, np.ndarray, int | None]] = []
     if "polyp" in images and root is not None:
@@ -114,7 +115,8 @@ def run_demo(out: Path, log=print) -> dict[str, Any]:
         shown_mask = outcome.mask if key is None else outcome.mask[key]
         m = outcome.measurement
         picture = overlay_mask(draw_box(display_rgb(shown), box), shown_mask)
-        report["segmentation"].append({"name": name, "box_xyxy": box.round(1).tolist(), "key_slice": key,
+        report["segmentation"].append({"name": name, "model": outcome.model, "box_xyxy": box.round(1).tolist(),
+                                       "key_slice": key,
                                        "overlay": _save(picture, out / f"{name}_mask.png"), **m.to_dict()})
         size = f"{m.volume_ml:.2f} mL" if m.volume_ml is not None else f"{m.area_mm2:.0f} mm²"
         size = size if m.spacing_known else f"{m.pixels} px (no pixel spacing in the file)"
@@ -154,7 +156,7 @@ def _draft(zero_shot: dict[str, Any], seg: dict[str, Any] | None, modality: str)
         else:
             size = f"area {seg['area_mm2']:.0f} mm²" if seg["spacing_known"] else f"area {seg['pixels']} px"
         lines.append(f"Prompted lesion: {size}, long axis {seg['long_axis_mm']:.1f} {unit}, short axis "
-                     f"{seg['short_axis_mm']:.1f} {unit} (medfoundry-sam-lite).")
+                     f"{seg['short_axis_mm']:.1f} {unit} ({seg['model']}).")
     return " ".join(lines)
 
 
@@ -214,15 +216,16 @@ def render(report: dict[str, Any]) -> str:
                           f"<td><i>{z[set_name][best]:.3f}</i></td></tr>")
         heat = f"<img src='{z['heatmap']}'><br><small>similarity to “pneumonia”</small>" if "heatmap" in z else ""
         parts.append(f"<div class='card'><h3>{esc(z['name'])}</h3>{heat}<table>{rows}{extra}</table></div>")
-    parts.append("</div><h2>Prompted masks and measurements (medfoundry-sam-lite)</h2><div class='grid'>")
+    parts.append("</div><h2>Prompted masks and measurements</h2><div class='grid'>")
     for s in report["segmentation"]:
         unit = "mm" if s["spacing_known"] else "px"
         if s["volume_ml"] is not None:
-            size = f"{s['volume_ml']:.2f} mL (3D, propagated from slice {s['key_slice']})"
+            size = f"{s['volume_ml']:.2f} mL (3D, from the box on slice {s['key_slice']})"
         else:
             size = f"{s['area_mm2']:.0f} mm²" if s["spacing_known"] else f"{s['pixels']} px (file has no spacing)"
         stats = f"<br>mean {s['mean']:.1f} ± {s['std']:.1f} {esc(s['units'])}" if s["mean"] is not None else ""
-        parts.append(f"<div class='card'><h3>{esc(s['name'])}</h3><img src='{s['overlay']}'><p>box "
+        parts.append(f"<div class='card'><h3>{esc(s['name'])}</h3><img src='{s['overlay']}'><p>"
+                     f"{esc(s['model'])}<br>box "
                      f"{esc(str(s['box_xyxy']))}<br>{esc(size)}<br>long axis {s['long_axis_mm']:.1f} {unit}, "
                      f"short axis {s['short_axis_mm']:.1f} {unit}{stats}</p></div>")
     parts.append("</div><h2>Similar-case search</h2><table><tr><th>query</th><th>nearest (cosine)</th></tr>")

@@ -34,22 +34,6 @@ def _with_uids(src: Path, dst: Path) -> tuple[str, str]:
     return study, series
 
 
-def _one_segmenter(monkeypatch):
-    """Both CLI runs share one segmenter with a large embedding cache: the second run decodes from the embeddings of
-    the first wherever its slices are the same pixels (which is what the test asserts), halving the test's time."""
-    import medfoundry.predict.segment as module
-
-    real, shared = module.open_segmenter, {}
-
-    def reuse(*args, **kwargs):
-        if "segmenter" not in shared:
-            shared["segmenter"] = real(*args, cache_size=512, **kwargs)
-        return shared["segmenter"]
-
-    monkeypatch.setattr(module, "open_segmenter", reuse)
-    return reuse("medfoundry-sam-lite", None)
-
-
 @pytest.mark.shared_data
 @pytest.mark.slow
 def test_segment_through_dicomweb_store_and_retrieve(orthanc, shared_data, tmp_path, monkeypatch, capsys) -> None:
@@ -57,14 +41,14 @@ def test_segment_through_dicomweb_store_and_retrieve(orthanc, shared_data, tmp_p
     folder = tmp_path / "ct"
     study, series = _with_uids(shared_data / "totalsegmentator_examples" / "dicom" / "example_ct_dicom", folder)
     store(orthanc.url, [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))])
-    segmenter = _one_segmenter(monkeypatch)
-
-    # the local-folder run: what `medfoundry segment FOLDER --slice 10 --box ... --propagate` computes
+    # the local-folder run: what `medfoundry segment FOLDER --slice 10 --box ... --propagate` computes (the
+    # default segmenter: one box in 3D goes to medfoundry-box3d-tiny)
     from medfoundry.cli.segment import segment_one
     from medfoundry.io import read_image
+    from medfoundry.predict.default_segmenter import open_default_segmenter
     from medfoundry.tasks.measure import measure
 
-    local_mask, grid = segment_one(segmenter, read_image(folder), [BOX], [], 10, True)
+    local_mask, grid = segment_one(open_default_segmenter(), read_image(folder), [BOX], [], 10, True)
     local = measure(local_mask, grid).to_dict()
     assert local_mask.sum() > 100
 

@@ -98,8 +98,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-model", default="medfoundry-clip-tiny", help="contrastive model for --text")
     p.add_argument("--slice", type=int, default=None, dest="slice_index", help="slice of a volume to prompt")
     p.add_argument("--propagate", action="store_true",
-                   help="follow the object through the volume (3D mask); MedSAM2 runs its video predictor from one "
-                        "--box on --slice K, SAM-Med3D its 3D network from --point x,y on --slice K")
+                   help="the object's 3D mask from a prompt on --slice K. Without --model, one --box goes to "
+                        "medfoundry-box3d-tiny (one pass, better on new patients) and points or the 2D-only "
+                        "options to medfoundry-sam-lite's slice-by-slice propagation; MedSAM2 runs its video "
+                        "predictor from one --box, SAM-Med3D its 3D network from --point x,y")
     p.add_argument("--propagation-head", action="store_true",
                    help="with --propagate: carry the mask with the model's trained propagation head "
                         "(`train sam-propagation`) instead of box hypotheses")
@@ -191,6 +193,13 @@ def _reference_arch(args: argparse.Namespace) -> str | None:
     return arch
 
 
+def _planar_options_asked(args: argparse.Namespace) -> bool:
+    """Options that only the 2D model honours: with any of them the default stays the 2D model everywhere (its
+    propagation included), so that what was asked for is what runs."""
+    return bool(args.onnx is not None or args.fast_prompts or args.embed_pool != 1 or args.tta != "none"
+                or args.precision == "bf16" or args.propagation_head)
+
+
 def run(args: argparse.Namespace) -> int:
     prompt_jobs = read_prompts(args.prompts) if args.prompts else None  # before any model work
     from medfoundry.predict.segment import open_segmenter
@@ -206,6 +215,10 @@ def run(args: argparse.Namespace) -> int:
         segmenter = open_sam_med3d(args.model, args.weights)
     elif reference in ("sam2", "box3d"):
         segmenter = open_segmenter(args.model, args.weights, precision="fp32")
+    elif args.model is None and args.weights is None and not _planar_options_asked(args):
+        from medfoundry.predict.default_segmenter import open_default_segmenter
+
+        segmenter = open_default_segmenter(precision=args.precision)  # box3d answers one box on a key slice
     else:
         segmenter = open_segmenter(args.model or DEFAULT_MODEL, args.weights, onnx=args.onnx, tta=args.tta,
                                    **({"precision": args.precision, "embed_pool": args.embed_pool}
@@ -268,10 +281,10 @@ def run(args: argparse.Namespace) -> int:
             folder = image.meta.get("series_folder") if is_dicomweb(job["image"]) else job["image"]
             stored = _report_and_store(args, job["image"], folder, out, outcome.measurement.to_dict())
         sizes = outcome.measurement
-        entry = {"image": job["image"], "mask": out, **sizes.to_dict(), **(stored or {})}
+        entry = {"image": job["image"], "mask": out, "model": outcome.model, **sizes.to_dict(), **(stored or {})}
         report.append(entry)
         if not args.json:
-            print(f"{out}: {sizes.describe()}" + (f"; SR {entry['sr']}" if "sr" in entry else "")
+            print(f"{out}: {sizes.describe()} ({outcome.model})" + (f"; SR {entry['sr']}" if "sr" in entry else "")
                   + (f"; stored {len(entry['stored'])} objects on the server" if "stored" in entry else ""))
     if args.json:
         print(json.dumps(report if args.prompts else report[0], indent=2))

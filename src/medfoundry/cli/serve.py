@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                 "report bank")
     p.add_argument("--store", default=None, help="folder for uploads (default: a private temporary folder)")
     p.add_argument("--max-upload-mb", type=float, default=512.0, help="refuse larger uploads")
-    p.add_argument("--seg-model", default="medfoundry-sam-lite")
+    p.add_argument("--seg-model", default="default",
+                   help="segmentation model; default: medfoundry-sam-lite for 2D and points, medfoundry-box3d-tiny "
+                        "for one box propagated through a volume")
     p.add_argument("--clip-model", default="medfoundry-clip-tiny")
     p.add_argument("--chat-model", default=None,
                    help="conversational model for questions about an image (e.g. llava-med; none by default)")

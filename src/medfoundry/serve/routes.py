@@ -160,7 +160,8 @@ def build_router(bench: Workbench) -> Any:
         axis_mask = mask[meas["key_slice"]] if mask.ndim == 3 and meas["key_slice"] is not None else shown
         slices = {int(z): mk.rle_encode(mask[z]) for z in np.nonzero(mask.any(axis=(1, 2)))[0]} \
             if mask.ndim == 3 else {}
-        return {"mask_id": out["mask_id"], "slice": key, "shape": list(shown.shape), "propagated": mask.ndim == 3,
+        return {"mask_id": out["mask_id"], "model": out["model"], "slice": key, "shape": list(shown.shape),
+                "propagated": mask.ndim == 3,
                 "mask_png": mk.b64_png(shown), "rle": mk.rle_encode(shown), "slices": slices,
                 "measurements": meas, "axes": mk.axis_segments(axis_mask, tuple(on.spacing)),
                 "axes_slice": meas["key_slice"] if mask.ndim == 3 else key}

@@ -37,7 +37,8 @@ class Workbench:
         max_upload_bytes: larger uploads are refused (:class:`UploadTooLargeError`) while they stream in.
         max_images: uploads kept; the least recently used is evicted first.
         ttl_seconds: uploads unused for this long are forgotten and their files removed.
-        contrastive_model, segmentation_model: registry names of the models used.
+        contrastive_model, segmentation_model: registry names of the models used; segmentation ``"default"``:
+            medfoundry-sam-lite, with medfoundry-box3d-tiny for one box propagated in 3D.
         chat_model: registry name (or ``local-dir:PATH``) of a conversational model (none by default);
             ``chat_weights`` overrides its weights.
         index: a retrieval index (``medfoundry index build``) to search for similar cases; without one,
@@ -55,7 +56,7 @@ class Workbench:
 
     def __init__(self, store: str | Path | None = None, max_upload_bytes: int = 512 << 20, max_images: int = 32,
                  contrastive_model: str = "medfoundry-clip-tiny",
-                 segmentation_model: str = "medfoundry-sam-lite", index: str | Path | None = None,
+                 segmentation_model: str = "default", index: str | Path | None = None,
                  chat_model: str | None = None, chat_weights: str | None = None, deid: Any = None,
                  ttl_seconds: float = 3600.0, calibration: str | Path | None = None,
                  uncertain_below: float | None = None, seg_threads: int | None = 1,
@@ -116,9 +117,11 @@ class Workbench:
 
                     self._predictors[kind] = open_contrastive(str(name))
                 elif kind == "segmentation":
+                    from medfoundry.predict.default_segmenter import open_default_segmenter
                     from medfoundry.predict.segment import open_segmenter
 
-                    seg = open_segmenter(str(name))
+                    # "default": medfoundry-sam-lite, with medfoundry-box3d-tiny for one box propagated in 3D
+                    seg = open_default_segmenter() if name == "default" else open_segmenter(str(name))
                     if self.seg_decoder_precision != "fp32":
                         seg.set_decoder_precision(self.seg_decoder_precision)
                     self._predictors[kind] = seg
@@ -207,7 +210,7 @@ class Workbench:
                 slice_index: int | None = None, propagate: bool = False) -> dict[str, Any]:
         """Prompted mask through the one segmentation flow (:func:`medfoundry.tasks.segmentation.segment`): box
         XYXY and points (x, y[, label]) in the axial plane's pixels (x = column, y = row). Returns ``{mask_id,
-        mask, image, plane, slice, measurement}``: the mask (2D (H, W), or (Z, H, W) with ``propagate`` on a
+        mask, image, plane, slice, measurement, model}``: the mask (2D (H, W), or (Z, H, W) with ``propagate`` on a
         volume) as bool, the image it lives on, the prompted plane, its slice index and the flow's
         :class:`~medfoundry.tasks.measure.Measurement`. The mask is kept with the image
         (:attr:`StoredImage.masks`) for download under ``mask_id``.
@@ -236,7 +239,7 @@ class Workbench:
         with stored.lock:
             stored.keep_mask(mask_id, {"mask": mask, "slice": k, "propagated": propagate})
         return {"mask_id": mask_id, "mask": mask, "image": outcome.image, "plane": plane, "slice": k,
-                "measurement": outcome.measurement}
+                "measurement": outcome.measurement, "model": outcome.model}
 
     def close(self) -> None:
         """Stop the model worker, forget the images and remove the store if this workbench created it."""

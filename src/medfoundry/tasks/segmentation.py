@@ -8,8 +8,10 @@ means the same everywhere:
   mask is the union of the best mask of each box;
 - a volume with ``propagate``: the object is followed from the prompted slice through the volume
   (:func:`medfoundry.tasks.volume.segment_volume`; ``use_head`` carries it with the model's propagation head);
-  segmenters with their own 3D inference (a ``segment_3d`` method: MedSAM2's video predictor, SAM-Med3D) run
-  that instead, and those that only segment volumes (``volume_only``) need a volume and ``propagate``.
+  segmenters with their own 3D inference (a ``segment_3d`` method: MedSAM2's video predictor, SAM-Med3D, box3d)
+  run that instead, and those that only segment volumes (``volume_only``) need a volume and ``propagate``. The
+  default segmenter (:mod:`medfoundry.predict.default_segmenter`) picks its 3D model for one box and its 2D
+  model's propagation for every other prompt.
 
 Coordinates are image pixels of the prompted plane: boxes XYXY, points (x, y[, label]) with label 1 inside
 (default) and 0 outside.
@@ -38,7 +40,8 @@ class SegmentationOutcome:
     ``mask``: (H, W) bool, or (Z, H, W) for a propagated volume; ``image``: the image the mask lives on (the
     volume for 3D, the 2D image or the prompted slice otherwise); ``plane``: the prompted 2D plane;
     ``measurement``: sizes in mm (or pixels without spacing) and intensity statistics; ``volume``: the
-    propagation's slice range and stop reasons (3D only).
+    propagation's slice range and stop reasons (3D only); ``model``: the registry name of the model that made the
+    mask (the default segmenter answers 3D box prompts with its 3D model).
     """
 
     mask: np.ndarray
@@ -46,6 +49,7 @@ class SegmentationOutcome:
     plane: MedImage
     measurement: Measurement
     volume: VolumeResult | None = None
+    model: str = ""
 
 
 def split_points(points: Sequence[Sequence[float]] | None) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -88,6 +92,10 @@ def segment(segmenter: PromptSegmenter, image: MedImage, boxes: Any = None,
         if propagate:
             if box_array is not None and len(box_array) > 1:
                 raise InputContractError("3D propagation follows one object: give one box")
+            chooser = getattr(segmenter, "volume_segmenter", None)  # the default: box3d or the 2D model
+            if chooser is not None:
+                segmenter = chooser(image, box_array, pts, use_head)
+            name = segmenter.record.name
             native = getattr(segmenter, "segment_3d", None)  # models with their own 3D inference (MedSAM2, SAM-Med3D)
             if native is not None:
                 if use_head:
@@ -97,17 +105,17 @@ def segment(segmenter: PromptSegmenter, image: MedImage, boxes: Any = None,
                 zs = np.nonzero(mask.any(axis=(1, 2)))[0]
                 volume = VolumeResult(mask, int(zs[0]) if len(zs) else slice_index,
                                       int(zs[-1]) if len(zs) else slice_index, ("model", "model"))
-                return SegmentationOutcome(mask, image, plane, measure(mask, image), volume)
+                return SegmentationOutcome(mask, image, plane, measure(mask, image), volume, name)
             volume = segment_volume(segmenter, image, slice_index, box=None if box_array is None else box_array[0],
                                     points=pts, point_labels=labels, use_head=use_head, progress=progress)
-            return SegmentationOutcome(volume.mask, image, plane, measure(volume.mask, image), volume)
+            return SegmentationOutcome(volume.mask, image, plane, measure(volume.mask, image), volume, name)
     elif propagate:
         raise InputContractError("propagation needs a volume (a 3D image)")
     else:
         plane = image
     segmenter.set_image(plane)
     mask = segmenter.predict(boxes=box_array, points=pts, point_labels=labels).best().any(axis=0)
-    return SegmentationOutcome(mask, plane, plane, measure(mask, plane))
+    return SegmentationOutcome(mask, plane, plane, measure(mask, plane), model=segmenter.record.name)
 
 
 def mask_image(mask: np.ndarray, like: MedImage) -> MedImage:
