@@ -4,7 +4,6 @@ and the end points of the long and short axes drawn on the image."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import shutil
 import tempfile
@@ -65,32 +64,19 @@ def axis_segments(mask2d: np.ndarray, spacing: tuple[float, float]) -> dict[str,
     (the widest extent perpendicular to it) of a 2D mask, as ``{"long": [[x, y], [x, y]], "short": [...]}``
     in pixel coordinates (x = column, y = row, pixel corners at integers); None for an empty mask. The
     lengths are those of :func:`medfoundry.tasks.measure.diameters`."""
-    from medfoundry.tasks.measure import boundary
+    from medfoundry.tasks.measure import hull_axes
 
-    ys, xs = np.nonzero(boundary(mask2d))  # the hull's corners all belong to boundary pixels
-    if ys.size == 0:
+    axes = hull_axes(mask2d, spacing)
+    if axes is None:
         return None
-    dy, dx = spacing
-    corners = np.concatenate([np.stack([xs + ox, ys + oy], 1) for ox in (0, 1) for oy in (0, 1)]).astype(float)
-    pts = np.unique(corners, axis=0)
-    if len(pts) > 3:
-        from scipy.spatial import ConvexHull, QhullError
-
-        with contextlib.suppress(QhullError, ValueError):  # collinear masks: every point stays
-            pts = pts[ConvexHull(pts * [dx, dy]).vertices]
-    mm = pts * [dx, dy]
-    dist = np.linalg.norm(mm[:, None] - mm[None], axis=-1)
-    i, j = np.unravel_index(dist.argmax(), dist.shape)
-    if dist[i, j] == 0:
-        return None
-    direction = (mm[j] - mm[i]) / dist[i, j]
-    normal = np.array([-direction[1], direction[0]])
+    pts, i, j, normal = axes
+    to_px = np.array([spacing[1], spacing[0]])
+    mm = pts * to_px
     proj = mm @ normal
     lo, hi = int(proj.argmin()), int(proj.argmax())
     # the short axis: from the widest points' projections, placed through the middle of the long axis
     mid = (mm[i] + mm[j]) / 2
     a, b = mid + normal * (proj[lo] - mid @ normal), mid + normal * (proj[hi] - mid @ normal)
-    to_px = np.array([dx, dy])
     return {"long": [(pts[i]).tolist(), (pts[j]).tolist()], "short": [(a / to_px).tolist(), (b / to_px).tolist()]}
 
 

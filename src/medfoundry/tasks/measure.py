@@ -59,32 +59,47 @@ def boundary(mask2d: np.ndarray) -> np.ndarray:
     return m & ~inner
 
 
+def hull_axes(mask2d: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndarray, int, int, np.ndarray] | None:
+    """The convex hull of a 2D mask's pixel corners and its long axis, or None for an empty or zero-length mask.
+
+    Returns ``(corners, i, j, normal)``: ``corners`` (N, 2) the hull's corners as (x, y) pixel corners (integers
+    as floats; x = column, y = row), ``corners[i]``-``corners[j]`` the farthest pair in mm (spacing (dy, dx)),
+    ``normal`` the unit vector perpendicular to it in mm space.
+    """
+    ys, xs = np.nonzero(boundary(mask2d))  # the hull's corners all belong to boundary pixels
+    if ys.size == 0:
+        return None
+    width = int(np.asarray(mask2d).shape[1]) + 1
+    keys = np.unique(np.concatenate([(ys + oy) * width + (xs + ox) for ox in (0, 1) for oy in (0, 1)]))
+    corners = np.stack([keys % width, keys // width], 1).astype(float)
+    dy, dx = spacing
+    if len(corners) > 3:
+        from scipy.spatial import ConvexHull
+
+        with contextlib.suppress(Exception):  # degenerate (collinear) masks: all points stay
+            corners = corners[ConvexHull(corners * [dx, dy]).vertices]
+    mm = corners * [dx, dy]
+    dist = np.linalg.norm(mm[:, None] - mm[None], axis=-1)
+    i, j = np.unravel_index(dist.argmax(), dist.shape)
+    if dist[i, j] == 0:
+        return None
+    direction = (mm[j] - mm[i]) / dist[i, j]
+    return corners, int(i), int(j), np.array([-direction[1], direction[0]])
+
+
 def diameters(mask2d: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:
     """(long axis, short axis) in mm of a 2D mask with pixel spacing (dy, dx).
 
     Long axis: the largest distance between two pixel corners of the mask. Short axis: the largest extent of
     the mask perpendicular to it (the RECIST short-axis measurement).
     """
-    ys, xs = np.nonzero(boundary(mask2d))  # the hull's corners all belong to boundary pixels
-    if ys.size == 0:
+    axes = hull_axes(mask2d, spacing)
+    if axes is None:
         return 0.0, 0.0
-    dy, dx = spacing
-    corners = np.concatenate([np.stack([xs + ox, ys + oy], 1) for ox in (0, 1) for oy in (0, 1)]).astype(float)
-    pts = np.unique(corners * [dx, dy], axis=0)
-    if len(pts) > 3:
-        from scipy.spatial import ConvexHull
-
-        with contextlib.suppress(Exception):  # degenerate (collinear) masks: all points stay
-            pts = pts[ConvexHull(pts).vertices]
-    dist = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
-    i, j = np.unravel_index(dist.argmax(), dist.shape)
-    long_axis = float(dist[i, j])
-    if long_axis == 0:
-        return 0.0, 0.0
-    direction = (pts[j] - pts[i]) / long_axis
-    normal = np.array([-direction[1], direction[0]])
-    proj = pts @ normal
-    return long_axis, float(proj.max() - proj.min())
+    corners, i, j, normal = axes
+    mm = corners * [spacing[1], spacing[0]]
+    proj = mm @ normal
+    return float(np.linalg.norm(mm[j] - mm[i])), float(proj.max() - proj.min())
 
 
 def measure(mask: np.ndarray, image: MedImage) -> Measurement:
