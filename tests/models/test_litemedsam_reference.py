@@ -184,3 +184,35 @@ def test_cli_segments_offline_without_weights(shared_data, tmp_path, monkeypatch
     assert main(["segment", str(img), "--model", "litemedsam", "--box", "38,5,700,338", "--precision", "fp32",
                  "--out", str(bad)]) == 2
     assert "outside" in capsys.readouterr().err and not bad.exists()
+
+
+def test_bf16_encoder_keeps_the_stem_in_float32_and_masks_agree(cases, ours, reference, encoded) -> None:
+    """Under ``--precision bf16`` the patch embedding (the two 1×1 convolutions on the raw pixels) stays float32.
+    Masks decoded by the package's own decoder from each embedding, IoU with float32 (AMD EPYC, native bf16):
+    endoscopy 0.996 (all-bf16 0.994), CT 0.989 (0.989), MR 0.960 (0.946), radiograph 0.994 (0.989). The path
+    stays approximate (the CT and MR cases are under 0.99), but never worse than all-bf16 here."""
+    import copy
+
+    from medfoundry.models.sam_fast import accelerate_encoder
+
+    encoder = accelerate_encoder(copy.deepcopy(ours.model.image_encoder), bf16=True)
+    inner = encoder.inner
+    assert inner.patch_embed.seq[0].conv.weight.dtype == torch.float32
+    assert inner.neck[0].weight.dtype == torch.bfloat16
+    assert inner.layers[2].blocks[0].mlp.fc1.weight.dtype == torch.bfloat16
+    whole = copy.deepcopy(inner).to(torch.bfloat16)  # everything in bfloat16, the previous path
+    stem_iou, whole_iou = {}, {}
+    for name, (_, box, _) in cases.items():
+        x, info, _, emb32 = encoded[name]
+        with torch.no_grad():
+            emb16 = encoder(x[None])
+            emb_whole = whole(x[None].to(torch.bfloat16)).float()
+        assert emb16.dtype == torch.float32
+        sy, sx = info.scale
+        b = np.array([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], np.float32)
+        m32, m16, mw = (_reference_decode(reference, e, b, None, None)[0][0, 0].numpy() > 0
+                        for e in (emb32, emb16, emb_whole))
+        stem_iou[name] = (m32 & m16).sum() / max((m32 | m16).sum(), 1)
+        whole_iou[name] = (m32 & mw).sum() / max((m32 | mw).sum(), 1)
+    assert min(stem_iou.values()) >= 0.95 and stem_iou["endoscopy"] >= 0.99, stem_iou
+    assert np.mean(list(stem_iou.values())) >= np.mean(list(whole_iou.values())) - 1e-3, (stem_iou, whole_iou)

@@ -50,15 +50,20 @@ class SdpaAttention(nn.Module):
 
 
 class _Bf16Encoder(nn.Module):
-    """Runs a wrapped encoder in bfloat16 and hands back float32 embeddings."""
+    """Runs a wrapped encoder in bfloat16 and hands back float32 embeddings. Encoders that declare a
+    ``float32_stem`` keep that submodule (their first layers, on the raw pixels) in float32 and cast after it."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.inner = encoder.to(torch.bfloat16)
+        stem = getattr(encoder, "float32_stem", None)
+        self.stem_fp32 = stem is not None
+        if stem is not None:
+            stem().float()
         self.img_size = getattr(encoder, "img_size", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.to(torch.bfloat16)).float()
+        return self.inner(x.float() if self.stem_fp32 else x.to(torch.bfloat16)).float()
 
 
 def accelerate_encoder(encoder: nn.Module, bf16: bool = False) -> nn.Module:
