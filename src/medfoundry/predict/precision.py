@@ -23,8 +23,9 @@ from medfoundry.errors import InputContractError
 from medfoundry.models.hardware import CpuFeatures, cpu_features
 
 PRECISIONS = ("auto", "fp32", "bf16")
-#: bumped whenever :func:`measure_segmenter` changes, so older cached probes are not reused.
-PROBE_VERSION = 2
+#: bumped whenever :func:`measure_segmenter` or the bfloat16 encoders it measures change, so older cached probes
+#: are not reused (3: LiteMedSAM's patch embedding stays float32 under bf16).
+PROBE_VERSION = 3
 #: bf16 must be at least this much faster than fp32 for ``auto`` to choose it.
 MIN_SPEEDUP = 1.2
 #: and its probe masks (a large and a small object) must agree with float32's to at least this IoU.
