@@ -123,7 +123,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="image encoder precision. auto (default): bfloat16 only where it is native (AVX512-BF16/AMX "
                         "CPUs, GPUs) and measured faster with masks agreeing with float32 (probed once, cached in "
                         "$MEDFOUNDRY_CACHE); bf16: force it where native (elsewhere a warning and float32). bf16 is "
-                        "approximate: LiteMedSAM masks agree with float32 at mean IoU 0.97, worst 0.89 on a small CT "
+                        "approximate: LiteMedSAM masks agree with float32 at mean IoU 0.975, worst 0.86 on a small CT "
                         "structure (benchmarks/results/litemedsam_paths.json); fp32: the reference")
     p.add_argument("--out", default=None, help="mask file: .png, .nii.gz (keeps geometry), .npy, or .dcm (DICOM SEG "
                                             "referencing the source series, for DICOM folders)")
