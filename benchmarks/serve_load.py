@@ -183,6 +183,7 @@ def main() -> None:
     ap.add_argument("--src-label", default=None, help="what --src is (e.g. the commit it was exported from)")
     ap.add_argument("--seg-threads", type=int, default=None, help="passed to the server (default: its own)")
     ap.add_argument("--fast-prompts", action="store_true", help="passed to the server")
+    ap.add_argument("--seg-workers", type=int, default=None, help="passed to the server (default: its own)")
     args = ap.parse_args()
     import httpx
 
@@ -194,6 +195,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     load_before = os.getloadavg()
     extra = [*(["--seg-threads", str(args.seg_threads)] if args.seg_threads is not None else []),
+             *(["--seg-workers", str(args.seg_workers)] if args.seg_workers is not None else []),
              *(["--fast-prompts"] if args.fast_prompts else [])]
     server = start_server(port, Path(args.src), extra)
     sampler = LoadSampler()

@@ -146,3 +146,40 @@ def test_seg_threads_and_decoder_precision_are_checked(tmp_path) -> None:
         Workbench(store=tmp_path / "a", seg_threads=0)
     with pytest.raises(InputContractError, match="decoder precision"):
         Workbench(store=tmp_path / "b", seg_decoder_precision="fp8")
+
+
+def test_two_workers_segment_the_same_image_side_by_side(tmp_path) -> None:
+    """``seg_workers=2``: each worker thread gets its own segmenter (the loaded one, then a second copy), clicks on
+    one image run concurrently, and every mask equals what one worker computes for the same prompt."""
+    import io
+
+    from PIL import Image
+
+    from medfoundry.serve.workbench import Workbench
+
+    yy, xx = np.mgrid[0:160, 0:192]
+    arr = np.where(((yy - 80) / 40.0) ** 2 + ((xx - 90) / 55.0) ** 2 <= 1, 210, 40).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.repeat(arr[..., None], 3, -1)).save(buf, format="PNG")
+    boxes = [[30.0 + d, 36.0, 150.0 - d, 124.0] for d in range(0, 16, 2)]
+    single = Workbench(store=tmp_path / "one")
+    try:
+        stored = single.add_upload(io.BytesIO(buf.getvalue()), "ellipse.png")
+        expected = [single.segment(stored.id, b)["mask"] for b in boxes]
+    finally:
+        single.close()
+    bench = Workbench(store=tmp_path / "two", seg_workers=2)
+    opened = []
+    real_open = bench._open_segmenter
+    bench._open_segmenter = lambda: opened.append(1) or real_open()  # type: ignore[method-assign]
+    try:
+        stored = bench.add_upload(io.BytesIO(buf.getvalue()), "ellipse.png")
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(lambda b: bench.segment(stored.id, b)["mask"], boxes))
+        for got, want in zip(results, expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+        assert len(opened) == 2  # the loaded segmenter and the second worker's
+    finally:
+        bench.close()
+    with pytest.raises(Exception, match="seg_workers"):
+        Workbench(store=tmp_path / "bad", seg_workers=0)

@@ -52,6 +52,9 @@ class Workbench:
             benchmarks/serve_load.py).
         seg_decoder_precision: ``fp32`` or ``bf16`` (the mask decoder in bfloat16: about twice as fast per
             prompt on CPUs with native bfloat16; see :meth:`PromptSegmenter.set_decoder_precision`).
+        seg_workers: segmentation worker threads, each with its own copy of the segmenter and its own embedding
+            cache (so each encodes an image once); clicks, on the same image or not, run on as many cores at
+            once. One by default; the model's memory is held once per worker.
     """
 
     def __init__(self, store: str | Path | None = None, max_upload_bytes: int = 512 << 20, max_images: int = 32,
@@ -60,7 +63,7 @@ class Workbench:
                  chat_model: str | None = None, chat_weights: str | None = None, deid: Any = None,
                  ttl_seconds: float = 3600.0, calibration: str | Path | None = None,
                  uncertain_below: float | None = None, seg_threads: int | None = 1,
-                 seg_decoder_precision: str = "fp32") -> None:
+                 seg_decoder_precision: str = "fp32", seg_workers: int = 1) -> None:
         self.images = ImageStore(store, max_upload_bytes=max_upload_bytes, max_images=max_images,
                                  ttl_seconds=ttl_seconds, deid=deid)
         self.store = self.images.folder
@@ -73,9 +76,14 @@ class Workbench:
             raise InputContractError(f"seg_threads must be at least 1, got {seg_threads}")
         if seg_decoder_precision not in ("fp32", "bf16"):
             raise InputContractError(f"unknown decoder precision {seg_decoder_precision!r}: use fp32 or bf16")
+        if seg_workers < 1:
+            raise InputContractError(f"seg_workers must be at least 1, got {seg_workers}")
         self.seg_decoder_precision = seg_decoder_precision
-        self.runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medfoundry-seg",
+        self.seg_workers = seg_workers
+        self.runner = ThreadPoolExecutor(max_workers=seg_workers, thread_name_prefix="medfoundry-seg",
                                          initializer=_set_threads, initargs=(seg_threads,))
+        self._worker = threading.local()  # each worker thread's own segmenter (seg_workers > 1)
+        self._shared_taken = False  # the loaded segmenter went to a worker (the others open their own)
         self.calibration = None
         self.uncertain_below = uncertain_below
         if calibration is not None:
@@ -117,14 +125,7 @@ class Workbench:
 
                     self._predictors[kind] = open_contrastive(str(name))
                 elif kind == "segmentation":
-                    from medfoundry.predict.default_segmenter import open_default_segmenter
-                    from medfoundry.predict.segment import open_segmenter
-
-                    # "default": medfoundry-sam-lite, with medfoundry-box3d-tiny for one box propagated in 3D
-                    seg = open_default_segmenter() if name == "default" else open_segmenter(str(name))
-                    if self.seg_decoder_precision != "fp32":
-                        seg.set_decoder_precision(self.seg_decoder_precision)
-                    self._predictors[kind] = seg
+                    self._predictors[kind] = self._open_segmenter()
                 else:
                     from medfoundry.predict.conversational import open_chat
 
@@ -206,6 +207,18 @@ class Workbench:
                     stored.embedding = self.predictor("contrastive").embed_images([stored.plane(None)])[0]
             return stored.embedding
 
+    def _open_segmenter(self) -> Any:
+        """A new segmenter of the configured model ("default": medfoundry-sam-lite, with medfoundry-box3d-tiny for
+        one box propagated in 3D), with the configured decoder precision."""
+        from medfoundry.predict.default_segmenter import open_default_segmenter
+        from medfoundry.predict.segment import open_segmenter
+
+        name = str(self.model_names["segmentation"])
+        seg = open_default_segmenter() if name == "default" else open_segmenter(name)
+        if self.seg_decoder_precision != "fp32":
+            seg.set_decoder_precision(self.seg_decoder_precision)
+        return seg
+
     def segment(self, image_id: str, box: list[float] | None, points: list[list[float]] | None = None,
                 slice_index: int | None = None, propagate: bool = False) -> dict[str, Any]:
         """Prompted mask through the one segmentation flow (:func:`medfoundry.tasks.segmentation.segment`): box
@@ -215,8 +228,9 @@ class Workbench:
         :class:`~medfoundry.tasks.measure.Measurement`. The mask is kept with the image
         (:attr:`StoredImage.masks`) for download under ``mask_id``.
 
-        The model runs on one worker thread (:attr:`runner`), one prompt at a time, so concurrent requests
-        queue for it instead of sharing the CPU cores between several PyTorch calls."""
+        The model runs on ``seg_workers`` worker threads (:attr:`runner`; one by default), one prompt at a time
+        each, so concurrent requests queue for them instead of sharing the CPU cores between more PyTorch calls
+        than there are workers."""
         from medfoundry.tasks.segmentation import segment
 
         stored = self.get(image_id)
@@ -227,11 +241,18 @@ class Workbench:
         if points and any(len(p) == 3 and p[2] not in (0, 1) for p in points):
             raise InputContractError("points are [x, y] or [x, y, label] with label 1 (object) or 0 (background)")
         boxes = None if box is None else [box]
-        seg = self.predictor("segmentation")
+        shared = self.predictor("segmentation")  # loaded (and its errors raised) in the request thread
 
         def run() -> Any:
-            with stored.lock, self.locks["segmentation"]:
-                return segment(seg, stored.image, boxes, points, k, propagate)
+            if self.seg_workers == 1:
+                with stored.lock, self.locks["segmentation"]:
+                    return segment(shared, stored.image, boxes, points, k, propagate)
+            # several workers: each has its own segmenter, so only the worker itself uses it; the stored image
+            # is never modified, so clicks on the same image run side by side
+            seg = getattr(self._worker, "segmenter", None)
+            if seg is None:
+                seg = self._worker.segmenter = shared if _first_worker(self) else self._open_segmenter()
+            return segment(seg, stored.image, boxes, points, k, propagate)
 
         outcome = self.runner.submit(run).result()
         mask = np.asarray(outcome.mask, dtype=bool)
@@ -267,6 +288,14 @@ def _thumbnail(item: str, size: int = 96) -> str | None:
     except (MedfoundryError, OSError, ValueError):
         return None
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _first_worker(bench: Workbench) -> bool:
+    """True for the first worker thread that asks (it takes the segmenter already loaded), False after."""
+    with bench._load_lock:
+        first = not bench._shared_taken
+        bench._shared_taken = True
+        return first
 
 
 def _set_threads(n: int | None) -> None:
