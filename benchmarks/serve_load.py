@@ -184,6 +184,7 @@ def main() -> None:
     ap.add_argument("--seg-threads", type=int, default=None, help="passed to the server (default: its own)")
     ap.add_argument("--fast-prompts", action="store_true", help="passed to the server")
     ap.add_argument("--seg-workers", type=int, default=None, help="passed to the server (default: its own)")
+    ap.add_argument("--embed-pool", type=int, default=None, help="passed to the server (default: its own)")
     args = ap.parse_args()
     import httpx
 
@@ -196,6 +197,7 @@ def main() -> None:
     load_before = os.getloadavg()
     extra = [*(["--seg-threads", str(args.seg_threads)] if args.seg_threads is not None else []),
              *(["--seg-workers", str(args.seg_workers)] if args.seg_workers is not None else []),
+             *(["--embed-pool", str(args.embed_pool)] if args.embed_pool is not None else []),
              *(["--fast-prompts"] if args.fast_prompts else [])]
     server = start_server(port, Path(args.src), extra)
     sampler = LoadSampler()

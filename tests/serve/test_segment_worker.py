@@ -183,3 +183,13 @@ def test_two_workers_segment_the_same_image_side_by_side(tmp_path) -> None:
         bench.close()
     with pytest.raises(Exception, match="seg_workers"):
         Workbench(store=tmp_path / "bad", seg_workers=0)
+    pooled = Workbench(store=tmp_path / "pooled", seg_embed_pool=2)  # `serve --embed-pool 2`
+    try:
+        stored = pooled.add_upload(io.BytesIO(buf.getvalue()), "ellipse.png")
+        coarse = pooled.segment(stored.id, boxes[0])["mask"]
+        assert pooled.predictor("segmentation").model.config.embed_pool == 2
+        assert (coarse & expected[0]).sum() / (coarse | expected[0]).sum() > 0.9
+    finally:
+        pooled.close()
+    with pytest.raises(Exception, match="seg_embed_pool"):
+        Workbench(store=tmp_path / "bad", seg_embed_pool=3)
