@@ -56,11 +56,14 @@ def picture(shared: Path | None) -> tuple[bytes, list[float], str]:
     return buf.getvalue(), [110.0, 90.0, 430.0, 370.0], "synthetic 560x480"
 
 
-def prompts(box: list[float], n: int, seed: int) -> list[dict]:
+def prompts(box: list[float], n: int, seed: int, with_png: bool = False) -> list[dict]:
+    """Clicks as the viewer sends them: the box and one object point that moves inside it, the mask asked as RLE
+    only (``with_png``: also as a PNG, as the API returns by default and before 2 Dec 2026 on every click)."""
     rng = np.random.default_rng(seed)
     x0, y0, x1, y1 = box
     return [{"box": box, "points": [[float(rng.uniform(x0 + (x1 - x0) * 0.3, x1 - (x1 - x0) * 0.3)),
-                                     float(rng.uniform(y0 + (y1 - y0) * 0.3, y1 - (y1 - y0) * 0.3)), 1]]}
+                                     float(rng.uniform(y0 + (y1 - y0) * 0.3, y1 - (y1 - y0) * 0.3)), 1]],
+             **({} if with_png else {"png": False})}
             for _ in range(n)]
 
 
@@ -72,7 +75,8 @@ def start_server(port: int, src: Path, extra: list[str]) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL)
 
 
-def run_clients(base: str, image_id: str, box: list[float], clients: int, per_client: int) -> dict:
+def run_clients(base: str, image_id: str, box: list[float], clients: int, per_client: int,
+                with_png: bool = False) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -82,7 +86,7 @@ def run_clients(base: str, image_id: str, box: list[float], clients: int, per_cl
 
     def client(seed: int) -> None:
         with httpx.Client(base_url=base, timeout=300) as c:
-            todo = prompts(box, per_client, seed)
+            todo = prompts(box, per_client, seed, with_png)
             barrier.wait()
             for body in todo:
                 t = time.perf_counter()
@@ -185,6 +189,8 @@ def main() -> None:
     ap.add_argument("--fast-prompts", action="store_true", help="passed to the server")
     ap.add_argument("--seg-workers", type=int, default=None, help="passed to the server (default: its own)")
     ap.add_argument("--embed-pool", type=int, default=None, help="passed to the server (default: its own)")
+    ap.add_argument("--with-png", action="store_true",
+                    help="ask every click for the PNG mask too (as clients did before the viewer asked for RLE only)")
     args = ap.parse_args()
     import httpx
 
@@ -213,7 +219,7 @@ def main() -> None:
         warm = httpx.post(f"{base}/v1/images/{image_id}/segment", json=prompts(box, 1, 0)[0], timeout=300)
         assert warm.status_code == 200, warm.text
         with sampler:
-            levels = [run_clients(base, image_id, box, c, max(1, args.requests // c)) for c in
+            levels = [run_clients(base, image_id, box, c, max(1, args.requests // c), args.with_png) for c in
                       (int(x) for x in args.levels.split(","))]
     finally:
         server.terminate()

@@ -84,6 +84,9 @@ def test_upload_preview_and_segment_match_the_predictor(client: TestClient) -> N
     np.testing.assert_array_equal(rle_decode(out["rle"]), direct)
     png = client.get(f"/v1/images/{info['id']}/masks/{out['mask_id']}.png")
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png.content))) > 0, direct)
+    lean = client.post(f"/v1/images/{info['id']}/segment", json={"box": box, "png": False}).json()  # the viewer's
+    assert lean["mask_png"] is None
+    np.testing.assert_array_equal(rle_decode(lean["rle"]), direct)
 
 
 def test_classify_and_ground(client: TestClient) -> None:

@@ -55,6 +55,8 @@ def build_router(bench: Workbench) -> Any:
             None, max_length=64, description="[x, y] or [x, y, label]: label 1 object (default), 0 background")
         slice: int | None = Field(None, ge=0, description="axial slice of a volume (default: the middle one)")
         propagate: bool = Field(False, description="propagate the mask through the volume (3D)")
+        png: bool = Field(True, description="also return the mask as a base64 PNG (``mask_png``); the viewer reads "
+                                            "the RLE and asks for none, which saves encoding it on every click")
 
     def describe(stored: Any) -> dict[str, Any]:
         summary = {k: v for k, v in stored.image.summary().items() if k not in ("source", "meta")}
@@ -162,7 +164,7 @@ def build_router(bench: Workbench) -> Any:
             if mask.ndim == 3 else {}
         return {"mask_id": out["mask_id"], "model": out["model"], "slice": key, "shape": list(shown.shape),
                 "propagated": mask.ndim == 3,
-                "mask_png": mk.b64_png(shown), "rle": mk.rle_encode(shown), "slices": slices,
+                "mask_png": mk.b64_png(shown) if req.png else None, "rle": mk.rle_encode(shown), "slices": slices,
                 "measurements": meas, "axes": mk.axis_segments(axis_mask, tuple(on.spacing)),
                 "axes_slice": meas["key_slice"] if mask.ndim == 3 else key}
 

@@ -174,7 +174,7 @@ async function segment() {
   const points = here.filter((q) => q.point).map((q) => q.point);
   const vol = S.img.slices > 1;
   const j = await post(`/v1/images/${S.img.id}/segment`, {box: box ? box.box : null, points: points.length ? points : null,
-    slice: vol ? k : null, propagate: vol && $("propagate").checked});
+    slice: vol ? k : null, propagate: vol && $("propagate").checked, png: false});
   const slices = {};
   if (j.propagated) for (const [z, r] of Object.entries(j.slices)) slices[z] = rleDecode(r);
   else slices[vol ? k : 0] = rleDecode(j.rle);
