@@ -60,24 +60,11 @@ def rle_decode(rle: dict[str, Any]) -> np.ndarray:
 
 
 def axis_segments(mask2d: np.ndarray, spacing: tuple[float, float]) -> dict[str, Any] | None:
-    """End points of the long axis (the farthest pair of mask pixel corners, in mm) and of the short axis
-    (the widest extent perpendicular to it) of a 2D mask, as ``{"long": [[x, y], [x, y]], "short": [...]}``
-    in pixel coordinates (x = column, y = row, pixel corners at integers); None for an empty mask. The
-    lengths are those of :func:`medfoundry.tasks.measure.diameters`."""
-    from medfoundry.tasks.measure import hull_axes
+    """End points of the long and short axis of a 2D mask (:func:`medfoundry.tasks.measure.axis_endpoints`;
+    :class:`~medfoundry.tasks.measure.Measurement` carries them as ``axes`` for the slice it measured)."""
+    from medfoundry.tasks.measure import axis_endpoints
 
-    axes = hull_axes(mask2d, spacing)
-    if axes is None:
-        return None
-    pts, i, j, normal = axes
-    to_px = np.array([spacing[1], spacing[0]])
-    mm = pts * to_px
-    proj = mm @ normal
-    lo, hi = int(proj.argmin()), int(proj.argmax())
-    # the short axis: from the widest points' projections, placed through the middle of the long axis
-    mid = (mm[i] + mm[j]) / 2
-    a, b = mid + normal * (proj[lo] - mid @ normal), mid + normal * (proj[hi] - mid @ normal)
-    return {"long": [(pts[i]).tolist(), (pts[j]).tolist()], "short": [(a / to_px).tolist(), (b / to_px).tolist()]}
+    return axis_endpoints(mask2d, spacing)
 
 
 def mask_volume(image: MedImage, mask: np.ndarray, slice_index: int | None) -> np.ndarray:

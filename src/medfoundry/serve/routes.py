@@ -158,14 +158,12 @@ def build_router(bench: Workbench) -> Any:
         mask, key = out["mask"], out["slice"]
         shown = mask[key] if mask.ndim == 3 else mask
         meas = out["measurement"].to_dict()
-        on = out["image"] if mask.ndim == 2 else out["image"].slice(meas["key_slice"] or key)
-        axis_mask = mask[meas["key_slice"]] if mask.ndim == 3 and meas["key_slice"] is not None else shown
         slices = {int(z): mk.rle_encode(mask[z]) for z in np.nonzero(mask.any(axis=(1, 2)))[0]} \
             if mask.ndim == 3 else {}
         return {"mask_id": out["mask_id"], "model": out["model"], "slice": key, "shape": list(shown.shape),
                 "propagated": mask.ndim == 3,
                 "mask_png": mk.b64_png(shown) if req.png else None, "rle": mk.rle_encode(shown), "slices": slices,
-                "measurements": meas, "axes": mk.axis_segments(axis_mask, tuple(on.spacing)),
+                "measurements": meas, "axes": out["measurement"].axes,  # drawn on the measured slice
                 "axes_slice": meas["key_slice"] if mask.ndim == 3 else key}
 
     @router.get("/images/{image_id}/masks/{filename}", response_class=Response,

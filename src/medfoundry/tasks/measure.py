@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,9 @@ class Measurement:
     std: float | None
     units: str
     spacing_known: bool = True
+    #: end points of the long and short axis on the measured slice (:func:`axis_endpoints`), for drawing; not
+    #: part of :meth:`to_dict`
+    axes: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def size_unit(self) -> str:
@@ -35,8 +39,10 @@ class Measurement:
         return "mm" if self.spacing_known else "px"
 
     def to_dict(self) -> dict:
-        """The fields, plus ``size_unit``."""
-        return {**asdict(self), "size_unit": self.size_unit}
+        """The fields (without the drawing's ``axes``), plus ``size_unit``."""
+        out = asdict(self)
+        out.pop("axes")
+        return {**out, "size_unit": self.size_unit}
 
     def describe(self) -> str:
         """One line for people, in the right units: ``"812 px, 203.0 mm², long axis 21.3 mm, short axis 12.0
@@ -87,19 +93,39 @@ def hull_axes(mask2d: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndar
     return corners, int(i), int(j), np.array([-direction[1], direction[0]])
 
 
-def diameters(mask2d: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:
+def diameters(mask2d: np.ndarray, spacing: tuple[float, float], axes: Any = "compute") -> tuple[float, float]:
     """(long axis, short axis) in mm of a 2D mask with pixel spacing (dy, dx).
 
     Long axis: the largest distance between two pixel corners of the mask. Short axis: the largest extent of
-    the mask perpendicular to it (the RECIST short-axis measurement).
+    the mask perpendicular to it (the RECIST short-axis measurement). ``axes``: :func:`hull_axes` of the mask,
+    when already computed.
     """
-    axes = hull_axes(mask2d, spacing)
+    axes = hull_axes(mask2d, spacing) if isinstance(axes, str) else axes
     if axes is None:
         return 0.0, 0.0
     corners, i, j, normal = axes
     mm = corners * [spacing[1], spacing[0]]
     proj = mm @ normal
     return float(np.linalg.norm(mm[j] - mm[i])), float(proj.max() - proj.min())
+
+
+def axis_endpoints(mask2d: np.ndarray, spacing: tuple[float, float], axes: Any = "compute") -> dict[str, Any] | None:
+    """End points of the long axis (the farthest pair of mask pixel corners, in mm) and of the short axis (the
+    widest extent perpendicular to it, placed through the middle of the long axis) of a 2D mask with pixel
+    spacing (dy, dx), as ``{"long": [[x, y], [x, y]], "short": [...]}`` in pixel coordinates (x = column,
+    y = row, pixel corners at integers); None for an empty mask. The lengths are those of :func:`diameters`.
+    ``axes``: :func:`hull_axes` of the mask, when already computed."""
+    axes = hull_axes(mask2d, spacing) if isinstance(axes, str) else axes
+    if axes is None:
+        return None
+    pts, i, j, normal = axes
+    to_px = np.array([spacing[1], spacing[0]])
+    mm = pts * to_px
+    proj = mm @ normal
+    lo, hi = int(proj.argmin()), int(proj.argmax())
+    mid = (mm[i] + mm[j]) / 2
+    a, b = mid + normal * (proj[lo] - mid @ normal), mid + normal * (proj[hi] - mid @ normal)
+    return {"long": [pts[i].tolist(), pts[j].tolist()], "short": [(a / to_px).tolist(), (b / to_px).tolist()]}
 
 
 def measure(mask: np.ndarray, image: MedImage) -> Measurement:
@@ -114,13 +140,17 @@ def measure(mask: np.ndarray, image: MedImage) -> Measurement:
     std = float(values.std()) if values is not None and count else None
     if image.is_volume:
         dz, dy, dx = image.spacing
-        best, key = (0.0, 0.0), None
+        best, key, best_axes = (0.0, 0.0), None, None
         for z in np.nonzero(mask.any(axis=(1, 2)))[0]:
-            d = diameters(mask[z], (dy, dx))
+            axes = hull_axes(mask[z], (dy, dx))
+            d = diameters(mask[z], (dy, dx), axes)
             if d[0] > best[0]:
-                best, key = d, int(z)
+                best, key, best_axes = d, int(z), axes
+        drawn = axis_endpoints(mask[key], (dy, dx), best_axes) if key is not None else None
         return Measurement(count, None, count * dz * dy * dx / 1000.0, best[0], best[1], key, mean, std, image.units,
-                           known)
+                           known, drawn)
     dy, dx = image.spacing
-    long_axis, short_axis = diameters(mask, (dy, dx))
-    return Measurement(count, count * dy * dx, None, long_axis, short_axis, None, mean, std, image.units, known)
+    axes = hull_axes(mask, (dy, dx))
+    long_axis, short_axis = diameters(mask, (dy, dx), axes)
+    return Measurement(count, count * dy * dx, None, long_axis, short_axis, None, mean, std, image.units, known,
+                       axis_endpoints(mask, (dy, dx), axes))
