@@ -112,7 +112,7 @@ def test_kvasir_box_overlay_labels_and_download(page, server, shared_data: Path,
     _drag_box(page, [box["xmin"], box["ymin"], box["xmax"], box["ymax"]])
     _idle(page, "window.mf.mask !== null")
     after = _pixels(page)
-    assert "long axis" in page.inner_text("#measure")
+    assert "long axis" in page.inner_text("#measure") and "medfoundry-sam-lite" in page.inner_text("#measure")
 
     # the API's mask for the same prompt, mapped onto the canvas: its pixels are tinted, the others are not
     import httpx
@@ -236,7 +236,7 @@ def test_ct_box_propagated_through_the_volume(page, server, shared_data: Path, t
     _drag_box(page, box)
     _idle(page, "window.mf.mask !== null", timeout_s=900)  # minutes on a busy 2-core machine
     table = page.inner_text("#measure")
-    assert "mL" in table and "mean HU" in table, table
+    assert "mL" in table and "mean HU" in table and "medfoundry-box3d-tiny" in table, table
     slices = page.evaluate("Object.keys(window.mf.mask.slices).length")
     assert slices > 3
     _shot(page, "viewer_ct_aorta_3d.png")

@@ -179,14 +179,15 @@ async function segment() {
   if (j.propagated) for (const [z, r] of Object.entries(j.slices)) slices[z] = rleDecode(r);
   else slices[vol ? k : 0] = rleDecode(j.rle);
   S.mask = {id: j.mask_id, slices, axes: j.axes, axesSlice: vol ? j.axes_slice : 0, measurements: j.measurements};
-  showMeasurements(j.measurements);
+  showMeasurements(j.measurements, j.model);
   const base = `/v1/images/${S.img.id}/masks/${j.mask_id}`;
   $("downloads").innerHTML = `download mask: <a id="dl-png" href="${base}.png" download>PNG</a> · <a id="dl-nii" href="${base}.nii.gz" download>NIfTI</a>` +
     (S.img.dicom ? ` · <a id="dl-seg" href="${base}.dcm" download>DICOM SEG</a>` : "");
   await render();
 }
-function showMeasurements(m) {
+function showMeasurements(m, model) {
   const u = m.size_unit, rows = [
+    ["model", model || ""],
     ["pixels", m.pixels], m.volume_ml !== null ? ["volume", `${m.volume_ml.toFixed(2)} mL`] : ["area", `${m.area_mm2.toFixed(1)} ${u}²`],
     ["long axis", `${m.long_axis_mm.toFixed(1)} ${u}`], ["short axis", `${m.short_axis_mm.toFixed(1)} ${u}`],
   ];
