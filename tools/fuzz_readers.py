@@ -269,7 +269,17 @@ def main() -> None:
             peaks += part_peaks
             print(f"{start + len(part)}/{len(cases)} cases, {time.time() - t0:.0f} s", flush=True)
         wall = time.time() - t0
-    write_results(args, files, cases, results, peaks, wall, shared is not None)
+        provenance = _provenance(args, files)  # while the generated corpus files still exist
+    write_results(args, files, cases, results, peaks, wall, shared is not None, provenance)
+
+
+def _provenance(args, files) -> dict | None:
+    """collect()'s record of the run (corpus hash, arguments, code, machine); None for a --src tree without it."""
+    try:
+        from medfoundry.eval.provenance import collect
+    except ImportError:  # an older tree given as --src (the baseline): "code" (--label) says what ran
+        return None
+    return collect(data=[Path(path) for _, path in files], settings=args)
 
 
 def _cpu_model() -> str:
@@ -280,7 +290,7 @@ def _cpu_model() -> str:
         return platform.processor()
 
 
-def write_results(args, files, cases, results, peaks, wall, shared_present) -> None:
+def write_results(args, files, cases, results, peaks, wall, shared_present, provenance=None) -> None:
     import nibabel
     import numpy
     import PIL
@@ -329,6 +339,7 @@ def write_results(args, files, cases, results, peaks, wall, shared_present) -> N
         "versions": {"python": platform.python_version(), "pydicom": pydicom.__version__,
                      "nibabel": nibabel.__version__, "Pillow": PIL.__version__, "numpy": numpy.__version__,
                      "tifffile": tifffile.__version__},
+        "provenance": provenance,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
