@@ -273,13 +273,22 @@ def main() -> None:
     write_results(args, files, cases, results, peaks, wall, shared is not None, provenance)
 
 
-def _provenance(args, files) -> dict | None:
-    """collect()'s record of the run (corpus hash, arguments, code, machine); None for a --src tree without it."""
+def _provenance(args, files) -> dict:
+    """collect()'s record of the run (corpus hash, arguments, code, machine). For an older tree given as --src
+    (the baseline, which has no provenance module) it is collected by this checkout's src in a subprocess:
+    its ``code`` is then the harness's checkout, and the results' ``code`` (--label) says which readers ran."""
+    paths = [path for _, path in files]
     try:
         from medfoundry.eval.provenance import collect
-    except ImportError:  # an older tree given as --src (the baseline): "code" (--label) says what ran
-        return None
-    return collect(data=[Path(path) for _, path in files], settings=args)
+    except ImportError:
+        script = ("import json, sys; from pathlib import Path; from medfoundry.eval.provenance import collect; "
+                  "a = json.load(sys.stdin); sys.argv = a['argv']; "
+                  "print(json.dumps(collect(data=[Path(p) for p in a['paths']], settings=a['settings'])))")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                              input=json.dumps({"argv": sys.argv, "paths": paths, "settings": vars(args)}))
+        return json.loads(done.stdout)
+    return collect(data=[Path(p) for p in paths], settings=args)
 
 
 def _cpu_model() -> str:
