@@ -94,6 +94,8 @@ def main() -> None:
         "provenance": collect(seg, data=[manifest.parent / r[k] for r in rows for k in ("image", "mask")],
                               settings=args),
     }
+    if clip is not None:  # --text: the grounding map's model proposes the box, so its weights are recorded too
+        result["provenance"]["text_model"] = collect(clip, settings=args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "per_case_dice"}, indent=2))

@@ -269,7 +269,26 @@ def main() -> None:
             peaks += part_peaks
             print(f"{start + len(part)}/{len(cases)} cases, {time.time() - t0:.0f} s", flush=True)
         wall = time.time() - t0
-    write_results(args, files, cases, results, peaks, wall, shared is not None)
+        provenance = _provenance(args, files)  # while the generated corpus files still exist
+    write_results(args, files, cases, results, peaks, wall, shared is not None, provenance)
+
+
+def _provenance(args, files) -> dict:
+    """collect()'s record of the run (corpus hash, arguments, code, machine). For an older tree given as --src
+    (the baseline, which has no provenance module) it is collected by this checkout's src in a subprocess:
+    its ``code`` is then the harness's checkout, and the results' ``code`` (--label) says which readers ran."""
+    paths = [path for _, path in files]
+    try:
+        from medfoundry.eval.provenance import collect
+    except ImportError:
+        script = ("import json, sys; from pathlib import Path; from medfoundry.eval.provenance import collect; "
+                  "a = json.load(sys.stdin); sys.argv = a['argv']; "
+                  "print(json.dumps(collect(data=[Path(p) for p in a['paths']], settings=a['settings'])))")
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                              input=json.dumps({"argv": sys.argv, "paths": paths, "settings": vars(args)}))
+        return json.loads(done.stdout)
+    return collect(data=[Path(p) for p in paths], settings=args)
 
 
 def _cpu_model() -> str:
@@ -280,7 +299,7 @@ def _cpu_model() -> str:
         return platform.processor()
 
 
-def write_results(args, files, cases, results, peaks, wall, shared_present) -> None:
+def write_results(args, files, cases, results, peaks, wall, shared_present, provenance=None) -> None:
     import nibabel
     import numpy
     import PIL
@@ -329,6 +348,7 @@ def write_results(args, files, cases, results, peaks, wall, shared_present) -> N
         "versions": {"python": platform.python_version(), "pydicom": pydicom.__version__,
                      "nibabel": nibabel.__version__, "Pillow": PIL.__version__, "numpy": numpy.__version__,
                      "tifffile": tifffile.__version__},
+        "provenance": provenance,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
