@@ -212,6 +212,12 @@ class Workbench:
                     stored.embedding = self.predictor("contrastive").embed_images([stored.plane(None)])[0]
             return stored.embedding
 
+    def _take_shared(self) -> bool:
+        """True for the first worker thread that asks (it takes the segmenter already loaded), False after."""
+        with self._load_lock:
+            first, self._shared_taken = not self._shared_taken, True
+            return first
+
     def _open_segmenter(self) -> Any:
         """A new segmenter of the configured model ("default": medfoundry-sam-lite, with medfoundry-box3d-tiny for
         one box propagated in 3D), with the configured decoder precision."""
@@ -257,7 +263,7 @@ class Workbench:
             # is never modified, so clicks on the same image run side by side
             seg = getattr(self._worker, "segmenter", None)
             if seg is None:
-                seg = self._worker.segmenter = shared if _first_worker(self) else self._open_segmenter()
+                seg = self._worker.segmenter = shared if self._take_shared() else self._open_segmenter()
             return segment(seg, stored.image, boxes, points, k, propagate)
 
         outcome = self.runner.submit(run).result()
@@ -294,14 +300,6 @@ def _thumbnail(item: str, size: int = 96) -> str | None:
     except (MedfoundryError, OSError, ValueError):
         return None
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _first_worker(bench: Workbench) -> bool:
-    """True for the first worker thread that asks (it takes the segmenter already loaded), False after."""
-    with bench._load_lock:
-        first = not bench._shared_taken
-        bench._shared_taken = True
-        return first
 
 
 def _set_threads(n: int | None) -> None:
