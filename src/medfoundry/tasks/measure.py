@@ -93,14 +93,25 @@ def hull_axes(mask2d: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndar
     return corners, int(i), int(j), np.array([-direction[1], direction[0]])
 
 
-def diameters(mask2d: np.ndarray, spacing: tuple[float, float], axes: Any = "compute") -> tuple[float, float]:
+def diameters(mask2d: np.ndarray, spacing: tuple[float, float]) -> tuple[float, float]:
     """(long axis, short axis) in mm of a 2D mask with pixel spacing (dy, dx).
 
     Long axis: the largest distance between two pixel corners of the mask. Short axis: the largest extent of
-    the mask perpendicular to it (the RECIST short-axis measurement). ``axes``: :func:`hull_axes` of the mask,
-    when already computed.
+    the mask perpendicular to it (the RECIST short-axis measurement).
     """
-    axes = hull_axes(mask2d, spacing) if isinstance(axes, str) else axes
+    return _lengths(hull_axes(mask2d, spacing), spacing)
+
+
+def axis_endpoints(mask2d: np.ndarray, spacing: tuple[float, float]) -> dict[str, Any] | None:
+    """End points of the long axis (the farthest pair of mask pixel corners, in mm) and of the short axis (the
+    widest extent perpendicular to it, placed through the middle of the long axis) of a 2D mask with pixel
+    spacing (dy, dx), as ``{"long": [[x, y], [x, y]], "short": [...]}`` in pixel coordinates (x = column,
+    y = row, pixel corners at integers); None for an empty mask. The lengths are those of :func:`diameters`."""
+    return _endpoints(hull_axes(mask2d, spacing), spacing)
+
+
+def _lengths(axes: Any, spacing: tuple[float, float]) -> tuple[float, float]:
+    """(long, short) axis in mm from :func:`hull_axes`' result."""
     if axes is None:
         return 0.0, 0.0
     corners, i, j, normal = axes
@@ -109,13 +120,8 @@ def diameters(mask2d: np.ndarray, spacing: tuple[float, float], axes: Any = "com
     return float(np.linalg.norm(mm[j] - mm[i])), float(proj.max() - proj.min())
 
 
-def axis_endpoints(mask2d: np.ndarray, spacing: tuple[float, float], axes: Any = "compute") -> dict[str, Any] | None:
-    """End points of the long axis (the farthest pair of mask pixel corners, in mm) and of the short axis (the
-    widest extent perpendicular to it, placed through the middle of the long axis) of a 2D mask with pixel
-    spacing (dy, dx), as ``{"long": [[x, y], [x, y]], "short": [...]}`` in pixel coordinates (x = column,
-    y = row, pixel corners at integers); None for an empty mask. The lengths are those of :func:`diameters`.
-    ``axes``: :func:`hull_axes` of the mask, when already computed."""
-    axes = hull_axes(mask2d, spacing) if isinstance(axes, str) else axes
+def _endpoints(axes: Any, spacing: tuple[float, float]) -> dict[str, Any] | None:
+    """:func:`axis_endpoints` from :func:`hull_axes`' result."""
     if axes is None:
         return None
     pts, i, j, normal = axes
@@ -143,14 +149,14 @@ def measure(mask: np.ndarray, image: MedImage) -> Measurement:
         best, key, best_axes = (0.0, 0.0), None, None
         for z in np.nonzero(mask.any(axis=(1, 2)))[0]:
             axes = hull_axes(mask[z], (dy, dx))
-            d = diameters(mask[z], (dy, dx), axes)
+            d = _lengths(axes, (dy, dx))
             if d[0] > best[0]:
                 best, key, best_axes = d, int(z), axes
-        drawn = axis_endpoints(mask[key], (dy, dx), best_axes) if key is not None else None
+        drawn = _endpoints(best_axes, (dy, dx))
         return Measurement(count, None, count * dz * dy * dx / 1000.0, best[0], best[1], key, mean, std, image.units,
                            known, drawn)
     dy, dx = image.spacing
     axes = hull_axes(mask, (dy, dx))
-    long_axis, short_axis = diameters(mask, (dy, dx), axes)
+    long_axis, short_axis = _lengths(axes, (dy, dx))
     return Measurement(count, count * dy * dx, None, long_axis, short_axis, None, mean, std, image.units, known,
-                       axis_endpoints(mask, (dy, dx), axes))
+                       _endpoints(axes, (dy, dx)))
