@@ -32,6 +32,7 @@ from medfoundry.eval.bootstrap import bootstrap_ci
 from medfoundry.eval.provenance import collect
 from medfoundry.eval.text_metrics import text_metric
 from medfoundry.io import read_image
+from medfoundry.models.captioner import CaptionerConfig
 from medfoundry.predict.captioner import open_captioner
 from medfoundry.registry.sources import cache_dir
 from medfoundry.tasks.caption_attributes import ATTRIBUTES, attribute_correct
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=80, help="held-out cases (one image each)")
     ap.add_argument("--max-tokens", type=int, default=40)
     ap.add_argument("--bootstrap", type=int, default=500)
+    ap.add_argument("--no-repeat-ngram", type=int, default=None,
+                    help="decoding: n-gram size never repeated in a caption (default: the model config's; 0 off)")
     ap.add_argument("--out", default="benchmarks/results/caption_medpix.json")
     ap.add_argument("--summarise-only", action="store_true",
                     help="score the captions already generated for the first --limit cases, loading no LM")
@@ -140,7 +143,10 @@ def main() -> None:
 
     # resumable, one line per image; keyed by the adapter's sha256 so that other weights never reuse its captions
     adapter_sha = collect(weights=adapter_file(args.model))["weights_sha256"]
-    partial = work / f"generated_{name}_{adapter_sha[:12]}_{args.max_tokens}.jsonl"
+    if args.no_repeat_ngram is None:  # the model's own decoding setting, read from its config
+        config = json.loads((adapter_file(args.model).parent / "config.json").read_text())
+        args.no_repeat_ngram = CaptionerConfig.from_dict(config).no_repeat_ngram
+    partial = work / f"generated_{name}_{adapter_sha[:12]}_{args.max_tokens}_nr{args.no_repeat_ngram}.jsonl"
     done = {}
     if partial.is_file():
         done = {d["image_id"]: d for d in map(json.loads, partial.read_text().splitlines())}
@@ -151,7 +157,7 @@ def main() -> None:
                 continue
             if captioner is None:
                 raise SystemExit(f"{r['image_id']} has no caption yet: run without --summarise-only")
-            cap = captioner.generate(read_image(r["path"]), args.max_tokens)
+            cap = captioner.generate(read_image(r["path"]), args.max_tokens, no_repeat_ngram=args.no_repeat_ngram)
             done[r["image_id"]] = {"image_id": r["image_id"], "text": cap.text, "tokens": cap.new_tokens,
                                    "seconds": round(cap.seconds, 2)}
             fh.write(json.dumps(done[r["image_id"]]) + "\n")
@@ -167,6 +173,7 @@ def main() -> None:
         "images": len(val), "cases": len({r["case_id"] for r in val}),
         "split": "held-out MedPix cases (medpix_val_cases), one image each",
         "max_tokens": args.max_tokens,
+        "no_repeat_ngram": args.no_repeat_ngram,
         "metrics": summarise(texts, refs, val, args.bootstrap),
         "seconds_per_caption": round(float(np.mean([done[r["image_id"]]["seconds"] for r in val])), 2),
         "tokens_per_caption": round(float(np.mean([done[r["image_id"]]["tokens"] for r in val])), 1),
@@ -176,7 +183,7 @@ def main() -> None:
                       "nn_caption": texts["nn_caption"][i]} for i, r in enumerate(val[:8])],
         "command": "PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 10 python benchmarks/caption_medpix.py "
                    f"--model {args.model} --limit {args.limit} --max-tokens {args.max_tokens} "
-                   f"--bootstrap {args.bootstrap}",
+                   f"--bootstrap {args.bootstrap} --no-repeat-ngram {args.no_repeat_ngram}",
         "provenance": provenance(args, captioner, encoder,
                                  [Path(args.shared) / "medpix_ct_mr_captions" / "metadata.csv",
                                   *(r["path"] for r in val), *(r["path"] for r in train)]),

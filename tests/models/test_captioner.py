@@ -93,3 +93,21 @@ def test_training_lowers_the_loss_and_resumes(tiny_lm: Path, tmp_path: Path) -> 
     lm2, _ = load_language_model(f"local-dir:{tiny_lm}")
     train_on_features(config, feats, texts, lm2, tok, log=lambda _: None)
     assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 35
+
+
+def _ngrams(tokens: list[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def test_no_repeat_ngram_blocks_the_loops_of_greedy_decoding(tiny_lm: Path) -> None:
+    model, _ = _model(tiny_lm)
+    feats = torch.randn(1, 8, generator=torch.Generator().manual_seed(0))
+    free = list(model.stream(feats, 40, eos_token_id=None, no_repeat_ngram=0))
+    assert len(set(_ngrams(free, 2))) < len(_ngrams(free, 2))  # unblocked greedy decoding of this LM loops
+    blocked = list(model.stream(feats, 40, eos_token_id=None, no_repeat_ngram=2))
+    assert len(blocked) == 40 and len(set(_ngrams(blocked, 2))) == len(_ngrams(blocked, 2))
+    assert blocked == list(model.stream(feats, 40, eos_token_id=None, no_repeat_ngram=2))  # still deterministic
+    assert model.config.no_repeat_ngram == 3  # the default the embedded captioner decodes with
+    assert list(model.stream(feats, 40, eos_token_id=None)) == list(model.stream(feats, 40, None, None, 3))
+    with pytest.raises(InputContractError, match="no_repeat_ngram"):
+        list(model.stream(feats, 4, None, no_repeat_ngram=-1))

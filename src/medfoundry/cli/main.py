@@ -1,7 +1,9 @@
 """The ``medfoundry`` command: thin subcommands over the library, one module each.
 
 Every subcommand turns its flags into one library call. A :class:`MedfoundryError` becomes one line on
-stderr and exit status 2; no traceback is shown for user errors.
+stderr and exit status 2; no traceback is shown for user errors. Unless ``OMP_NUM_THREADS`` or
+``MEDFOUNDRY_THREADS`` says otherwise, torch computes on the cores other jobs leave free
+(:mod:`medfoundry.predict.threads`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medfoundry`` console script. Returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from medfoundry.predict.threads import fit_threads_to_load
+
+    fit_threads_to_load()  # only the cores other jobs leave free (before torch starts its pool)
     try:
         return int(args.func(args) or 0)
     except MedfoundryError as exc:

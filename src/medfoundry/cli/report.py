@@ -17,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "of a `train captioner` output) or a conversational model (LLaVA-style, asked to describe)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--max-tokens", type=int, default=None, help="longest text, in tokens (greedy decoding)")
+    p.add_argument("--no-repeat-ngram", type=int, default=None, metavar="N",
+                   help="embedded captioner: never repeat an N-token phrase (default: the model's, 3; 0 off)")
     p.add_argument("--bank", default=None,
                    help="report bank: an index with texts, from `medfoundry index build --texts reports.csv "
                         "[--sentences] --index bank.npz` (its model is used)")
@@ -107,7 +109,8 @@ def run_generative(args: argparse.Namespace) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    caption = captioner.generate(image, args.max_tokens, on_text=show if args.stream and not args.json else None)
+    caption = captioner.generate(image, args.max_tokens, on_text=show if args.stream and not args.json else None,
+                                 no_repeat_ngram=args.no_repeat_ngram)
     if args.json:
         print(json.dumps({"model": captioner.name, "report": caption.text, "new_tokens": caption.new_tokens,
                           "seconds": round(caption.seconds, 3), "interrupted": caption.interrupted}, indent=2))

@@ -52,6 +52,9 @@ class CaptionerConfig:
     #: other weights mean nothing to the projector, so loading refuses them
     image_encoder_sha256: str | None = None
     max_caption_tokens: int = 48
+    #: decoding: never repeat an n-gram of this many tokens in one caption (0: off). Greedy decoding of a small
+    #: captioner otherwise loops back to its opening phrase once the part it learned is written
+    no_repeat_ngram: int = 3
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaptionerConfig:
@@ -115,18 +118,35 @@ class PrefixCaptioner(nn.Module):
 
     @torch.inference_mode()
     def stream(self, features: torch.Tensor, max_new_tokens: int, eos_token_id: int | None,
-               should_stop: Callable[[], bool] | None = None) -> Iterator[int]:
+               should_stop: Callable[[], bool] | None = None, no_repeat_ngram: int | None = None) -> Iterator[int]:
         """Greedy decoding for one image (``features`` 1×D): yields token ids as they are chosen (with a KV
-        cache), stopping at ``eos_token_id``, after ``max_new_tokens`` or when ``should_stop()`` turns true."""
+        cache), stopping at ``eos_token_id``, after ``max_new_tokens`` or when ``should_stop()`` turns true.
+
+        ``no_repeat_ngram`` (default: the config's): a token that would repeat an n-gram of that many tokens
+        already in the caption is never chosen (transformers' ``NoRepeatNGramLogitsProcessor``); 0 turns it off.
+        Decoding stays deterministic."""
         if features.shape[0] != 1:
             raise InputContractError("stream decodes one image at a time (features 1×D)")
         if max_new_tokens < 1:
             raise InputContractError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        n = self.config.no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram
+        if n < 0:
+            raise InputContractError(f"no_repeat_ngram must be 0 (off) or more, got {n}")
+        blocker = None
+        if n > 0:
+            from transformers import NoRepeatNGramLogitsProcessor
+
+            blocker = NoRepeatNGramLogitsProcessor(n)
+        chosen: list[int] = []
         out = self.lm(inputs_embeds=self.projector(features), use_cache=True)
         for _ in range(max_new_tokens):
-            token = int(out.logits[0, -1].argmax())
+            scores = out.logits[:, -1].float()
+            if blocker is not None and chosen:
+                scores = blocker(torch.tensor([chosen], device=scores.device), scores)
+            token = int(scores[0].argmax())
             if eos_token_id is not None and token == eos_token_id:
                 return
+            chosen.append(token)
             yield token
             if should_stop is not None and should_stop():
                 return

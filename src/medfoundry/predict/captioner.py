@@ -56,12 +56,14 @@ class Captioner:
         return torch.from_numpy(self.encoder.embed_images([image])).to(self.device)
 
     def stream(self, image: MedImage, max_new_tokens: int | None = None,
-               should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
-        """Text pieces of the caption as tokens are chosen (joined, they give :meth:`generate`'s text)."""
+               should_stop: Callable[[], bool] | None = None, no_repeat_ngram: int | None = None) -> Iterator[str]:
+        """Text pieces of the caption as tokens are chosen (joined, they give :meth:`generate`'s text);
+        ``no_repeat_ngram`` as in :meth:`PrefixCaptioner.stream` (default: the model config's)."""
         limit = max_new_tokens or self.model.config.max_caption_tokens
         tokens: list[int] = []
         shown = ""
-        for token in self.model.stream(self.features(image), limit, self.tokenizer.eos_token_id, should_stop):
+        for token in self.model.stream(self.features(image), limit, self.tokenizer.eos_token_id, should_stop,
+                                       no_repeat_ngram):
             tokens.append(token)
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
@@ -74,8 +76,9 @@ class Captioner:
 
     def generate(self, image: MedImage, max_new_tokens: int | None = None,
                  on_text: Callable[[str], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> Caption:
-        """The whole caption (greedy), calling ``on_text(piece)`` as pieces arrive; stops early when
+                 should_stop: Callable[[], bool] | None = None, no_repeat_ngram: int | None = None) -> Caption:
+        """The whole caption (greedy, no repeated n-gram of ``no_repeat_ngram`` tokens), calling
+        ``on_text(piece)`` as pieces arrive; stops early when
         ``should_stop()`` turns true or on KeyboardInterrupt (``interrupted`` is then True)."""
         start = time.perf_counter()
         pieces: list[str] = []
@@ -87,7 +90,7 @@ class Captioner:
 
         interrupted = False
         try:
-            for piece in self.stream(image, max_new_tokens, stop):
+            for piece in self.stream(image, max_new_tokens, stop, no_repeat_ngram):
                 pieces.append(piece)
                 if on_text is not None:
                     on_text(piece)
