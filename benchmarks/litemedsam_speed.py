@@ -145,7 +145,8 @@ def main() -> None:
            "load_average_before_after": [load_before[0], os.getloadavg()[0]],
            "command": f"OMP_NUM_THREADS={args.threads} nice -n 10 python benchmarks/litemedsam_speed.py "
                       f"--images {args.images} --repeats {args.repeats} --precision {args.precision} "
-                      f"--decoder-precision {args.decoder_precision}",
+                      f"--decoder-precision {args.decoder_precision}"
+                      + (f" --threads {args.threads}" if args.threads != 1 else ""),
            "summary": summary, "images": rows,
            "provenance": {"medfoundry": collect(seg, data=files, settings=args), "reference": reference}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
