@@ -111,3 +111,21 @@ def test_no_repeat_ngram_blocks_the_loops_of_greedy_decoding(tiny_lm: Path) -> N
     assert list(model.stream(feats, 40, eos_token_id=None)) == list(model.stream(feats, 40, None, None, 3))
     with pytest.raises(InputContractError, match="no_repeat_ngram"):
         list(model.stream(feats, 4, None, no_repeat_ngram=-1))
+
+
+def test_training_defaults_are_the_shipped_recipe() -> None:
+    import json
+    from dataclasses import asdict
+
+    import medfoundry
+    from medfoundry.train.captioner import CaptionTrainConfig
+
+    shipped = json.loads((Path(medfoundry.__file__).parent / "weights" / "medfoundry-captioner-tiny" /
+                          "train_config.json").read_text())
+    defaults = asdict(CaptionTrainConfig(shared=shipped["shared"], out=shipped["out"]))
+    assert defaults == shipped  # `medfoundry train captioner --shared ... --out ...` retrains the shipped model
+    from medfoundry.cli.main import build_parser
+
+    args = vars(build_parser().parse_args(["train", "captioner", "--shared", "s", "--out", "o"]))
+    assert {k: args[k] for k in defaults if k not in ("shared", "out")} == {
+        k: v for k, v in defaults.items() if k not in ("shared", "out")}  # the CLI's defaults are the same

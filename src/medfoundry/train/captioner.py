@@ -32,18 +32,19 @@ from medfoundry.models.captioner import CaptionerConfig, build_captioner, load_l
 
 @dataclass
 class CaptionTrainConfig:
-    """Settings of one training run (saved as ``train_config.json`` in the run folder)."""
+    """Settings of one training run (saved as ``train_config.json`` in the run folder). The defaults are the
+    recipe of the shipped ``medfoundry-captioner-tiny`` (version 3)."""
 
     shared: str
     out: str
-    steps: int = 300
-    batch_size: int = 4
-    lr: float = 1e-3
-    warmup: int = 20
+    steps: int = 500
+    batch_size: int = 8
+    lr: float = 2e-3
+    warmup: int = 10
     seed: int = 0
     prefix_tokens: int = 4
     lora_rank: int = 8
-    max_caption_tokens: int = 40
+    max_caption_tokens: int = 32
     checkpoint_every: int = 25
     language_model: str = "smollm2-135m-instruct"
     image_encoder: str = "medfoundry-clip-tiny"
