@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -126,7 +125,7 @@ def main() -> None:
     out = {"benchmark": "clip_tower_probe", "images": {"train": int(train.sum()), "held_out": int((~train).sum())},
            "split": "MedPix cases by medpix_val_cases (held out never used to fit the probe)",
            "results": results, "seconds": round(time.perf_counter() - start, 1),
-           "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "threads": torch.get_num_threads(),  # the CPU model is in each provenance entry
            "command": "OMP_NUM_THREADS=1 python benchmarks/clip_tower_probe.py"
                       + (f" --limit {args.limit}" if args.limit else ""),
            "provenance": {"medfoundry-clip-tiny": collect(clip, settings=args),
