@@ -26,6 +26,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,9 +47,9 @@ OUT = Path(__file__).parent / "results" / "clip_tower_probe.json"
 ATTRIBUTES = {"modality": "modality", "plane": "plane", "region": "body_region"}
 
 
-def litemedsam_features(paths: list[str], cache: Path) -> np.ndarray:
-    """(N, 512 + 4096) pooled LiteMedSAM embeddings, cached per image list (resumable every 50 images)."""
-    seg = open_segmenter("litemedsam")  # precision "auto": what medfoundry picks for this CPU
+def litemedsam_features(seg: Any, paths: list[str], cache: Path) -> np.ndarray:
+    """(N, 512 + 4096) pooled embeddings of the LiteMedSAM segmenter ``seg``, cached per image list (resumable
+    every 50 images)."""
     print(f"litemedsam encoder precision: {seg.precision}", flush=True)
     done = list(np.load(cache)) if cache.is_file() else []
     for i in range(len(done), len(paths)):
@@ -110,7 +111,8 @@ def main() -> None:
               "litemedsam (channel mean + max, 512-d)": None,
               "litemedsam (4 x 4 grid of means, 4096-d)": None,
               "raw pixels 32 x 32": raw_pixels(paths)}
-    lite = litemedsam_features(paths, cache_dir() / "benchmarks" / "clip_tower_probe" / f"litemedsam_{key}.npy")
+    seg = open_segmenter("litemedsam")  # precision "auto": what medfoundry picks for this CPU
+    lite = litemedsam_features(seg, paths, cache_dir() / "benchmarks" / "clip_tower_probe" / f"litemedsam_{key}.npy")
     towers["litemedsam (channel mean + max, 512-d)"] = lite[:, :512]
     towers["litemedsam (4 x 4 grid of means, 4096-d)"] = lite[:, 512:]
     results: dict[str, dict] = {}
@@ -129,7 +131,7 @@ def main() -> None:
            "command": "OMP_NUM_THREADS=1 python benchmarks/clip_tower_probe.py"
                       + (f" --limit {args.limit}" if args.limit else ""),
            "provenance": {"medfoundry-clip-tiny": collect(clip, settings=args),
-                          "litemedsam": collect(open_segmenter("litemedsam"), settings=args)},
+                          "litemedsam": collect(seg, settings=args)},
            "load_average": os.getloadavg()[0]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

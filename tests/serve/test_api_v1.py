@@ -21,11 +21,12 @@ from fastapi.testclient import TestClient
 
 from medfoundry.errors import InputContractError
 from medfoundry.serve.app import create_app
-from medfoundry.serve.masks import axis_segments, rle_decode, rle_encode
+from medfoundry.serve.masks import rle_decode, rle_encode
 from medfoundry.serve.security import resolve_token
 from medfoundry.serve.store import sniff_suffix
 from medfoundry.serve.views import plane_values, view_info
 from medfoundry.serve.workbench import Workbench
+from medfoundry.tasks.measure import axis_endpoints
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -195,7 +196,7 @@ def test_rle_matches_pycocotools() -> None:
     coco = pytest.importorskip("pycocotools.mask")
     decoded = coco.decode(coco.frPyObjects(rle, *rle["size"]))
     np.testing.assert_array_equal(decoded.astype(bool), mask)
-    axes = axis_segments(mask[2:5, 1:4], (1.0, 1.0))
+    axes = axis_endpoints(mask[2:5, 1:4], (1.0, 1.0))
     assert np.linalg.norm(np.subtract(*axes["long"])) == pytest.approx(np.hypot(3, 3))
 
 

@@ -59,14 +59,6 @@ def rle_decode(rle: dict[str, Any]) -> np.ndarray:
     return np.repeat(values, counts).reshape((h, w), order="F")
 
 
-def axis_segments(mask2d: np.ndarray, spacing: tuple[float, float]) -> dict[str, Any] | None:
-    """End points of the long and short axis of a 2D mask (:func:`medfoundry.tasks.measure.axis_endpoints`;
-    :class:`~medfoundry.tasks.measure.Measurement` carries them as ``axes`` for the slice it measured)."""
-    from medfoundry.tasks.measure import axis_endpoints
-
-    return axis_endpoints(mask2d, spacing)
-
-
 def mask_volume(image: MedImage, mask: np.ndarray, slice_index: int | None) -> np.ndarray:
     """The mask on ``image``'s whole grid: a 2D mask of axial slice ``slice_index`` of a volume is placed in
     an otherwise empty (Z, Y, X) volume; other masks are returned as they are."""
