@@ -84,6 +84,19 @@ def embed(net: torchvision.models.ResNet, paths: list[str], rotate: bool, cache:
     return np.stack(done).astype(np.float32)
 
 
+def confusion(features: np.ndarray, labels: np.ndarray, train: np.ndarray, c: float) -> dict:
+    """Held-out confusion matrix of the probe refitted with its chosen C (as ``probe`` fits it)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import confusion_matrix
+    from sklearn.preprocessing import StandardScaler
+
+    x = StandardScaler().fit(features[train]).transform(features)
+    fit = LogisticRegression(max_iter=3000, class_weight="balanced", C=c).fit(x[train], labels[train])
+    classes = sorted(set(labels))
+    matrix = confusion_matrix(labels[~train], fit.predict(x[~train]), labels=classes)
+    return {"classes": classes, "matrix": matrix.tolist()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
@@ -115,6 +128,9 @@ def main() -> None:
                          "held_out_images": int((keep & ~train).sum())}
         for name, feats in towers.items():
             results[attr][name] = probe(feats[keep], labels[keep], train[keep], args.bootstrap)
+        results[attr]["confusion (clip-tiny + merlin2d layer3; rows truth, columns predicted)"] = confusion(
+            towers["medfoundry-clip-tiny + merlin2d layer3 (1280-d)"][keep], labels[keep], train[keep],
+            results[attr]["medfoundry-clip-tiny + merlin2d layer3 (1280-d)"]["C"])
         print(attr, json.dumps(results[attr]), flush=True)
     out = {"benchmark": "merlin2d_tower_probe", "orientation": args.orientation,
            "images": {"train": int(train.sum()), "held_out": int((~train).sum())},
