@@ -91,6 +91,25 @@ def probe(features: np.ndarray, labels: np.ndarray, train: np.ndarray, n_boot: i
             "ci95": [round(v, 4) for v in ci], "C": search.best_params_["C"]}
 
 
+def attribute_labels(rows: list[dict], attr: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' labels of one attribute of :data:`ATTRIBUTES`, and which rows have one (not ``other``)."""
+    labels = np.array([r[ATTRIBUTES[attr]] for r in rows])
+    return labels, labels != "other"
+
+
+def probe_towers(rows: list[dict], train: np.ndarray, towers: dict[str, np.ndarray], n_boot: int) -> dict:
+    """Per attribute: its classes, chance, held-out count and each tower's :func:`probe` result."""
+    results: dict[str, dict] = {}
+    for attr in ATTRIBUTES:
+        labels, keep = attribute_labels(rows, attr)
+        results[attr] = {"classes": sorted(set(labels[keep])), "chance": round(1 / len(set(labels[keep])), 4),
+                         "held_out_images": int((keep & ~train).sum())}
+        for name, feats in towers.items():
+            results[attr][name] = probe(feats[keep], labels[keep], train[keep], n_boot)
+        print(attr, json.dumps(results[attr]), flush=True)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default="../shared/data")
@@ -115,15 +134,7 @@ def main() -> None:
     lite = litemedsam_features(seg, paths, cache_dir() / "benchmarks" / "clip_tower_probe" / f"litemedsam_{key}.npy")
     towers["litemedsam (channel mean + max, 512-d)"] = lite[:, :512]
     towers["litemedsam (4 x 4 grid of means, 4096-d)"] = lite[:, 512:]
-    results: dict[str, dict] = {}
-    for attr, column in ATTRIBUTES.items():
-        labels = np.array([r[column] for r in rows])
-        keep = labels != "other"
-        results[attr] = {"classes": sorted(set(labels[keep])), "chance": round(1 / len(set(labels[keep])), 4),
-                         "held_out_images": int((keep & ~train).sum())}
-        for name, feats in towers.items():
-            results[attr][name] = probe(feats[keep], labels[keep], train[keep], args.bootstrap)
-        print(attr, json.dumps(results[attr]), flush=True)
+    results = probe_towers(rows, train, towers, args.bootstrap)
     out = {"benchmark": "clip_tower_probe", "images": {"train": int(train.sum()), "held_out": int((~train).sum())},
            "split": "MedPix cases by medpix_val_cases (held out never used to fit the probe)",
            "results": results, "seconds": round(time.perf_counter() - start, 1),

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from clip_tower_probe import ATTRIBUTES, probe, raw_pixels  # noqa: E402
+from clip_tower_probe import ATTRIBUTES, attribute_labels, probe_towers, raw_pixels  # noqa: E402
 
 from medfoundry.eval.provenance import collect  # noqa: E402
 from medfoundry.io import read_image  # noqa: E402
@@ -120,18 +120,12 @@ def main() -> None:
     # both kinds together (each feature standardised by the probe): do they hold different information?
     towers["medfoundry-clip-tiny + merlin2d layer3 (1280-d)"] = np.concatenate(
         [towers["medfoundry-clip-tiny (256-d)"], merlin[:, :1024]], 1)
-    results: dict[str, dict] = {}
-    for attr, column in ATTRIBUTES.items():
-        labels = np.array([r[column] for r in rows])
-        keep = labels != "other"
-        results[attr] = {"classes": sorted(set(labels[keep])), "chance": round(1 / len(set(labels[keep])), 4),
-                         "held_out_images": int((keep & ~train).sum())}
-        for name, feats in towers.items():
-            results[attr][name] = probe(feats[keep], labels[keep], train[keep], args.bootstrap)
+    results = probe_towers(rows, train, towers, args.bootstrap)
+    combined = "medfoundry-clip-tiny + merlin2d layer3 (1280-d)"
+    for attr in ATTRIBUTES:
+        labels, keep = attribute_labels(rows, attr)
         results[attr]["confusion (clip-tiny + merlin2d layer3; rows truth, columns predicted)"] = confusion(
-            towers["medfoundry-clip-tiny + merlin2d layer3 (1280-d)"][keep], labels[keep], train[keep],
-            results[attr]["medfoundry-clip-tiny + merlin2d layer3 (1280-d)"]["C"])
-        print(attr, json.dumps(results[attr]), flush=True)
+            towers[combined][keep], labels[keep], train[keep], results[attr][combined]["C"])
     out = {"benchmark": "merlin2d_tower_probe", "orientation": args.orientation,
            "images": {"train": int(train.sum()), "held_out": int((~train).sum())},
            "split": "MedPix cases by medpix_val_cases (held out never used to fit the probe)",
